@@ -1,0 +1,32 @@
+#pragma once
+// GPU timing for Google Benchmark: each iteration is timed with CUDA events around the launch
+// (manual time), after warm-up. Register such benchmarks with ->UseManualTime().
+#include <benchmark/benchmark.h>
+
+#include <mil/core/cuda_check.hpp>
+
+namespace mil::bench {
+
+template <class Launch>
+void time_cuda(benchmark::State& state, Launch&& launch, int warmup = 3) {
+  cudaStream_t stream = cuda::current_stream();
+  for (int i = 0; i < warmup; ++i) launch(i);
+  MIL_CUDA_CHECK(cudaStreamSynchronize(stream));
+  cudaEvent_t start, stop;
+  MIL_CUDA_CHECK(cudaEventCreate(&start));
+  MIL_CUDA_CHECK(cudaEventCreate(&stop));
+  int i = 0;
+  for (auto _ : state) {
+    MIL_CUDA_CHECK(cudaEventRecord(start, stream));
+    launch(i++);
+    MIL_CUDA_CHECK(cudaEventRecord(stop, stream));
+    MIL_CUDA_CHECK(cudaEventSynchronize(stop));
+    float ms = 0;
+    MIL_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+    state.SetIterationTime(ms * 1e-3);
+  }
+  MIL_CUDA_CHECK(cudaEventDestroy(start));
+  MIL_CUDA_CHECK(cudaEventDestroy(stop));
+}
+
+}  // namespace mil::bench

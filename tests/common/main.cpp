@@ -1,0 +1,3 @@
+// The doctest main of both test programs.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
