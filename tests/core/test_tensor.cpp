@@ -4,7 +4,7 @@
 
 using namespace mil;
 
-TEST_CASE("tensor: empty, view and slice share storage") {
+TEST_CASE("tensor: empty - view and slice share storage") {
   auto t = Tensor<float, Cpu>::zeros(Shape{4, 3});
   CHECK(t.numel() == 12);
   CHECK(t.rank() == 2);
@@ -29,7 +29,7 @@ TEST_CASE("tensor: clone is a deep copy") {
   CHECK(c.to_vector() == std::vector<int32_t>{7, 2, 3});
 }
 
-TEST_CASE("shape: overflowing element counts are an error, not a wrap-around") {
+TEST_CASE("shape: overflowing element counts are an error - not a wrap-around") {
   Shape s{int64_t(1) << 40, int64_t(1) << 40};
   CHECK_THROWS_AS(s.numel(), Error);
   CHECK_THROWS_AS((Shape{1, 2, 3, 4, 5}), Error);

@@ -1,0 +1,120 @@
+#pragma once
+// A Llama-family decoder (GQA attention with RoPE, RMSNorm, SwiGLU MLP, tied or separate LM head)
+// built from autograd ops, on the CPU or the GPU. Every layer is
+//   x += Wo · attention(rope(Wqkv · rmsnorm(x)));  x += Wdown · swiglu(Wgate_up · rmsnorm(x))
+// with q, k, v (and gate, up) fused into one weight each so each is one matrix product.
+#include <string>
+#include <vector>
+
+#include "../autograd/ops.hpp"
+#include "parameters.hpp"
+
+namespace mil::nn {
+
+struct LlamaConfig {
+  int64_t vocab = 49152, d_model = 576, n_layers = 30, n_heads = 9, n_kv_heads = 3, head_dim = 64;
+  int64_t d_ff = 1536;
+  float norm_eps = 1e-5f;
+  float rope_theta = 100000.f;
+  bool tied_embeddings = true;
+
+  // SmolLM2-135M (the default teacher; METHOD.md).
+  static LlamaConfig smollm2_135m() { return {}; }
+
+  RopeConfig rope() const {
+    RopeConfig r{head_dim};
+    r.theta = rope_theta;
+    return r;
+  }
+  ag::QkvLayout qkv_layout() const { return {n_heads, n_kv_heads, head_dim}; }
+
+  void validate() const {
+    MIL_CHECK(vocab > 0 && d_model > 0 && n_layers > 0 && d_ff > 0 && head_dim > 0,
+              "Llama config: sizes must be positive");
+    MIL_CHECK(n_heads > 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0, "Llama config: ",
+              n_heads, " heads are not a multiple of ", n_kv_heads, " KV heads");
+    MIL_CHECK(head_dim % 2 == 0, "Llama config: RoPE needs an even head_dim, got ", head_dim);
+  }
+
+  std::vector<ParamSpec> parameter_specs() const {
+    validate();
+    std::vector<ParamSpec> s{{"tok_embeddings", Shape{vocab, d_model}}};
+    int64_t qkv = (n_heads + 2 * n_kv_heads) * head_dim;
+    for (int64_t l = 0; l < n_layers; ++l) {
+      std::string p = "layers." + std::to_string(l) + ".";
+      s.push_back({p + "attn_norm", Shape{d_model}});
+      s.push_back({p + "wqkv", Shape{qkv, d_model}});
+      s.push_back({p + "wo", Shape{d_model, n_heads * head_dim}});
+      s.push_back({p + "mlp_norm", Shape{d_model}});
+      s.push_back({p + "w_gate_up", Shape{2 * d_ff, d_model}});
+      s.push_back({p + "w_down", Shape{d_model, d_ff}});
+    }
+    s.push_back({"norm", Shape{d_model}});
+    if (!tied_embeddings) s.push_back({"lm_head", Shape{vocab, d_model}});
+    return s;
+  }
+};
+
+template <Element T, Device D>
+class LlamaModel {
+ public:
+  using Var = ag::Var<T, D>;
+
+  explicit LlamaModel(const LlamaConfig& cfg) : cfg_(cfg), params_(cfg.parameter_specs()) {}
+
+  const LlamaConfig& config() const { return cfg_; }
+  ParameterStore<T, D>& params() { return params_; }
+  const Var& param(const std::string& name) const { return params_[name]; }
+
+  // Weights ~ N(0, std) and norm weights 1, drawn on the CPU from Philox stream `seed` so the
+  // CPU and the GPU models start from the same numbers.
+  void init_random(uint64_t seed, float std = 0.02f) {
+    auto host = Tensor<float, Cpu>::empty(Shape{params_.numel()});
+    rng::fill_normal(host, 0.f, std, seed);
+    for (const auto& e : params_.entries())
+      if (e.name.ends_with("norm"))
+        for (int64_t i = 0; i < e.var.numel(); ++i) host[e.offset + i] = 1.f;
+    auto cast = Tensor<T, Cpu>::empty(host.shape());
+    for (int64_t i = 0; i < host.numel(); ++i) cast[i] = T(host[i]);
+    params_.values().copy_from(cast);
+  }
+
+  // Logits [batch * seq, vocab] for token ids [batch * seq] at the given positions.
+  Var forward(ag::Tape& tape, const Tensor<int32_t, D>& ids, const Tensor<int32_t, D>& positions,
+              int64_t batch, int64_t seq) const {
+    MIL_CHECK(ids.numel() == batch * seq, "LlamaModel::forward: ", ids.numel(), " ids for batch ",
+              batch, " x seq ", seq);
+    const auto layout = cfg_.qkv_layout();
+    const auto rope = cfg_.rope();
+    Var x = ag::embedding(tape, param("tok_embeddings"), ids);
+    for (int64_t l = 0; l < cfg_.n_layers; ++l) {
+      std::string p = "layers." + std::to_string(l) + ".";
+      Var h = ag::rmsnorm(tape, x, param(p + "attn_norm"), cfg_.norm_eps);
+      Var qkv = ag::linear(tape, h, param(p + "wqkv"));
+      qkv = ag::rope_qk(tape, qkv, positions, layout, rope);
+      Var a = ag::attention(tape, qkv, batch, seq, layout);
+      x = ag::add(tape, x, ag::linear(tape, a, param(p + "wo")));
+      h = ag::rmsnorm(tape, x, param(p + "mlp_norm"), cfg_.norm_eps);
+      Var m = ag::swiglu(tape, ag::linear(tape, h, param(p + "w_gate_up")));
+      x = ag::add(tape, x, ag::linear(tape, m, param(p + "w_down")));
+    }
+    x = ag::rmsnorm(tape, x, param("norm"), cfg_.norm_eps);
+    return ag::linear(tape, x, param(cfg_.tied_embeddings ? "tok_embeddings" : "lm_head"));
+  }
+
+ private:
+  LlamaConfig cfg_;
+  ParameterStore<T, D> params_;
+};
+
+// Positions 0..seq-1 for each sequence of a batch, on device D.
+template <Device D>
+Tensor<int32_t, D> sequence_positions(int64_t batch, int64_t seq) {
+  auto p = Tensor<int32_t, Cpu>::empty(Shape{batch * seq});
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t t = 0; t < seq; ++t) p[b * seq + t] = int32_t(t);
+  if constexpr (std::is_same_v<D, Cpu>) return p;
+  else return p.template to<D>();
+}
+
+}  // namespace mil::nn

@@ -1,0 +1,78 @@
+#pragma once
+// ParameterStore: all parameters of a model in one flat value buffer and one flat gradient buffer,
+// each parameter a view into both. One flat buffer lets the optimizer, the gradient norm and
+// checkpoints run as single launches instead of one per tensor.
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "../autograd/variable.hpp"
+#include "../core/rng.hpp"
+
+namespace mil::nn {
+
+struct ParamSpec {
+  std::string name;
+  Shape shape;
+};
+
+template <Element T, Device D>
+class ParameterStore {
+ public:
+  using Var = ag::Var<T, D>;
+  struct Entry {
+    std::string name;
+    Var var;
+    int64_t offset;  // in elements, into the flat buffers
+  };
+
+  explicit ParameterStore(const std::vector<ParamSpec>& specs) {
+    int64_t total = 0;
+    for (const auto& s : specs) total = checked_add(total, s.shape.numel());
+    values_ = Tensor<T, D>::empty(Shape{total});
+    grads_ = Tensor<T, D>::zeros(Shape{total});
+    int64_t offset = 0;
+    for (const auto& s : specs) {
+      MIL_CHECK(!index_.count(s.name), "duplicate parameter name '", s.name, "'");
+      int64_t n = s.shape.numel();
+      Var v(values_.slice(offset, offset + n).view(s.shape), true, s.name);
+      v.bind_grad(grads_.slice(offset, offset + n).view(s.shape));
+      index_[s.name] = entries_.size();
+      entries_.push_back({s.name, v, offset});
+      offset += n;
+    }
+  }
+
+  const Var& operator[](const std::string& name) const {
+    auto it = index_.find(name);
+    MIL_CHECK(it != index_.end(), "no parameter named '", name, "'");
+    return entries_[it->second].var;
+  }
+  const std::vector<Entry>& entries() const { return entries_; }
+  Tensor<T, D>& values() { return values_; }
+  Tensor<T, D>& grads() { return grads_; }
+  int64_t numel() const { return values_.numel(); }
+  int64_t trainable_numel() const {
+    int64_t n = 0;
+    for (const auto& e : entries_) n += e.var.requires_grad() ? e.var.numel() : 0;
+    return n;
+  }
+
+  // Marks every gradient as unwritten: the next backward overwrites instead of accumulating.
+  void zero_grad() {
+    for (auto& e : entries_) e.var.clear_grad();
+  }
+  // After backward: gradients nobody wrote (unused or frozen parameters) become zero, so the flat
+  // gradient buffer holds exactly this step's gradients.
+  void finish_backward() {
+    for (auto& e : entries_)
+      if (!e.var.has_grad()) grads_.slice(e.offset, e.offset + e.var.numel()).zero_();
+  }
+
+ private:
+  Tensor<T, D> values_, grads_;
+  std::vector<Entry> entries_;
+  std::unordered_map<std::string, size_t> index_;
+};
+
+}  // namespace mil::nn
