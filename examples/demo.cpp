@@ -131,6 +131,7 @@ int main(int argc, char** argv) {
                 "%lld heads (%lld KV), %.2fM parameters\n",
                 (long long)text.size(), train_text.size(), heldout.size(), layers, (long long)d_model,
                 (long long)cfg.n_heads, (long long)cfg.n_kv_heads, double(model.params().numel()) / 1e6);
+    std::fflush(stdout);
     double before = heldout_loss(model, heldout, seq);
 
     optim::AdamW<float, Cpu> opt(model.params(), {.weight_decay = 0.01f, .max_grad_norm = 1.0f});

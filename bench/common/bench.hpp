@@ -40,7 +40,7 @@ inline Ceiling cpu_ceiling() {
     const long iters = 1 << 22;
     auto t0 = std::chrono::steady_clock::now();
     for (long it = 0; it < iters; ++it)
-#pragma omp simd
+
       for (int i = 0; i < 64; ++i) acc[i] = acc[i] * 0.9999f + 0.0001f;
     double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     benchmark::DoNotOptimize(acc);

@@ -60,16 +60,16 @@ void cross_entropy_forward_backward(acc_t<T>* losses, std::type_identity_t<T>* d
     // When T is its own accumulator type, exp(x - max) is computed once and kept in dx until the
     // sum is known; a narrower T would round it, so it is recomputed instead.
     constexpr bool keep_exp = std::is_same_v<T, A>;
-    A sum = 0;
+    double sum = 0;  // a sequential float sum over ~50k terms drifts by ~1e-4: sum in double
     for (int64_t j = 0; j < vocab; ++j) {
       A e = std::exp(to_acc(x[j]) - max);
-      sum += e;
+      sum += double(e);
       if constexpr (keep_exp)
         if (dx) dx[j] = e;
     }
-    losses[r] = (max - target_logit) + std::log(sum);  // max - x_t is exact for nearby values
+    losses[r] = (max - target_logit) + A(std::log(sum));  // max - x_t is exact for nearby values
     if (!dx) continue;
-    const A inv_sum = A(1) / sum, scale = A(dloss);
+    const A inv_sum = A(1.0 / sum), scale = A(dloss);
     for (int64_t j = 0; j < vocab; ++j) {
       A e = keep_exp ? to_acc(dx[j]) : std::exp(to_acc(x[j]) - max);
       dx[j] = T(scale * (e * inv_sum - (j == t ? A(1) : A(0))));
