@@ -47,7 +47,12 @@ MIL_HOST_DEVICE inline float to_unit_float(uint32_t x) { return float(x >> 8) * 
 // Element i of the uniform [lo, hi) stream (seed, offset).
 MIL_HOST_DEVICE inline float uniform(uint64_t seed, uint64_t offset, uint64_t i, float lo, float hi) {
   U32x4 r = random_block(seed, offset, i / 4);
-  return lo + (hi - lo) * to_unit_float(r.v[i % 4]);
+  float u = to_unit_float(r.v[i % 4]);
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(lo, __fmul_rn(hi - lo, u));  // no FMA contraction: bitwise equal to the CPU
+#else
+  return lo + (hi - lo) * u;
+#endif
 }
 
 // Element i of the standard normal stream (seed, offset): Box-Muller on one Philox block per pair.
