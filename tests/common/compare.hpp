@@ -5,8 +5,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <mil/core/dtype.hpp>
@@ -63,5 +66,26 @@ void require_close(const std::string& what, const std::vector<A>& out_v, const s
 // A value no kernel computes by accident: written into outputs before a kernel runs so that
 // elements it fails to write show up as errors.
 template <class T> T poison() { return T(-7.77e3f); }
+
+// Normalised-error tolerance of a GPU result stored in T against the CPU reference on the same
+// (T-rounded) inputs: bf16 1e-2, fp32 1e-5.
+template <class T>
+constexpr double tolerance() {
+  return std::is_same_v<T, bf16> ? 1e-2 : 1e-5;
+}
+
+// The bytes of v from element `from` on, for bitwise comparisons (NaNs and -0 included).
+template <class T>
+std::vector<uint8_t> bytes_of(const std::vector<T>& v, size_t from = 0) {
+  std::vector<uint8_t> r((v.size() - from) * sizeof(T));
+  std::memcpy(r.data(), v.data() + from, r.size());
+  return r;
+}
+
+// Short element type names for messages.
+template <class T>
+const char* type_name() {
+  return std::is_same_v<T, float> ? "f32" : "bf16";
+}
 
 }  // namespace mil::test

@@ -28,5 +28,20 @@ template <class T>
 Tensor<T, Cuda> poisoned_gpu(size_t n) {
   return to_gpu(std::vector<T>(n, poison<T>()));
 }
+// v after `offset` elements of `fill`, on the GPU: data that starts off 16-byte (or 256-byte)
+// boundaries, as slices of larger buffers do. The default fill shows if a kernel writes there.
+template <class T>
+Tensor<T, Cuda> gpu_at_offset(const std::vector<T>& v, int64_t offset, T fill = poison<T>()) {
+  std::vector<T> padded(size_t(offset), fill);
+  padded.insert(padded.end(), v.begin(), v.end());
+  return to_gpu(padded);
+}
+// The elements of a GPU buffer from `offset` on (undoes gpu_at_offset).
+template <class T>
+std::vector<T> download(const Tensor<T, Cuda>& t, int64_t offset = 0) {
+  auto v = t.to_vector();
+  v.erase(v.begin(), v.begin() + offset);
+  return v;
+}
 
 }  // namespace mil::test

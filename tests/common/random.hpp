@@ -1,6 +1,7 @@
 #pragma once
 // Fresh random test inputs from the project's Philox streams (reproducible, never zeros).
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include <mil/core/rng.hpp>
@@ -19,6 +20,13 @@ inline std::vector<float> round_to_bf16(const std::vector<float>& v) {
   std::vector<float> r(v.size());
   for (size_t i = 0; i < v.size(); ++i) r[i] = float(bf16(v[i]));
   return r;
+}
+// Random values representable in T (rounded through bf16 when T is bf16), as floats: a GPU kernel
+// in T and a CPU reference in float or double see the same numbers.
+template <class T>
+std::vector<float> representable(size_t n, uint64_t seed, float lo = -1.f, float hi = 1.f) {
+  auto v = random_vector<float>(n, seed, lo, hi);
+  return std::is_same_v<T, bf16> ? round_to_bf16(v) : v;
 }
 template <class T, class S>
 std::vector<T> cast_vector(const std::vector<S>& v) {

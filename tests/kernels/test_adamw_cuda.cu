@@ -16,33 +16,13 @@ using namespace mil;
 
 namespace {
 
-template <class T>
-const char* type_name() {
-  return std::is_same_v<T, float> ? "f32" : "bf16";
-}
-
-// v after `offset` padding elements, on the GPU.
-template <class T>
-Tensor<T, Cuda> gpu_at_offset(const std::vector<T>& v, int64_t offset) {
-  std::vector<T> padded(size_t(offset), test::poison<T>());
-  padded.insert(padded.end(), v.begin(), v.end());
-  return test::to_gpu(padded);
-}
-
-template <class T>
-std::vector<T> download(const Tensor<T, Cuda>& t, int64_t offset) {
-  auto v = t.to_vector();
-  v.erase(v.begin(), v.begin() + offset);
-  return v;
-}
-
 // Three AdamW steps on the GPU and on the CPU from the same state and gradients. offset: where
 // master, m, v and the gradient start in their buffers; param_offset: the same for the copy
 // (different from offset: the element-wise path). device_scale: a clipping factor on the device.
 template <class P, class G>
 void check_adamw(int64_t n, bool with_param, bool device_scale, int64_t offset,
                  int64_t param_offset, uint64_t seed) {
-  const std::string what = std::string("cuda adamw P=") + type_name<P>() + " G=" + type_name<G>() +
+  const std::string what = std::string("cuda adamw P=") + test::type_name<P>() + " G=" + test::type_name<G>() +
                            " n=" + std::to_string(n) + " param=" + std::to_string(with_param) +
                            " device_scale=" + std::to_string(device_scale) +
                            " offsets=" + std::to_string(offset) + "," +
@@ -50,8 +30,8 @@ void check_adamw(int64_t n, bool with_param, bool device_scale, int64_t offset,
   auto master = test::random_vector<float>(size_t(n), seed, -1.f, 1.f);
   auto m = test::random_vector<float>(size_t(n), seed + 1, -0.1f, 0.1f);
   auto v = test::random_vector<float>(size_t(n), seed + 2, 0.f, 0.01f);
-  auto master_gpu = gpu_at_offset(master, offset), m_gpu = gpu_at_offset(m, offset),
-       v_gpu = gpu_at_offset(v, offset);
+  auto master_gpu = test::gpu_at_offset(master, offset), m_gpu = test::gpu_at_offset(m, offset),
+       v_gpu = test::gpu_at_offset(v, offset);
   auto param_gpu = test::poisoned_gpu<P>(size_t(n + param_offset));
   const float clip = 0.37f;
   auto clip_gpu = test::to_gpu(std::vector<float>{clip});
@@ -64,7 +44,7 @@ void check_adamw(int64_t n, bool with_param, bool device_scale, int64_t offset,
     s.grad_scale = 0.8f;
     auto grad =
         test::cast_vector<G>(test::random_vector<float>(size_t(n), seed + 10 + uint64_t(t)));
-    auto grad_gpu = gpu_at_offset(grad, offset);
+    auto grad_gpu = test::gpu_at_offset(grad, offset);
     cuda::adamw_update<P, G>(
         master_gpu.data() + offset, m_gpu.data() + offset, v_gpu.data() + offset,
         with_param ? param_gpu.data() + param_offset : nullptr, grad_gpu.data() + offset, n, s,
@@ -74,11 +54,11 @@ void check_adamw(int64_t n, bool with_param, bool device_scale, int64_t offset,
     cpu::adamw_update(master.data(), m.data(), v.data(), with_param ? param.data() : nullptr,
                       grad.data(), n, cpu_step);
   }
-  const auto master_out = download(master_gpu, offset);
+  const auto master_out = test::download(master_gpu, offset);
   test::require_close(what + " master", master_out, master, 1e-6);
-  test::require_close(what + " m", download(m_gpu, offset), m, 1e-6);
-  test::require_close(what + " v", download(v_gpu, offset), v, 1e-6);
-  const auto param_out = download(param_gpu, param_offset);
+  test::require_close(what + " m", test::download(m_gpu, offset), m, 1e-6);
+  test::require_close(what + " v", test::download(v_gpu, offset), v, 1e-6);
+  const auto param_out = test::download(param_gpu, param_offset);
   if (with_param) {
     bool copies = true;  // the copy is P(master) of the GPU's own master weights
     for (int64_t i = 0; i < n; ++i) {

@@ -16,13 +16,6 @@ using namespace mil;
 namespace {
 
 template <class T>
-std::vector<uint8_t> bytes_of(const std::vector<T>& v, size_t from = 0) {
-  std::vector<uint8_t> r((v.size() - from) * sizeof(T));
-  std::memcpy(r.data(), v.data() + from, r.size());
-  return r;
-}
-
-template <class T>
 std::vector<T> random_t(size_t n, uint64_t seed) {
   return test::cast_vector<T>(test::random_vector<float>(n, seed, -3.f, 3.f));
 }
@@ -41,7 +34,7 @@ void check_add(int64_t n, int64_t offset, uint64_t seed) {
                     mil::cuda::current_stream());
   auto got = out.to_vector();
   INFO("cuda add ", std::is_same_v<T, float> ? "f32" : "bf16", " n=", n, " offset=", offset);
-  CHECK(bytes_of(got) == bytes_of(ref));
+  CHECK(test::bytes_of(got) == test::bytes_of(ref));
   test::require_close("cuda add", got, ref, 1e-7);
 }
 
@@ -53,17 +46,17 @@ void check_add_into(int64_t n, uint64_t seed) {
   auto src_gpu = test::to_gpu(src);
   auto dst = test::to_gpu(std::vector<T>(size_t(n), T(0.5f)));
   mil::cuda::add_into<T>(dst.data(), src_gpu.data(), n, true, mil::cuda::current_stream());
-  CHECK(bytes_of(dst.to_vector()) == bytes_of(acc));
+  CHECK(test::bytes_of(dst.to_vector()) == test::bytes_of(acc));
   auto copy = test::poisoned_gpu<T>(size_t(n));
   mil::cuda::add_into<T>(copy.data(), src_gpu.data(), n, false, mil::cuda::current_stream());
-  CHECK(bytes_of(copy.to_vector()) == bytes_of(src));
+  CHECK(test::bytes_of(copy.to_vector()) == test::bytes_of(src));
   // Exact aliasing: dst += dst doubles, a copy onto itself changes nothing.
   mil::cuda::add_into<T>(src_gpu.data(), src_gpu.data(), n, false, mil::cuda::current_stream());
-  CHECK(bytes_of(src_gpu.to_vector()) == bytes_of(src));
+  CHECK(test::bytes_of(src_gpu.to_vector()) == test::bytes_of(src));
   std::vector<T> twice(src);
   cpu::add_into(twice.data(), twice.data(), n, true);
   mil::cuda::add_into<T>(src_gpu.data(), src_gpu.data(), n, true, mil::cuda::current_stream());
-  CHECK(bytes_of(src_gpu.to_vector()) == bytes_of(twice));
+  CHECK(test::bytes_of(src_gpu.to_vector()) == test::bytes_of(twice));
 }
 
 }  // namespace

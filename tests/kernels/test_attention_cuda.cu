@@ -101,7 +101,7 @@ void check_against_cpu(const AttentionCase& c, uint64_t seed, bool accumulate) {
   cudaStream_t stream = cuda::current_stream();
 
   // Inputs (the gaps hold values too: a kernel that reads them would change its output).
-  const auto in = test::round_to_bf16(test::random_vector<float>(size_t(l.total), seed, -2.f, 2.f));
+  const auto in = test::representable<bf16>(size_t(l.total), seed, -2.f, 2.f);
   auto in_gpu = test::to_gpu(test::cast_vector<bf16>(in));
   const bf16* q = in_gpu.data() + l.q_off;
   const bf16* k = in_gpu.data() + l.k_off;
@@ -118,7 +118,7 @@ void check_against_cpu(const AttentionCase& c, uint64_t seed, bool accumulate) {
   test::require_close("attention cuda out", out, out_ref, 1e-2);
   test::require_close("attention cuda lse", lse, lse_ref, 1e-5);
 
-  const auto dout = test::round_to_bf16(test::random_vector<float>(n_out, seed + 1));
+  const auto dout = test::representable<bf16>(n_out, seed + 1);
   auto dout_gpu = test::to_gpu(test::cast_vector<bf16>(dout));
   const float prefill = 0.25f;
   const bf16 fill = accumulate ? bf16(prefill) : test::poison<bf16>();

@@ -17,26 +17,6 @@ using namespace mil;
 
 namespace {
 
-// A GPU buffer holding v after `offset` padding elements (rows that start off 16-byte boundaries).
-template <class T>
-Tensor<T, Cuda> gpu_at_offset(const std::vector<T>& v, int64_t offset) {
-  std::vector<T> padded(size_t(offset), test::poison<T>());
-  padded.insert(padded.end(), v.begin(), v.end());
-  return test::to_gpu(padded);
-}
-
-template <class T>
-bool bitwise_equal(const std::vector<T>& a, const std::vector<T>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
-}
-
-template <class T>
-std::vector<T> download(const Tensor<T, Cuda>& t, int64_t offset) {
-  auto v = t.to_vector();
-  v.erase(v.begin(), v.begin() + offset);
-  return v;
-}
-
 // The gradient split into its target elements (dloss * (p_t - 1)) and all the others
 // (dloss * p_j): compared separately, so the -1 of the targets cannot hide softmax errors.
 template <class T>
@@ -61,11 +41,10 @@ void compare_gradient(const std::string& what, const std::vector<T>& out,
 template <class T>
 void check_cross_entropy(int64_t rows, int64_t vocab, uint64_t seed) {
   const std::string what = std::string("cuda cross_entropy ") +
-                           (std::is_same_v<T, float> ? "f32" : "bf16") +
+                           test::type_name<T>() +
                            " rows=" + std::to_string(rows) + " vocab=" + std::to_string(vocab);
   const size_t n = size_t(rows * vocab);
-  auto values = test::random_vector<float>(n, seed, -8.f, 8.f);
-  if constexpr (std::is_same_v<T, bf16>) values = test::round_to_bf16(values);
+  const auto values = test::representable<T>(n, seed, -8.f, 8.f);
   const auto logits = test::cast_vector<T>(values);
   std::vector<int32_t> targets(static_cast<size_t>(rows));
   for (int64_t r = 0; r < rows; ++r) {
@@ -79,7 +58,7 @@ void check_cross_entropy(int64_t rows, int64_t vocab, uint64_t seed) {
   cpu::cross_entropy_forward_backward<float>(ref_losses.data(), ref.data(), values.data(),
                                              targets.data(), rows, vocab, dloss);
   auto targets_gpu = test::to_gpu(targets);
-  const double tol = std::is_same_v<T, float> ? 1e-5 : 1e-2;
+  const double tol = test::tolerance<T>();
   cudaStream_t stream = cuda::current_stream();
 
   for (int64_t dlogits_offset : {0, 1}) {  // 1: misaligned against the logits
@@ -92,18 +71,19 @@ void check_cross_entropy(int64_t rows, int64_t vocab, uint64_t seed) {
     const std::string how =
         what + " out of place, dlogits offset " + std::to_string(dlogits_offset);
     test::require_close(how + " loss", losses_gpu.to_vector(), ref_losses, 1e-5);
-    compare_gradient(how, download(dlogits_gpu, dlogits_offset), ref, targets, vocab, tol);
-    CHECK(bitwise_equal(logits_gpu.to_vector(), logits));  // the input is untouched
+    compare_gradient(how, test::download(dlogits_gpu, dlogits_offset), ref, targets, vocab, tol);
+    // The input is untouched.
+    CHECK(test::bytes_of(logits_gpu.to_vector()) == test::bytes_of(logits));
   }
   {
     const int64_t offset = 3;
-    auto buffer = gpu_at_offset(logits, offset);
+    auto buffer = test::gpu_at_offset(logits, offset);
     auto losses_gpu = test::poisoned_gpu<float>(size_t(rows));
     cuda::cross_entropy_forward_backward<T>(losses_gpu.data(), buffer.data() + offset,
                                             buffer.data() + offset, targets_gpu.data(), rows, vocab,
                                             dloss, -100, stream);
     test::require_close(what + " in place loss", losses_gpu.to_vector(), ref_losses, 1e-5);
-    compare_gradient(what + " in place", download(buffer, offset), ref, targets, vocab, tol);
+    compare_gradient(what + " in place", test::download(buffer, offset), ref, targets, vocab, tol);
   }
   {
     auto logits_gpu = test::to_gpu(logits);
@@ -158,8 +138,7 @@ TEST_CASE("cross_entropy cuda: logits near 1e4 are as accurate as logits near 0"
 TEST_CASE("cross_entropy cuda: an invalid target makes only its own row NaN") {
   MIL_REQUIRE_GPU();
   const int64_t rows = 4, vocab = 777;
-  auto values =
-      test::round_to_bf16(test::random_vector<float>(size_t(rows * vocab), 311, -3.f, 3.f));
+  auto values = test::representable<bf16>(size_t(rows * vocab), 311, -3.f, 3.f);
   std::vector<int32_t> targets{5, int32_t(vocab), -100, -2};  // rows 1 and 3 invalid
   auto logits = test::to_gpu(test::cast_vector<bf16>(values));
   auto targets_gpu = test::to_gpu(targets);

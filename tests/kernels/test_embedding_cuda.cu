@@ -23,21 +23,9 @@ std::vector<int32_t> random_ids(int64_t n, int64_t vocab, uint64_t seed) {
   return ids;
 }
 
-template <class T>
-std::vector<uint8_t> bytes_of(const std::vector<T>& v) {
-  std::vector<uint8_t> r(v.size() * sizeof(T));
-  std::memcpy(r.data(), v.data(), r.size());
-  return r;
-}
-
 std::string describe(const char* what, const char* type, int64_t n, int64_t dim, int64_t vocab) {
   return std::string("cuda embedding ") + what + " " + type + " n=" + std::to_string(n) +
          " dim=" + std::to_string(dim) + " vocab=" + std::to_string(vocab);
-}
-
-template <class T>
-const char* type_name() {
-  return std::is_same_v<T, float> ? "f32" : "bf16";
 }
 
 template <class T>
@@ -52,8 +40,8 @@ void check_forward(int64_t n, int64_t dim, int64_t vocab, uint64_t seed) {
   mil::cuda::embedding_forward<T>(out.data(), table_gpu.data(), ids_gpu.data(), n, dim, vocab,
                                   mil::cuda::current_stream());
   auto got = out.to_vector();
-  INFO(describe("forward", type_name<T>(), n, dim, vocab));
-  CHECK(bytes_of(got) == bytes_of(ref));  // a copy: bitwise equal
+  INFO(describe("forward", test::type_name<T>(), n, dim, vocab));
+  CHECK(test::bytes_of(got) == test::bytes_of(ref));  // a copy: bitwise equal
 }
 
 // GPU backward of T against the CPU backward in float on the same (T-rounded) values, over a
@@ -74,7 +62,7 @@ std::vector<T> check_backward(const std::vector<int32_t>& ids, int64_t dim, int6
                                    accumulate, mil::cuda::current_stream());
   auto got = dtable.to_vector();
   test::require_close(describe(accumulate ? "backward accumulate" : "backward overwrite",
-                               type_name<T>(), n, dim, vocab),
+                               test::type_name<T>(), n, dim, vocab),
                       got, ref, tol);
   return got;
 }
@@ -126,10 +114,10 @@ TEST_CASE("embedding cuda: backward is deterministic (two runs bitwise equal)") 
   for (bool accumulate : {false, true}) {
     auto f1 = check_backward<float>(ids, 96, 50, accumulate, 901, 1e-5);
     auto f2 = check_backward<float>(ids, 96, 50, accumulate, 901, 1e-5);
-    CHECK(bytes_of(f1) == bytes_of(f2));
+    CHECK(test::bytes_of(f1) == test::bytes_of(f2));
     auto b1 = check_backward<bf16>(ids, 96, 50, accumulate, 902, 1e-2);
     auto b2 = check_backward<bf16>(ids, 96, 50, accumulate, 902, 1e-2);
-    CHECK(bytes_of(b1) == bytes_of(b2));
+    CHECK(test::bytes_of(b1) == test::bytes_of(b2));
   }
 }
 

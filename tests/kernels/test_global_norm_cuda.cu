@@ -21,9 +21,7 @@ namespace {
 // Runs cuda::sum_of_squares on the n values starting `offset` elements into a GPU buffer.
 template <class T>
 float gpu_sum_of_squares(const std::vector<T>& x, int64_t offset) {
-  std::vector<T> padded(size_t(offset), T(1e3f));  // padding that would show if it were read
-  padded.insert(padded.end(), x.begin(), x.end());
-  auto buffer = test::to_gpu(padded);
+  auto buffer = test::gpu_at_offset(x, offset, T(1e3f));  // padding that would show if it were read
   auto out = test::poisoned_gpu<float>(1);
   cuda::sum_of_squares<T>(out.data(), buffer.data() + offset, int64_t(x.size()),
                           cuda::current_stream());

@@ -25,14 +25,6 @@ std::string describe(const char* type, const GemmShape& s, int64_t offset) {
          " beta=" + std::to_string(s.beta) + " offset=" + std::to_string(offset);
 }
 
-// A GPU buffer holding v after `offset` padding elements (operands that are not 256-byte aligned).
-template <class T>
-Tensor<T, Cuda> gpu_at_offset(const std::vector<T>& v, int64_t offset) {
-  std::vector<T> padded(size_t(offset), T(0.f));
-  padded.insert(padded.end(), v.begin(), v.end());
-  return test::to_gpu(padded);
-}
-
 // Runs mil::cuda::matmul<T> on fresh random inputs (rounded to T) and compares with cpu::matmul in
 // double on the same inputs. beta = 0: C starts as NaN, which must not reach the output.
 template <class T>
@@ -47,9 +39,12 @@ std::vector<T> check_matmul(const GemmShape& s, double tol, uint64_t seed, int64
     auto ad = test::cast_vector<double>(a), bd = test::cast_vector<double>(b);
     cpu::matmul(s, ref.data(), ad.data(), bd.data());
   }
-  auto a_gpu = gpu_at_offset(a, offset), b_gpu = gpu_at_offset(b, offset);
-  auto c_gpu = gpu_at_offset(
-      s.beta != 0 ? c_in : std::vector<T>(nc, T(std::numeric_limits<float>::quiet_NaN())), offset);
+  // Zero padding: operands that are not 256-byte aligned.
+  auto a_gpu = test::gpu_at_offset(a, offset, T(0.f));
+  auto b_gpu = test::gpu_at_offset(b, offset, T(0.f));
+  auto c_gpu = test::gpu_at_offset(
+      s.beta != 0 ? c_in : std::vector<T>(nc, T(std::numeric_limits<float>::quiet_NaN())), offset,
+      T(0.f));
   mil::cuda::matmul<T>(s, c_gpu.data() + offset, a_gpu.data() + offset, b_gpu.data() + offset,
                        mil::cuda::current_stream());
   auto out = c_gpu.to_vector();
@@ -71,13 +66,6 @@ void check_all_transposes(double tol) {
         GemmShape s{sh[0], sh[1], sh[2], bool(t & 1), bool(t & 2), sh[3], ab[0], ab[1]};
         check_matmul<T>(s, tol, seed += 3);
       }
-}
-
-template <class T>
-std::vector<uint8_t> bytes_of(const std::vector<T>& v) {
-  std::vector<uint8_t> r(v.size() * sizeof(T));
-  std::memcpy(r.data(), v.data(), r.size());
-  return r;
 }
 
 }  // namespace
@@ -126,10 +114,10 @@ TEST_CASE("matmul cuda: repeated calls (cached plan) are bitwise equal") {
   GemmShape s{200, 300, 700, false, true, 2, 1.f, 0.f};
   auto first = check_matmul<bf16>(s, 1e-2, 77);
   auto second = check_matmul<bf16>(s, 1e-2, 77);
-  CHECK(bytes_of(first) == bytes_of(second));
+  CHECK(test::bytes_of(first) == test::bytes_of(second));
   auto f1 = check_matmul<float>(s, 1e-5, 78);
   auto f2 = check_matmul<float>(s, 1e-5, 78);
-  CHECK(bytes_of(f1) == bytes_of(f2));
+  CHECK(test::bytes_of(f1) == test::bytes_of(f2));
 }
 
 TEST_CASE("matmul cuda: k = 0 gives beta C - empty outputs are a no-op - bad sizes throw") {

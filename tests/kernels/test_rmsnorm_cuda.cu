@@ -13,21 +13,8 @@
 #include "common/random.hpp"
 
 using namespace mil;
-using mil::test::random_vector;
 
 namespace {
-
-template <class T>
-constexpr double tolerance() {
-  return std::is_same_v<T, bf16> ? 1e-2 : 1e-5;
-}
-
-// Random values representable in T, so the GPU and the CPU reference see the same numbers.
-template <class T>
-std::vector<float> representable(size_t n, uint64_t seed, float lo = -1.f, float hi = 1.f) {
-  auto v = random_vector<float>(n, seed, lo, hi);
-  return std::is_same_v<T, bf16> ? test::round_to_bf16(v) : v;
-}
 
 struct Case {
   int64_t rows, dim;
@@ -40,11 +27,11 @@ void check_against_cpu(const Case& c, uint64_t seed, cudaStream_t stream = nullp
   const float eps = 1e-5f;
   INFO("rows ", rows, " dim ", dim, " dw ", c.with_dw, " accumulate dx ", c.accumulate_dx,
        " accumulate dw ", c.accumulate_dw, " bf16 ", std::is_same_v<T, bf16>);
-  auto x = representable<T>(size_t(n), seed, -2.f, 2.f);
-  auto w = representable<T>(size_t(dim), seed + 1, 0.f, 2.f);
-  auto g = representable<T>(size_t(n), seed + 2);
-  auto dx0 = representable<T>(size_t(n), seed + 3);  // pre-filled gradients
-  auto dw0 = representable<T>(size_t(dim), seed + 4);
+  auto x = test::representable<T>(size_t(n), seed, -2.f, 2.f);
+  auto w = test::representable<T>(size_t(dim), seed + 1, 0.f, 2.f);
+  auto g = test::representable<T>(size_t(n), seed + 2);
+  auto dx0 = test::representable<T>(size_t(n), seed + 3);  // pre-filled gradients
+  auto dw0 = test::representable<T>(size_t(dim), seed + 4);
 
   // CPU reference in double on the same values
   auto xd = test::cast_vector<double>(x), wd = test::cast_vector<double>(w),
@@ -71,11 +58,11 @@ void check_against_cpu(const Case& c, uint64_t seed, cudaStream_t stream = nullp
   MIL_CUDA_CHECK(cudaStreamSynchronize(stream));
   MIL_CUDA_CHECK(cudaGetLastError());
 
-  test::require_close("rmsnorm gpu out", out_gpu.to_vector(), out_ref, tolerance<T>());
+  test::require_close("rmsnorm gpu out", out_gpu.to_vector(), out_ref, test::tolerance<T>());
   test::require_close("rmsnorm gpu rstd", rstd_gpu.to_vector(), rstd_ref, 1e-5);
-  test::require_close("rmsnorm gpu dx", dx_gpu.to_vector(), dx_ref, tolerance<T>());
+  test::require_close("rmsnorm gpu dx", dx_gpu.to_vector(), dx_ref, test::tolerance<T>());
   if (c.with_dw) {
-    test::require_close("rmsnorm gpu dw", dw_gpu.to_vector(), dw_ref, tolerance<T>());
+    test::require_close("rmsnorm gpu dw", dw_gpu.to_vector(), dw_ref, test::tolerance<T>());
   } else {  // frozen weight: dw untouched
     auto dw_after = dw_gpu.to_vector();
     auto dw_before = c.accumulate_dw ? test::cast_vector<T>(dw0)
@@ -130,9 +117,9 @@ TEST_CASE("rmsnorm: gpu on a non-default stream") {
 TEST_CASE("rmsnorm: gpu misaligned pointers take the one-element path") {
   MIL_REQUIRE_GPU();
   const int64_t rows = 37, dim = 576;
-  auto x = representable<bf16>(size_t(rows * dim), 700, -2.f, 2.f);
-  auto w = representable<bf16>(size_t(dim), 701);
-  auto g = representable<bf16>(size_t(rows * dim), 702);
+  auto x = test::representable<bf16>(size_t(rows * dim), 700, -2.f, 2.f);
+  auto w = test::representable<bf16>(size_t(dim), 701);
+  auto g = test::representable<bf16>(size_t(rows * dim), 702);
   auto xd = test::cast_vector<double>(x), wd = test::cast_vector<double>(w),
        gd = test::cast_vector<double>(g);
   std::vector<double> out_ref(xd.size()), rstd_ref(rows), dx_ref(xd.size()), dw_ref(dim);
@@ -167,9 +154,9 @@ TEST_CASE("rmsnorm: gpu misaligned pointers take the one-element path") {
 TEST_CASE("rmsnorm: gpu dw is bitwise the same on every run") {
   MIL_REQUIRE_GPU();
   const int64_t rows = 4097, dim = 1000;
-  auto x = test::to_gpu(test::cast_vector<bf16>(representable<bf16>(size_t(rows * dim), 800)));
-  auto w = test::to_gpu(test::cast_vector<bf16>(representable<bf16>(size_t(dim), 801)));
-  auto g = test::to_gpu(test::cast_vector<bf16>(representable<bf16>(size_t(rows * dim), 802)));
+  auto x = test::to_gpu(test::cast_vector<bf16>(test::representable<bf16>(size_t(rows * dim), 800)));
+  auto w = test::to_gpu(test::cast_vector<bf16>(test::representable<bf16>(size_t(dim), 801)));
+  auto g = test::to_gpu(test::cast_vector<bf16>(test::representable<bf16>(size_t(rows * dim), 802)));
   auto out = Tensor<bf16, Cuda>::empty(Shape{rows, dim}),
        dx = Tensor<bf16, Cuda>::empty(Shape{rows, dim});
   auto rstd = Tensor<float, Cuda>::empty(Shape{rows});

@@ -16,11 +16,6 @@ using mil::test::random_vector;
 
 namespace {
 
-template <class T>
-constexpr double tolerance() {
-  return std::is_same_v<T, bf16> ? 1e-2 : 1e-5;
-}
-
 std::vector<int32_t> random_positions(int64_t n, uint64_t seed, int32_t max_pos) {
   std::vector<int32_t> p(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i)
@@ -42,8 +37,7 @@ void check_against_cpu(const Case& c, uint64_t seed) {
        " offset ", c.offset, " interleaved ", c.cfg.layout == RopeLayout::interleaved, " llama3 ",
        c.cfg.llama3_scaling, " inverse ", c.inverse, " in place ", c.in_place, " bf16 ",
        std::is_same_v<T, bf16>);
-  auto in = random_vector<float>(size_t(n), seed, -2.f, 2.f);
-  if (std::is_same_v<T, bf16>) in = test::round_to_bf16(in);
+  auto in = test::representable<T>(size_t(n), seed, -2.f, 2.f);
   auto pos = random_positions(c.tokens, seed + 1, 100000);
 
   // CPU reference in double, written over a poisoned copy so the untouched elements match too
@@ -73,7 +67,7 @@ void check_against_cpu(const Case& c, uint64_t seed) {
         REQUIRE(double(to_acc(out[k])) == ref[k]);
       }
     }
-  test::require_close("rope gpu", got, want, tolerance<T>());
+  test::require_close("rope gpu", got, want, test::tolerance<T>());
 }
 
 RopeConfig config(int64_t head_dim, RopeLayout layout, bool llama3) {

@@ -14,20 +14,8 @@
 #include "common/random.hpp"
 
 using namespace mil;
-using mil::test::random_vector;
 
 namespace {
-
-template <class T>
-constexpr double tolerance() {
-  return std::is_same_v<T, bf16> ? 1e-2 : 1e-5;
-}
-
-template <class T>
-std::vector<float> representable(size_t n, uint64_t seed, float lo = -1.f, float hi = 1.f) {
-  auto v = random_vector<float>(n, seed, lo, hi);
-  return std::is_same_v<T, bf16> ? test::round_to_bf16(v) : v;
-}
 
 // gate and up live in one buffer: fused rows [gate | up] (in_stride = 2 * hidden), or the gate
 // rows followed by the up rows (two separate [rows, hidden] blocks, in_stride = hidden).
@@ -46,9 +34,9 @@ void check_against_cpu(const Case& c, uint64_t seed) {
   const size_t buf_size = size_t(c.shift + 2 * n);
   INFO("rows ", rows, " hidden ", hidden, " fused ", c.fused, " accumulate ", c.accumulate,
        " shift ", c.shift, " bf16 ", std::is_same_v<T, bf16>);
-  auto gu = representable<T>(buf_size, seed, -6.f, 6.f);  // gate and up, and gap/shift values
-  auto dout = representable<T>(size_t(n), seed + 1);
-  auto dgu0 = representable<T>(buf_size, seed + 2);  // pre-filled gradients
+  auto gu = test::representable<T>(buf_size, seed, -6.f, 6.f);  // gate and up, and gap/shift values
+  auto dout = test::representable<T>(size_t(n), seed + 1);
+  auto dgu0 = test::representable<T>(buf_size, seed + 2);  // pre-filled gradients
 
   auto gu_d = test::cast_vector<double>(gu), dout_d = test::cast_vector<double>(dout);
   std::vector<double> out_ref(static_cast<size_t>(n));
@@ -72,8 +60,9 @@ void check_against_cpu(const Case& c, uint64_t seed) {
   cuda::swiglu_backward(dg, dg + up_offset, dout_gpu.data(), g, g + up_offset, rows, hidden,
                         in_stride, c.accumulate, nullptr);
   MIL_CUDA_CHECK(cudaDeviceSynchronize());
-  test::require_close("swiglu gpu out", out_gpu.to_vector(), out_ref, tolerance<T>());
-  test::require_close("swiglu gpu dgate and dup", dgu_gpu.to_vector(), dgu_ref, tolerance<T>());
+  test::require_close("swiglu gpu out", out_gpu.to_vector(), out_ref, test::tolerance<T>());
+  test::require_close("swiglu gpu dgate and dup", dgu_gpu.to_vector(), dgu_ref,
+                      test::tolerance<T>());
   // elements in front of the buffers keep their values exactly
   auto dgu = dgu_gpu.to_vector();
   for (int64_t i = 0; i < c.shift; ++i) CHECK(double(to_acc(dgu[size_t(i)])) == dgu_ref[size_t(i)]);

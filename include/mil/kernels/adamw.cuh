@@ -16,6 +16,7 @@
 #include <type_traits>
 
 #include "../core/cuda_check.hpp"
+#include "../core/cuda_vec.cuh"
 #include "../core/dtype.hpp"
 #include "../core/error.hpp"
 #include "adamw.hpp"
@@ -25,39 +26,6 @@ namespace adamw_detail {
 
 constexpr int kThreads = 256;
 constexpr int kBlocksPerSm = 8;  // 2048 threads per SM, one wave; the rest is grid-stride
-
-MIL_DEVICE inline float to_float(float x) { return x; }
-MIL_DEVICE inline float to_float(bf16 x) { return __uint_as_float(uint32_t(x.bits) << 16); }
-MIL_DEVICE inline uint32_t bf16_bits(float x) {
-  return __bfloat16_as_ushort(__float2bfloat16_rn(x));
-}
-template <class T>
-MIL_DEVICE inline T from_float(float x) {
-  if constexpr (std::is_same_v<T, float>) return x;
-  else return bf16::from_bits(uint16_t(bf16_bits(x)));
-}
-
-// Four consecutive elements at p (aligned to 4 elements) <-> floats.
-template <class T>
-MIL_DEVICE inline void load4(const T* p, float* f) {
-  if constexpr (std::is_same_v<T, float>) {
-    const float4 v = *reinterpret_cast<const float4*>(p);
-    f[0] = v.x, f[1] = v.y, f[2] = v.z, f[3] = v.w;
-  } else {
-    const uint2 w = *reinterpret_cast<const uint2*>(p);
-    f[0] = __uint_as_float(w.x << 16), f[1] = __uint_as_float(w.x & 0xffff0000u);
-    f[2] = __uint_as_float(w.y << 16), f[3] = __uint_as_float(w.y & 0xffff0000u);
-  }
-}
-template <class T>
-MIL_DEVICE inline void store4(T* p, const float* f) {
-  if constexpr (std::is_same_v<T, float>) {
-    *reinterpret_cast<float4*>(p) = make_float4(f[0], f[1], f[2], f[3]);
-  } else {
-    *reinterpret_cast<uint2*>(p) = make_uint2(bf16_bits(f[0]) | (bf16_bits(f[1]) << 16),
-                                              bf16_bits(f[2]) | (bf16_bits(f[3]) << 16));
-  }
-}
 
 template <class P, class G>
 MIL_DEVICE inline void update_one(float* master, float* m, float* v, P* param, const G* grad,

@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #include "../core/cuda_check.hpp"
+#include "../core/cuda_vec.cuh"
 #include "../core/dtype.hpp"
 #include "../core/error.hpp"
 
@@ -21,7 +22,7 @@ namespace detail {
 // Elements [0, packs * P) in packs of P = 16 / sizeof(T), the rest one by one.
 template <class T>
 __global__ void add_kernel(T* out, const T* a, const T* b, int64_t n, int64_t packs) {
-  constexpr int P = 16 / sizeof(T);
+  constexpr int P = kVec<T>;
   const int64_t first = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t p = first; p < packs; p += stride) {
@@ -48,10 +49,8 @@ void add(T* out, const T* a, const T* b, int64_t n, cudaStream_t stream) {
                 "cuda::add runs in float or bf16");
   MIL_CHECK(n >= 0, "add: negative size ", n);
   if (n == 0) return;
-  constexpr int64_t P = 16 / sizeof(T);
-  const uintptr_t addresses = reinterpret_cast<uintptr_t>(out) | reinterpret_cast<uintptr_t>(a) |
-                              reinterpret_cast<uintptr_t>(b);
-  const bool aligned = addresses % 16 == 0;
+  constexpr int64_t P = kVec<T>;
+  const bool aligned = aligned16(out) && aligned16(a) && aligned16(b);
   const int64_t packs = aligned ? n / P : 0;
   const int64_t work = packs + (n - packs * P);  // threads wanted: one per pack or tail element
   constexpr int threads = 256;

@@ -174,6 +174,44 @@ __device__ __forceinline__ void c_to_a(uint32_t (&a)[4], const float (&x)[N][4],
   a[3] = pack_bf16(x[2 * kk + 1][2], x[2 * kk + 1][3]);  // row g+8, cols 16kk + 8 + 2t
 }
 
+// Fragment products shared by the kernels; c holds C fragments (8 columns per n-tile) and is
+// added to. Each thread's share of the 16 rows is that of mma_bf16.
+template <int N>
+__device__ __forceinline__ void zero_fragments(float (&c)[N][4]) {
+  for (int n = 0; n < N; ++n) c[n][0] = c[n][1] = c[n][2] = c[n][3] = 0.f;
+}
+// c (16 x 8N) += A B^T over k < 16 KS: A is rows a_row.. of tile a ([m][k]), B tile b ([n][k]).
+template <int KS, int N>
+__device__ __forceinline__ void mma_a_bt(float (&c)[N][4], const bf16* a, const bf16* b, int ld,
+                                         int a_row, int lane) {
+  for (int ks = 0; ks < KS; ++ks) {
+    uint32_t af[4];
+    load_a(af, a, ld, a_row, ks * 16, lane);
+    for (int np = 0; np < N / 2; ++np) {
+      uint32_t bf[4];
+      load_b_nk(bf, b, ld, np * 16, ks * 16, lane);
+      mma_bf16(c[2 * np], af, bf[0], bf[1]);
+      mma_bf16(c[2 * np + 1], af, bf[2], bf[3]);
+    }
+  }
+}
+// c (16 x 8D) += X B over k < 8K: X held as C fragments x (rounded to bf16 by c_to_a), B the
+// first 8K rows of tile b ([k][n]) via ldmatrix.trans.
+template <int D, int K>
+__device__ __forceinline__ void mma_c_b(float (&c)[D][4], const float (&x)[K][4], const bf16* b,
+                                        int ld, int lane) {
+  for (int kk = 0; kk < K / 2; ++kk) {
+    uint32_t af[4];
+    c_to_a(af, x, kk);
+    for (int dp = 0; dp < D / 2; ++dp) {
+      uint32_t bf[4];
+      load_b_kn(bf, b, ld, kk * 16, dp * 16, lane);
+      mma_bf16(c[2 * dp], af, bf[0], bf[1]);
+      mma_bf16(c[2 * dp + 1], af, bf[2], bf[3]);
+    }
+  }
+}
+
 // Writes the pair (x0, x1) to p[0], p[1] as bf16, adding what is there when accumulating.
 __device__ __forceinline__ void store_pair(bf16* p, float x0, float x1, bool accumulate) {
   uint32_t* dst = reinterpret_cast<uint32_t*>(p);
@@ -218,7 +256,7 @@ __global__ void __launch_bounds__(kThreads)
 
   uint32_t qf[KS][4];  // this warp's 16 query rows as A fragments, loaded once
   float o[DT][4];      // output accumulator: rows g, g+8; columns dt*8 + 2t, +1
-  for (int dt = 0; dt < DT; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.f;
+  zero_fragments(o);
   // Online softmax state of rows g and g+8 in log2 units: running max (equal across the 4 lanes
   // of a row), and this lane's partial sum of exp2(score - max) (reduced at the end).
   float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
@@ -240,7 +278,7 @@ __global__ void __launch_bounds__(kThreads)
 
     // S = Q K^T for 16 rows x 64 keys: sc[nt] holds keys nt*8 + 2t, +1 of rows g, g+8.
     float sc[NT][4];
-    for (int nt = 0; nt < NT; ++nt) sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
+    zero_fragments(sc);
     for (int ks = 0; ks < KS; ++ks)
       for (int np = 0; np < NT / 2; ++np) {
         uint32_t kb[4];
@@ -279,16 +317,7 @@ __global__ void __launch_bounds__(kThreads)
         }
     }
     // O += P V: P (16 x 64 keys) from registers, V (64 keys x HD) via ldmatrix.trans.
-    for (int kk = 0; kk < kTile / 16; ++kk) {
-      uint32_t pa[4];
-      c_to_a(pa, sc, kk);
-      for (int dp = 0; dp < HD / 16; ++dp) {
-        uint32_t vb[4];
-        load_b_kn(vb, vt, LD, kk * 16, dp * 16, lane);
-        mma_bf16(o[2 * dp], pa, vb[0], vb[1]);
-        mma_bf16(o[2 * dp + 1], pa, vb[2], vb[3]);
-      }
-    }
+    mma_c_b(o, sc, vt, LD, lane);
   }
 
   for (int r = 0; r < 2; ++r) {
@@ -398,17 +427,8 @@ __global__ void __launch_bounds__(kThreads)
 
     // S^T = K Q^T: 16 keys x BQ queries; st[nt] holds queries nt*8 + 2t, +1 of keys g, g+8.
     float st[NQ][4];
-    for (int nt = 0; nt < NQ; ++nt) st[nt][0] = st[nt][1] = st[nt][2] = st[nt][3] = 0.f;
-    for (int ks = 0; ks < KS; ++ks) {
-      uint32_t ka[4];
-      load_a(ka, k_s, LD, warp * 16, ks * 16, lane);
-      for (int np = 0; np < NQ / 2; ++np) {
-        uint32_t qb[4];
-        load_b_nk(qb, qt, LD, np * 16, ks * 16, lane);
-        mma_bf16(st[2 * np], ka, qb[0], qb[1]);
-        mma_bf16(st[2 * np + 1], ka, qb[2], qb[3]);
-      }
-    }
+    zero_fragments(st);
+    mma_a_bt<KS>(st, k_s, qt, LD, warp * 16, lane);
     // P^T = exp(scale S^T - lse), zero where the key is after the query or the query is past seq.
     const bool masked = qs < k0 + kTile || qs + BQ > seq;
     for (int nt = 0; nt < NQ; ++nt)
@@ -420,43 +440,16 @@ __global__ void __launch_bounds__(kThreads)
         st[nt][c] = p;
       }
     // dV += P^T dO: dO (BQ queries x HD) via ldmatrix.trans.
-    for (int kk = 0; kk < BQ / 16; ++kk) {
-      uint32_t pa[4];
-      c_to_a(pa, st, kk);
-      for (int dp = 0; dp < HD / 16; ++dp) {
-        uint32_t ob[4];
-        load_b_kn(ob, dot_s, LD, kk * 16, dp * 16, lane);
-        mma_bf16(dv_acc[2 * dp], pa, ob[0], ob[1]);
-        mma_bf16(dv_acc[2 * dp + 1], pa, ob[2], ob[3]);
-      }
-    }
+    mma_c_b(dv_acc, st, dot_s, LD, lane);
     // dP^T = V dO^T: 16 keys x BQ queries.
     float dpt[NQ][4];
-    for (int nt = 0; nt < NQ; ++nt) dpt[nt][0] = dpt[nt][1] = dpt[nt][2] = dpt[nt][3] = 0.f;
-    for (int ks = 0; ks < KS; ++ks) {
-      uint32_t va[4];
-      load_a(va, v_s, LD, warp * 16, ks * 16, lane);
-      for (int np = 0; np < NQ / 2; ++np) {
-        uint32_t ob[4];
-        load_b_nk(ob, dot_s, LD, np * 16, ks * 16, lane);
-        mma_bf16(dpt[2 * np], va, ob[0], ob[1]);
-        mma_bf16(dpt[2 * np + 1], va, ob[2], ob[3]);
-      }
-    }
+    zero_fragments(dpt);
+    mma_a_bt<KS>(dpt, v_s, dot_s, LD, warp * 16, lane);
     // dS^T = P^T * (dP^T - D): D belongs to the query (column).
     for (int nt = 0; nt < NQ; ++nt)
       for (int c = 0; c < 4; ++c) st[nt][c] *= dpt[nt][c] - d_t[nt * 8 + 2 * t + (c & 1)];
     // dK += dS^T Q (scaled at the end): Q (BQ queries x HD) via ldmatrix.trans.
-    for (int kk = 0; kk < BQ / 16; ++kk) {
-      uint32_t dsa[4];
-      c_to_a(dsa, st, kk);
-      for (int dp = 0; dp < HD / 16; ++dp) {
-        uint32_t qb[4];
-        load_b_kn(qb, qt, LD, kk * 16, dp * 16, lane);
-        mma_bf16(dk_acc[2 * dp], dsa, qb[0], qb[1]);
-        mma_bf16(dk_acc[2 * dp + 1], dsa, qb[2], qb[3]);
-      }
-    }
+    mma_c_b(dk_acc, st, qt, LD, lane);
   }
 
   for (int r = 0; r < 2; ++r) {
@@ -511,8 +504,7 @@ __global__ void __launch_bounds__(kThreads)
   cp_async_commit();
 
   float dq_acc[DT][4];  // rows g, g+8 of this warp; columns dt*8 + 2t, +1
-  for (int dt = 0; dt < DT; ++dt)
-    for (int c = 0; c < 4; ++c) dq_acc[dt][c] = 0.f;
+  zero_fragments(dq_acc);
   float lse_r[2] = {0.f, 0.f}, d_r[2] = {0.f, 0.f};  // of rows g and g+8 (lse in log2 units)
 
   const int n_tiles = tile + 1;
@@ -535,17 +527,8 @@ __global__ void __launch_bounds__(kThreads)
 
     // S = Q K^T (16 rows x 64 keys), then P = exp(scale S - lse) with the causal mask.
     float sc[NT][4];
-    for (int nt = 0; nt < NT; ++nt) sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
-    for (int ks = 0; ks < KS; ++ks) {
-      uint32_t qa[4];
-      load_a(qa, q_s, LD, warp * 16, ks * 16, lane);
-      for (int np = 0; np < NT / 2; ++np) {
-        uint32_t kb[4];
-        load_b_nk(kb, kt, LD, np * 16, ks * 16, lane);
-        mma_bf16(sc[2 * np], qa, kb[0], kb[1]);
-        mma_bf16(sc[2 * np + 1], qa, kb[2], kb[3]);
-      }
-    }
+    zero_fragments(sc);
+    mma_a_bt<KS>(sc, q_s, kt, LD, warp * 16, lane);
     for (int nt = 0; nt < NT; ++nt)
       for (int c = 0; c < 4; ++c) {
         const int key = nt * 8 + 2 * t + (c & 1), row = warp * 16 + g + (c >> 1) * 8;
@@ -555,30 +538,12 @@ __global__ void __launch_bounds__(kThreads)
       }
     // dP = dO V^T (16 rows x 64 keys).
     float dp[NT][4];
-    for (int nt = 0; nt < NT; ++nt) dp[nt][0] = dp[nt][1] = dp[nt][2] = dp[nt][3] = 0.f;
-    for (int ks = 0; ks < KS; ++ks) {
-      uint32_t oa[4];
-      load_a(oa, do_s, LD, warp * 16, ks * 16, lane);
-      for (int np = 0; np < NT / 2; ++np) {
-        uint32_t vb[4];
-        load_b_nk(vb, vt, LD, np * 16, ks * 16, lane);
-        mma_bf16(dp[2 * np], oa, vb[0], vb[1]);
-        mma_bf16(dp[2 * np + 1], oa, vb[2], vb[3]);
-      }
-    }
+    zero_fragments(dp);
+    mma_a_bt<KS>(dp, do_s, vt, LD, warp * 16, lane);
     // dS = P * (dP - D), then dQ += dS K (scaled at the end): K (64 keys x HD) via ldmatrix.trans.
     for (int nt = 0; nt < NT; ++nt)
       for (int c = 0; c < 4; ++c) sc[nt][c] *= dp[nt][c] - d_r[c >> 1];
-    for (int kk = 0; kk < kTile / 16; ++kk) {
-      uint32_t dsa[4];
-      c_to_a(dsa, sc, kk);
-      for (int dp2 = 0; dp2 < HD / 16; ++dp2) {
-        uint32_t kb[4];
-        load_b_kn(kb, kt, LD, kk * 16, dp2 * 16, lane);
-        mma_bf16(dq_acc[2 * dp2], dsa, kb[0], kb[1]);
-        mma_bf16(dq_acc[2 * dp2 + 1], dsa, kb[2], kb[3]);
-      }
-    }
+    mma_c_b(dq_acc, sc, kt, LD, lane);
   }
 
   for (int r = 0; r < 2; ++r) {

@@ -20,6 +20,7 @@
 #include <type_traits>
 
 #include "../core/cuda_check.hpp"
+#include "../core/cuda_vec.cuh"
 #include "../core/dtype.hpp"
 #include "../core/error.hpp"
 
@@ -30,71 +31,11 @@ constexpr int kMaxThreads = 512;  // two such blocks per SM fit in the registers
 constexpr int kUnroll = 4;        // 16-byte loads in flight per thread
 constexpr float kLog2e = 1.4426950408889634f;
 
-template <class T>
-constexpr int kVec = 16 / int(sizeof(T));  // elements per 16-byte vector
-
 // 2^x on the special-function unit (relative error ~2^-22); flushes results below 2^-126 to 0.
 MIL_DEVICE inline float fast_exp2(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
-}
-
-MIL_DEVICE inline float to_float(float x) { return x; }
-MIL_DEVICE inline float to_float(bf16 x) { return __uint_as_float(uint32_t(x.bits) << 16); }
-MIL_DEVICE inline uint32_t bf16_bits(float x) {
-  return __bfloat16_as_ushort(__float2bfloat16_rn(x));
-}
-template <class T>
-MIL_DEVICE inline T from_float(float x) {
-  if constexpr (std::is_same_v<T, float>) return x;
-  else return bf16::from_bits(uint16_t(bf16_bits(x)));
-}
-
-// 16 bytes <-> kVec<T> floats (little endian: element 2i of bf16 is the low half of word i).
-template <class T>
-MIL_DEVICE inline void unpack(const uint4& r, float* f) {
-  const uint32_t w[4] = {r.x, r.y, r.z, r.w};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    if constexpr (std::is_same_v<T, float>) {
-      f[i] = __uint_as_float(w[i]);
-    } else {
-      f[2 * i] = __uint_as_float(w[i] << 16);
-      f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-    }
-  }
-}
-template <class T>
-MIL_DEVICE inline uint4 pack(const float* f) {
-  uint32_t w[4];
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    if constexpr (std::is_same_v<T, float>) w[i] = __float_as_uint(f[i]);
-    else w[i] = bf16_bits(f[2 * i]) | (bf16_bits(f[2 * i + 1]) << 16);
-  }
-  return make_uint4(w[0], w[1], w[2], w[3]);
-}
-
-// A row of n elements at p, split for 16-byte access: `head` elements before the first 16-byte
-// boundary, `nvec` whole vectors, and the elements from `tail` on. The head and tail elements
-// (fewer than 2 vectors' worth) are the "scalars", handled one per thread.
-struct RowSplit {
-  int64_t n, head, nvec, tail;
-  int shift;  // position of p within its 16 bytes, in elements
-  MIL_DEVICE int64_t scalars() const { return head + (n - tail); }
-  MIL_DEVICE int64_t scalar_element(int64_t k) const { return k < head ? k : tail + (k - head); }
-};
-template <class T>
-MIL_DEVICE inline RowSplit split_row(const T* p, int64_t n) {
-  RowSplit s;
-  s.n = n;
-  s.shift = int(reinterpret_cast<uintptr_t>(p) % 16 / sizeof(T));
-  const int64_t to_boundary = s.shift ? kVec<T> - s.shift : 0;
-  s.head = to_boundary < n ? to_boundary : n;
-  s.nvec = (n - s.head) / kVec<T>;
-  s.tail = s.head + s.nvec * kVec<T>;
-  return s;
 }
 
 // Running softmax normaliser: sum of exp(x - max) over the values seen.
@@ -150,7 +91,7 @@ MIL_DEVICE inline float softmax_grad(float x, const MaxSum& total, float inv_sum
 
 template <class T>
 MIL_DEVICE inline void zero_row(T* y, int64_t n) {
-  const RowSplit s = split_row(y, n);
+  const VecSplit s = split16(y, n);
   if (threadIdx.x < s.scalars()) y[s.scalar_element(threadIdx.x)] = from_float<T>(0.f);
   uint4* yv = reinterpret_cast<uint4*>(y + s.head);
   for (int64_t k = threadIdx.x; k < s.nvec; k += blockDim.x) yv[k] = make_uint4(0, 0, 0, 0);
@@ -180,7 +121,7 @@ __global__ void __launch_bounds__(kMaxThreads, 2)
   float target_logit = 0.f;
   if (threadIdx.x == 0) target_logit = valid ? to_float(x[target]) : NAN;
 
-  const RowSplit s = split_row(x, vocab);
+  const VecSplit s = split16(x, vocab);
   const uint4* xv = reinterpret_cast<const uint4*>(x + s.head);
   // Element j of the row lives at stage[j + shift], so the row's 16-byte vectors are 16-byte
   // aligned in shared memory as well (head + shift is 0 or V whenever nvec > 0).
@@ -277,7 +218,7 @@ void cross_entropy_forward_backward(float* losses, std::type_identity_t<T>* dlog
             " rows exceed the grid limit of one block per row");
   (void)checked_mul(rows, vocab);
   if (rows == 0) return;
-  constexpr int V = d::kVec<T>;
+  constexpr int V = kVec<T>;
   const int64_t vectors = (vocab + V - 1) / V;
   const int threads = int(std::clamp<int64_t>((vectors + 31) / 32 * 32, 32, d::kMaxThreads));
   const bool vector_store = dlogits == nullptr || reinterpret_cast<uintptr_t>(dlogits) % 16 ==

@@ -24,6 +24,7 @@
 
 #include "../core/allocator.hpp"
 #include "../core/cuda_check.hpp"
+#include "../core/cuda_vec.cuh"
 #include "../core/dtype.hpp"
 #include "../core/error.hpp"
 
@@ -125,9 +126,7 @@ void embedding_forward(T* out, const T* table, const int32_t* ids, int64_t n, in
   detail::check_embedding_sizes(n, dim, vocab);
   if (n == 0 || dim == 0) return;
   constexpr int threads = 256;
-  const bool vector =
-      (dim * int64_t(sizeof(T))) % 16 == 0 &&
-      (reinterpret_cast<uintptr_t>(out) | reinterpret_cast<uintptr_t>(table)) % 16 == 0;
+  const bool vector = dim % kVec<T> == 0 && aligned16(out) && aligned16(table);
   if (vector) {
     const int64_t units = dim * int64_t(sizeof(T)) / 16;
     detail::embedding_forward_kernel<uint4>

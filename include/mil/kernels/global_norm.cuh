@@ -15,6 +15,7 @@
 
 #include "../core/allocator.hpp"
 #include "../core/cuda_check.hpp"
+#include "../core/cuda_vec.cuh"
 #include "../core/dtype.hpp"
 #include "../core/error.hpp"
 
@@ -25,27 +26,13 @@ constexpr int kThreads = 256;
 constexpr int kMaxBlocks = 1024;  // partials; a fixed bound keeps the second stage one block
 constexpr int kUnroll = 4;        // 16-byte loads in flight per thread
 
-template <class T>
-constexpr int kVec = 16 / int(sizeof(T));
-
-MIL_DEVICE inline float to_float(float x) { return x; }
-MIL_DEVICE inline float to_float(bf16 x) { return __uint_as_float(uint32_t(x.bits) << 16); }
-
-// Sum of the squares of the kVec<T> elements in 16 bytes, added to acc.
+// Sum of the squares of the kVec<T> elements in 16 bytes, added to acc in element order.
 template <class T>
 MIL_DEVICE inline float add_squares(float acc, const uint4& r) {
-  const uint32_t w[4] = {r.x, r.y, r.z, r.w};
+  float f[kVec<T>];
+  unpack<T>(r, f);
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    if constexpr (std::is_same_v<T, float>) {
-      const float f = __uint_as_float(w[i]);
-      acc = fmaf(f, f, acc);
-    } else {
-      const float lo = __uint_as_float(w[i] << 16), hi = __uint_as_float(w[i] & 0xffff0000u);
-      acc = fmaf(lo, lo, acc);
-      acc = fmaf(hi, hi, acc);
-    }
-  }
+  for (int i = 0; i < kVec<T>; ++i) acc = fmaf(f[i], f[i], acc);
   return acc;
 }
 
@@ -69,28 +56,24 @@ template <class T>
 __global__ void __launch_bounds__(kThreads)
     sum_of_squares_partials_kernel(float* __restrict__ partials, const T* __restrict__ x,
                                    int64_t n) {
-  constexpr int V = kVec<T>;
-  const int shift = int(reinterpret_cast<uintptr_t>(x) % 16 / sizeof(T));
-  const int64_t to_boundary = shift ? V - shift : 0;
-  const int64_t head = to_boundary < n ? to_boundary : n;
-  const int64_t nvec = (n - head) / V, tail = head + nvec * V;
+  const VecSplit s = split16(x, n);
   const int64_t tid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
 
   float acc[kUnroll] = {};
-  if (tid < head + (n - tail)) {
-    const float f = to_float(x[tid < head ? tid : tail + (tid - head)]);
+  if (tid < s.scalars()) {
+    const float f = to_float(x[s.scalar_element(tid)]);
     acc[0] = f * f;
   }
-  const uint4* xv = reinterpret_cast<const uint4*>(x + head);
-  for (int64_t base = tid; base < nvec; base += kUnroll * stride) {
+  const uint4* xv = reinterpret_cast<const uint4*>(x + s.head);
+  for (int64_t base = tid; base < s.nvec; base += kUnroll * stride) {
     uint4 r[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u)
-      if (base + u * stride < nvec) r[u] = xv[base + u * stride];
+      if (base + u * stride < s.nvec) r[u] = xv[base + u * stride];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u)
-      if (base + u * stride < nvec) acc[u] = add_squares<T>(acc[u], r[u]);
+      if (base + u * stride < s.nvec) acc[u] = add_squares<T>(acc[u], r[u]);
   }
   const float sum = block_sum((acc[0] + acc[1]) + (acc[2] + acc[3]));
   if (threadIdx.x == 0) partials[blockIdx.x] = sum;
@@ -138,7 +121,7 @@ void sum_of_squares(float* out, const T* x, int64_t n, cudaStream_t stream) {
     return;
   }
   // The grid depends on n only (not on the GPU): the summation order is fixed by the input.
-  const int64_t per_block = int64_t(d::kThreads) * d::kVec<T> * d::kUnroll;
+  const int64_t per_block = int64_t(d::kThreads) * kVec<T> * d::kUnroll;
   const int blocks = int(std::clamp<int64_t>((n + per_block - 1) / per_block, 1, d::kMaxBlocks));
   d::Scratch partials(size_t(blocks) * sizeof(float), stream);
   auto* p = static_cast<float*>(partials.ptr);

@@ -22,18 +22,13 @@
 #include <type_traits>
 
 #include "../core/cuda_check.hpp"
+#include "../core/cuda_vec.cuh"
 #include "../core/dtype.hpp"
 #include "../core/tensor.hpp"
 #include "rmsnorm.hpp"
 
 namespace mil::cuda {
 namespace rmsnorm_detail {
-
-// Packs a thread loads and stores at once: 16 bytes when aligned, one element otherwise.
-template <class T, int N>
-struct alignas(sizeof(T) * N) Pack {
-  T v[N];
-};
 
 constexpr int kForwardCached = 4;   // packs per thread kept in registers by the forward
 constexpr int kBackwardCached = 2;  // by the backward (which also keeps the dw sums there)
@@ -61,11 +56,6 @@ __device__ inline float slot_sum(float v, float* warp_sums, int threads_per_row)
   t = warp_sum(t);
   __syncthreads();  // warp_sums is rewritten by the next call
   return t;
-}
-
-template <class T>
-inline bool aligned16(const T* p) {
-  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 }
 
 struct RowGeometry {
@@ -105,7 +95,7 @@ template <class T, int VEC>
 __global__ void __launch_bounds__(rmsnorm_detail::kMaxThreads)
     rmsnorm_forward_kernel(T* out, float* rstd, const T* x, const T* w, int64_t rows, int64_t dim,
                            int threads_per_row, float eps) {
-  using P = rmsnorm_detail::Pack<T, VEC>;
+  using P = Pack<T, VEC>;
   constexpr int K = rmsnorm_detail::kForwardCached;
   __shared__ float warp_sums[32];
   const int slot = int(threadIdx.x) / threads_per_row;
@@ -168,7 +158,7 @@ __global__ void __launch_bounds__(rmsnorm_detail::kMaxThreads)
     rmsnorm_backward_kernel(T* dx, float* dw_partial, const T* dout, const T* x, const T* w,
                             const float* rstd, int64_t rows, int64_t dim, int threads_per_row,
                             int64_t rows_per_range, bool accumulate_dx) {
-  using P = rmsnorm_detail::Pack<T, VEC>;
+  using P = Pack<T, VEC>;
   constexpr int K = rmsnorm_detail::kBackwardCached;
   __shared__ float warp_sums[32];
   extern __shared__ float rmsnorm_dw_exchange[];  // dim floats when a block has several slots
@@ -316,16 +306,14 @@ void rmsnorm_forward(T* out, float* rstd, const T* x, const T* w, int64_t rows, 
                 "rmsnorm_forward on the GPU supports float and bf16");
   MIL_CHECK(rows >= 0 && dim > 0, "rmsnorm_forward: bad sizes rows=", rows, " dim=", dim);
   if (rows == 0) return;
-  constexpr int kVec = 16 / int(sizeof(T));
-  const bool packed = dim % kVec == 0 && rmsnorm_detail::aligned16(out) &&
-                      rmsnorm_detail::aligned16(x) && rmsnorm_detail::aligned16(w);
-  const int vec = packed ? kVec : 1;
+  const bool packed = dim % kVec<T> == 0 && aligned16(out) && aligned16(x) && aligned16(w);
+  const int vec = packed ? kVec<T> : 1;
   const auto geo = rmsnorm_detail::row_geometry(dim / vec, rmsnorm_detail::kForwardCached, 256);
   const int64_t grid = (rows + geo.rows_per_block - 1) / geo.rows_per_block;
   MIL_CHECK(grid <= INT32_MAX, "rmsnorm_forward: too many rows: ", rows);
   const dim3 block(unsigned(geo.threads_per_row * geo.rows_per_block));
   if (packed)
-    rmsnorm_forward_kernel<T, kVec><<<unsigned(grid), block, 0, stream>>>(
+    rmsnorm_forward_kernel<T, kVec<T>><<<unsigned(grid), block, 0, stream>>>(
         out, rstd, x, w, rows, dim, geo.threads_per_row, eps);
   else
     rmsnorm_forward_kernel<T, 1><<<unsigned(grid), block, 0, stream>>>(out, rstd, x, w, rows, dim,
@@ -387,13 +375,11 @@ void rmsnorm_backward(T* dx, T* dw, const T* dout, const T* x, const T* w, const
       MIL_CUDA_CHECK(cudaMemsetAsync(dw, 0, size_t(dim) * sizeof(T), stream));  // 0.0 in both types
     return;
   }
-  constexpr int kVec = 16 / int(sizeof(T));
-  const bool packed = dim % kVec == 0 && rmsnorm_detail::aligned16(dx) &&
-                      rmsnorm_detail::aligned16(dout) && rmsnorm_detail::aligned16(x) &&
-                      rmsnorm_detail::aligned16(w);
+  const bool packed =
+      dim % kVec<T> == 0 && aligned16(dx) && aligned16(dout) && aligned16(x) && aligned16(w);
   if (packed)
-    rmsnorm_detail::launch_backward<T, kVec>(dx, dw, dout, x, w, rstd, rows, dim, accumulate_dx,
-                                             accumulate_dw, stream);
+    rmsnorm_detail::launch_backward<T, kVec<T>>(dx, dw, dout, x, w, rstd, rows, dim,
+                                                accumulate_dx, accumulate_dw, stream);
   else
     rmsnorm_detail::launch_backward<T, 1>(dx, dw, dout, x, w, rstd, rows, dim, accumulate_dx,
                                           accumulate_dw, stream);

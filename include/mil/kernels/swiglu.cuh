@@ -12,22 +12,16 @@
 #include <type_traits>
 
 #include "../core/cuda_check.hpp"
+#include "../core/cuda_vec.cuh"
 #include "../core/dtype.hpp"
 #include "swiglu.hpp"
 
 namespace mil::cuda {
 namespace swiglu_detail {
 
-template <class T, int N>
-struct alignas(sizeof(T) * N) Pack {
-  T v[N];
-};
-
 __device__ inline float sigmoid(float g) {
   return 1.f / (1.f + expf(-g));  // expf overflow gives 1/inf = 0: no NaN
 }
-
-inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 struct Launch {
   dim3 grid, block;
@@ -46,7 +40,7 @@ inline Launch launch_shape(int64_t rows, int64_t packs) {
 template <class T, int VEC>
 __global__ void swiglu_forward_kernel(T* out, const T* gate, const T* up, int64_t rows,
                                       int64_t hidden, int64_t in_stride) {
-  using P = swiglu_detail::Pack<T, VEC>;
+  using P = Pack<T, VEC>;
   const int64_t j = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
   if (j >= hidden) return;
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
@@ -66,7 +60,7 @@ template <class T, int VEC>
 __global__ void swiglu_backward_kernel(T* dgate, T* dup, const T* dout, const T* gate, const T* up,
                                        int64_t rows, int64_t hidden, int64_t in_stride,
                                        bool accumulate) {
-  using P = swiglu_detail::Pack<T, VEC>;
+  using P = Pack<T, VEC>;
   const int64_t j = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
   if (j >= hidden) return;
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
@@ -105,13 +99,11 @@ void swiglu_forward(T* out, const T* gate, const T* up, int64_t rows, int64_t hi
                 "swiglu_forward on the GPU supports float and bf16");
   cpu::swiglu_check_sizes("swiglu_forward", rows, hidden, in_stride);
   if (rows == 0 || hidden == 0) return;
-  constexpr int kVec = 16 / int(sizeof(T));
-  using swiglu_detail::aligned16;
-  const bool packed = hidden % kVec == 0 && in_stride % kVec == 0 && aligned16(out) &&
+  const bool packed = hidden % kVec<T> == 0 && in_stride % kVec<T> == 0 && aligned16(out) &&
                       aligned16(gate) && aligned16(up);
-  const auto ls = swiglu_detail::launch_shape(rows, hidden / (packed ? kVec : 1));
+  const auto ls = swiglu_detail::launch_shape(rows, hidden / (packed ? kVec<T> : 1));
   if (packed)
-    swiglu_forward_kernel<T, kVec>
+    swiglu_forward_kernel<T, kVec<T>>
         <<<ls.grid, ls.block, 0, stream>>>(out, gate, up, rows, hidden, in_stride);
   else
     swiglu_forward_kernel<T, 1>
@@ -127,13 +119,11 @@ void swiglu_backward(T* dgate, T* dup, const T* dout, const T* gate, const T* up
                 "swiglu_backward on the GPU supports float and bf16");
   cpu::swiglu_check_sizes("swiglu_backward", rows, hidden, in_stride);
   if (rows == 0 || hidden == 0) return;
-  constexpr int kVec = 16 / int(sizeof(T));
-  using swiglu_detail::aligned16;
-  const bool packed = hidden % kVec == 0 && in_stride % kVec == 0 && aligned16(dgate) &&
+  const bool packed = hidden % kVec<T> == 0 && in_stride % kVec<T> == 0 && aligned16(dgate) &&
                       aligned16(dup) && aligned16(dout) && aligned16(gate) && aligned16(up);
-  const auto ls = swiglu_detail::launch_shape(rows, hidden / (packed ? kVec : 1));
+  const auto ls = swiglu_detail::launch_shape(rows, hidden / (packed ? kVec<T> : 1));
   if (packed)
-    swiglu_backward_kernel<T, kVec><<<ls.grid, ls.block, 0, stream>>>(
+    swiglu_backward_kernel<T, kVec<T>><<<ls.grid, ls.block, 0, stream>>>(
         dgate, dup, dout, gate, up, rows, hidden, in_stride, accumulate);
   else
     swiglu_backward_kernel<T, 1><<<ls.grid, ls.block, 0, stream>>>(dgate, dup, dout, gate, up, rows,
