@@ -54,6 +54,13 @@ TEST_CASE("llama cuda: bf16 forward and backward agree with the float CPU model"
   ag::Tape gpu_tape;
   auto gpu_logits = gpu_model.forward(gpu_tape, cpu_ids.to<Cuda>(), nn::sequence_positions<Cuda>(batch, seq), batch, seq);
   test::require_close("logits", gpu_logits.value().to_vector(), cpu_logits_values, 1e-2);
+  {  // Without recording (no saved log-sum-exp rows) the forward computes the same logits.
+    ag::Tape eval_tape;
+    ag::NoGrad no_grad(eval_tape);
+    auto eval_logits = gpu_model.forward(eval_tape, cpu_ids.to<Cuda>(), nn::sequence_positions<Cuda>(batch, seq), batch, seq);
+    CHECK(eval_tape.size() == 0);
+    CHECK(test::bytes_of(eval_logits.value().to_vector()) == test::bytes_of(gpu_logits.value().to_vector()));
+  }
   auto gpu_loss = ag::cross_entropy(gpu_tape, gpu_logits, cpu_targets.to<Cuda>());
   CHECK(gpu_loss.mean() == doctest::Approx(cpu_loss.mean()).epsilon(1e-2));
   gpu_tape.backward();

@@ -208,7 +208,9 @@ Var<T, D> attention(Tape& tape, const Var<T, D>& qkv, int64_t batch, int64_t seq
             l.width());
   AttentionShape s = attention_shape_fused(batch, seq, l.heads, l.kv_heads, l.head_dim);
   Var<T, D> out(Tensor<T, D>::empty(Shape{batch * seq, l.heads * l.head_dim}), qkv.requires_grad());
-  Acc<T, D> lse = Acc<T, D>::empty(Shape{batch * l.heads * seq});
+  bool record = tape.recording() && qkv.requires_grad();
+  // The log-sum-exp rows are only kept for backward; both kernels accept a null lse.
+  Acc<T, D> lse = record ? Acc<T, D>::empty(Shape{batch * l.heads * seq}) : Acc<T, D>();
   const T* base = qkv.value().data();
   MIL_RUN(D, attention_forward, out.value().data(), lse.data(), base, base + l.heads * l.head_dim,
           base + (l.heads + l.kv_heads) * l.head_dim, s);
@@ -226,7 +228,7 @@ Var<T, D> attention(Tape& tape, const Var<T, D>& qkv, int64_t batch, int64_t seq
               x + ko, x + vo, out.value().data(), lse.data(), s, acc);
     }
   };
-  if (tape.recording() && qkv.requires_grad()) tape.record(Node{qkv, out, lse, s, l});
+  if (record) tape.record(Node{qkv, out, lse, s, l});
   return out;
 }
 
