@@ -1,0 +1,135 @@
+#pragma once
+// A Llama model from a GGUF file (llama.cpp's format): the configuration from the metadata and
+// the weights, dequantised to float, into nn::LlamaModel<float, Cpu>.
+//
+// GGUF stores a weight of PyTorch shape [out, in] with ne = [in, out], so its rows are the same
+// contiguous rows. llama.cpp's converter permutes the rows of Q and K within each head for its
+// interleaved RoPE: GGUF row h*hd + 2i + j holds HF row h*hd + j*hd/2 + i. Loading moves whole
+// rows back, so the model sees the Hugging Face (rotate_half) layout that mil's RoPE uses.
+#include <string>
+
+#include "../io/gguf.hpp"
+#include "llama.hpp"
+
+namespace mil::nn {
+
+inline LlamaConfig llama_config_from_gguf(const io::GgufFile& f) {
+  const std::string src = f.source();
+  MIL_CHECK(f.has("general.architecture"), "GGUF '", src, "': no general.architecture key: not a ",
+            "model file written by llama.cpp's converter");
+  const std::string arch = f.get_string("general.architecture");
+  MIL_CHECK(arch == "llama", "GGUF '", src, "': architecture '", arch, "' is not supported (mil ",
+            "loads 'llama' models such as SmolLM2 and Llama 2/3)");
+  auto key = [](const char* k) { return std::string("llama.") + k; };
+  auto positive = [&](const char* k, int64_t v) {
+    MIL_CHECK(v > 0, "GGUF '", src, "': ", key(k), " = ", v, " must be positive");
+    return v;
+  };
+
+  LlamaConfig c;
+  c.n_layers = positive("block_count", f.get_u32(key("block_count")));
+  c.d_model = positive("embedding_length", f.get_u32(key("embedding_length")));
+  c.d_ff = positive("feed_forward_length", f.get_u32(key("feed_forward_length")));
+  c.n_heads = positive("attention.head_count", f.get_u32(key("attention.head_count")));
+  c.n_kv_heads = positive("attention.head_count_kv",
+                          f.find_u32(key("attention.head_count_kv")).value_or(uint32_t(c.n_heads)));
+  c.rope_theta = f.find_f32(key("rope.freq_base")).value_or(10000.f);  // llama.cpp's default
+  c.norm_eps = f.get_f32(key("attention.layer_norm_rms_epsilon"));
+  MIL_CHECK(c.norm_eps > 0.f && c.rope_theta > 0.f, "GGUF '", src,
+            "': rope.freq_base and layer_norm_rms_epsilon must be positive");
+
+  if (auto kl = f.find_u32(key("attention.key_length"))) {
+    c.head_dim = positive("attention.key_length", *kl);
+  } else {
+    MIL_CHECK(c.d_model % c.n_heads == 0, "GGUF '", src, "': embedding_length ", c.d_model,
+              " is not a multiple of head_count ", c.n_heads);
+    c.head_dim = c.d_model / c.n_heads;
+  }
+  if (auto rd = f.find_u32(key("rope.dimension_count")))
+    MIL_CHECK(int64_t(*rd) == c.head_dim, "GGUF '", src, "': rope.dimension_count ", *rd,
+              " differs from the head dimension ", c.head_dim, ": partial RoPE is not supported");
+  if (auto st = f.find_string(key("rope.scaling.type")))
+    MIL_CHECK(*st == "none", "GGUF '", src, "': RoPE scaling '", *st, "' is not supported");
+  MIL_CHECK(!f.find_tensor("rope_freqs.weight"), "GGUF '", src,
+            "': rope_freqs.weight (RoPE frequency factors) is not supported");
+
+  const io::TensorInfo* emb = f.find_tensor("token_embd.weight");
+  if (f.has("tokenizer.ggml.tokens")) {
+    c.vocab = f.array_size("tokenizer.ggml.tokens");
+  } else {
+    MIL_CHECK(emb && emb->shape.size() == 2, "GGUF '", src, "': no tokenizer.ggml.tokens and no ",
+              "2-D token_embd.weight: cannot tell the vocabulary size");
+    c.vocab = emb->shape[1];
+  }
+  MIL_CHECK(c.vocab > 0, "GGUF '", src, "': empty vocabulary");
+  c.tied_embeddings = f.find_tensor("output.weight") == nullptr;
+  c.validate();
+  return c;
+}
+
+namespace detail {
+
+// Rows of GGUF tensor `name`, which must have ggml shape `ne`, into dst (row-major, rows of
+// ne[0] floats). With permute_heads > 0, undo llama.cpp's Q/K row permutation for that many heads.
+inline void load_gguf_rows(const io::GgufFile& f, const std::string& name,
+                           std::vector<int64_t> ne, float* dst, int64_t permute_heads = 0) {
+  const io::TensorInfo& t = f.tensor(name);
+  auto str = [](const std::vector<int64_t>& s) {
+    std::string r = "[";
+    for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+    return r + "]";
+  };
+  MIL_CHECK(t.shape == ne, "GGUF '", f.source(), "': tensor '", name, "' has shape ",
+            t.shape_str(), ", expected ", str(ne), " (ggml order) for this model configuration");
+  const int64_t cols = ne[0], rows = t.rows();
+  if (permute_heads == 0) {
+    io::dequantize_rows(t, 0, rows, dst);
+    return;
+  }
+  const int64_t hd = rows / permute_heads;
+  MIL_CHECK(hd * permute_heads == rows && hd % 2 == 0, "GGUF '", f.source(), "': tensor '", name,
+            "' has ", rows, " rows, not ", permute_heads, " heads of an even size");
+  for (int64_t g = 0; g < rows; ++g) {
+    int64_t h = g / hd, r = g % hd, i = r / 2, j = r % 2;
+    int64_t hf = h * hd + j * (hd / 2) + i;
+    io::dequantize_rows(t, g, 1, dst + hf * cols);
+  }
+}
+
+}  // namespace detail
+
+inline void load_llama_weights(const io::GgufFile& f, LlamaModel<float, Cpu>& model) {
+  const LlamaConfig& c = model.config();
+  const LlamaConfig fc = llama_config_from_gguf(f);
+  MIL_CHECK(fc.vocab == c.vocab && fc.d_model == c.d_model && fc.n_layers == c.n_layers &&
+                fc.n_heads == c.n_heads && fc.n_kv_heads == c.n_kv_heads &&
+                fc.head_dim == c.head_dim && fc.d_ff == c.d_ff &&
+                fc.tied_embeddings == c.tied_embeddings,
+            "GGUF '", f.source(), "': the file's model (vocab ", fc.vocab, ", d ", fc.d_model,
+            ", layers ", fc.n_layers, ", heads ", fc.n_heads, "/", fc.n_kv_heads, " x ",
+            fc.head_dim, ", ff ", fc.d_ff, fc.tied_embeddings ? ", tied" : ", untied",
+            ") differs from the model being loaded: build it from llama_config_from_gguf()");
+  auto& p = model.params();
+  auto ptr = [&](const std::string& n) { return p[n].value().data(); };
+  const int64_t d = c.d_model, q = c.n_heads * c.head_dim, kv = c.n_kv_heads * c.head_dim;
+
+  detail::load_gguf_rows(f, "token_embd.weight", {d, c.vocab}, ptr("tok_embeddings"));
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const std::string g = "blk." + std::to_string(l) + ".", m = "layers." + std::to_string(l) + ".";
+    detail::load_gguf_rows(f, g + "attn_norm.weight", {d}, ptr(m + "attn_norm"));
+    float* wqkv = ptr(m + "wqkv");
+    detail::load_gguf_rows(f, g + "attn_q.weight", {d, q}, wqkv, c.n_heads);
+    detail::load_gguf_rows(f, g + "attn_k.weight", {d, kv}, wqkv + q * d, c.n_kv_heads);
+    detail::load_gguf_rows(f, g + "attn_v.weight", {d, kv}, wqkv + (q + kv) * d);
+    detail::load_gguf_rows(f, g + "attn_output.weight", {q, d}, ptr(m + "wo"));
+    detail::load_gguf_rows(f, g + "ffn_norm.weight", {d}, ptr(m + "mlp_norm"));
+    float* gate_up = ptr(m + "w_gate_up");
+    detail::load_gguf_rows(f, g + "ffn_gate.weight", {d, c.d_ff}, gate_up);
+    detail::load_gguf_rows(f, g + "ffn_up.weight", {d, c.d_ff}, gate_up + c.d_ff * d);
+    detail::load_gguf_rows(f, g + "ffn_down.weight", {c.d_ff, d}, ptr(m + "w_down"));
+  }
+  detail::load_gguf_rows(f, "output_norm.weight", {d}, ptr("norm"));
+  if (!c.tied_embeddings) detail::load_gguf_rows(f, "output.weight", {d, c.vocab}, ptr("lm_head"));
+}
+
+}  // namespace mil::nn
