@@ -1,0 +1,100 @@
+// SmolLM2's tokenizer against golden ids from Hugging Face `tokenizers` (made by
+// scripts/make_tokenizer_golden.py). The vocabulary comes from the teacher model, which CI does
+// not have: the script dumps it to models/smollm2_tokenizer.json (git-ignored); without that file
+// the test is skipped.
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "mil/text/tokenizer.hpp"
+
+using namespace mil::text;
+
+namespace {
+
+std::filesystem::path repo_root() {
+  // tests/text/<this file> -> the repository root.
+  return std::filesystem::path(__FILE__).parent_path().parent_path().parent_path();
+}
+
+nlohmann::json read_json(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  REQUIRE_MESSAGE(in.good(), "cannot open ", p.string());
+  return nlohmann::json::parse(in);
+}
+
+std::string from_hex(const std::string& hex) {
+  std::string out;
+  for (size_t i = 0; i + 1 < hex.size(); i += 2) out += static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16));
+  return out;
+}
+
+TokenizerData load_dump(const nlohmann::json& j) {
+  TokenizerData d;
+  d.model = j.at("model").get<std::string>();
+  d.pre = j.at("pre").get<std::string>();
+  d.tokens = j.at("tokens").get<std::vector<std::string>>();
+  d.token_types = j.at("token_types").get<std::vector<int32_t>>();
+  d.merges = j.at("merges").get<std::vector<std::string>>();
+  d.bos = j.at("bos").get<int32_t>();
+  d.eos = j.at("eos").get<int32_t>();
+  d.unk = j.at("unk").get<int32_t>();
+  d.pad = j.at("pad").get<int32_t>();
+  d.add_bos = j.at("add_bos").get<bool>();
+  return d;
+}
+
+}  // namespace
+
+TEST_CASE("tokenizer: SmolLM2 ids match HF tokenizers on the golden strings") {
+  const auto data_path = repo_root() / "models/smollm2_tokenizer.json";
+  if (!std::filesystem::exists(data_path)) {
+    std::printf("[mil] tokenizer data not found: test skipped (%s; run scripts/make_tokenizer_golden.py)\n",
+                data_path.string().c_str());
+    return;
+  }
+  const Tokenizer tok(load_dump(read_json(data_path)));
+  const auto golden = read_json(repo_root() / "tests/text/golden/smollm2_tokens.json");
+  int agree = 0, total = 0;
+  for (const auto& c : golden.at("cases")) {
+    const std::string text = from_hex(c.at("hex").get<std::string>());
+    const auto expected = c.at("ids").get<std::vector<int32_t>>();
+    const auto ids = tok.encode(text, false, true);
+    CAPTURE(c.at("hex").get<std::string>());
+    CHECK(ids == expected);
+    CHECK(tok.decode(ids) == c.at("decoded").get<std::string>());
+    agree += ids == expected;
+    ++total;
+  }
+  std::printf("[mil] tokenizer golden: ids identical on %d of %d strings\n", agree, total);
+  CHECK(total >= 200);
+}
+
+TEST_CASE("tokenizer: SmolLM2 chat markup and pathological inputs") {
+  const auto data_path = repo_root() / "models/smollm2_tokenizer.json";
+  if (!std::filesystem::exists(data_path)) {
+    std::printf("[mil] tokenizer data not found: test skipped\n");
+    return;
+  }
+  const Tokenizer tok(load_dump(read_json(data_path)));
+  const auto ids = tok.encode("<|im_start|>user\nHi<|im_end|>");
+  REQUIRE(ids.size() >= 3);
+  CHECK(ids.front() == tok.token_id("<|im_start|>"));
+  CHECK(ids.back() == tok.token_id("<|im_end|>"));
+  CHECK(tok.eos() == ids.back());
+  for (const std::string& s : {std::string(100000, 'a'), std::string(50000, '_'),
+                               std::string(50000, ' '), std::string(30000, '1')}) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto out = tok.encode(s);
+    const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    CAPTURE(s.size());
+    CHECK(sec < 1.0);
+    CHECK(tok.decode(out) == s);
+  }
+}
