@@ -7,8 +7,7 @@ Sequence[Digits(individual_digits=True), ByteLevel(add_prefix_space=False, use_r
 ByteLevel decoder; control tokens as added special tokens), encodes a fixed list of strings and
 writes
   tests/text/golden/smollm2_tokens.json  (committed: inputs as hex bytes, ids, decoded text)
-  models/smollm2_tokenizer.json          (git-ignored: the tokenizer data itself, read by
-                                          tests/text/test_tokenizer_golden.cpp)
+which tests/text/test_tokenizer_golden.cpp compares with mil's tokenizer read from the same GGUF.
 Ill-formed UTF-8 inputs are repaired the way mil documents it (bytes.decode("utf-8", "replace"))
 before HF encodes them.
 
@@ -25,7 +24,6 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 GGUF = ROOT / "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 GOLDEN = ROOT / "tests/text/golden/smollm2_tokens.json"
-DATA = ROOT / "models/smollm2_tokenizer.json"
 
 
 def field(reader, key):
@@ -138,12 +136,7 @@ def main():
         "source": "scripts/make_tokenizer_golden.py: HF tokenizers BPE + Digits(individual) + "
                   "ByteLevel over the tokenizer of models/SmolLM2-135M-Instruct.Q4_1.gguf",
         "parse_special": True, "add_bos": False, "cases": cases}, ensure_ascii=False, indent=0) + "\n")
-    DATA.write_text(json.dumps({
-        "model": d["model"], "pre": d["pre"], "tokens": d["tokens"], "token_types": d["token_type"],
-        "merges": d["merges"], "bos": d["bos_token_id"], "eos": d["eos_token_id"],
-        "unk": d["unknown_token_id"], "pad": d["padding_token_id"],
-        "add_bos": bool(d["add_bos_token"])}, ensure_ascii=False))
-    print(f"wrote {len(cases)} cases to {GOLDEN} and the tokenizer data to {DATA}")
+    print(f"wrote {len(cases)} cases to {GOLDEN}")
 
 
 if __name__ == "__main__":
