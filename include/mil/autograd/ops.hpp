@@ -8,6 +8,7 @@
 
 #include "../kernels/add.hpp"
 #include "../kernels/attention.hpp"
+#include "../kernels/bias.hpp"
 #include "../kernels/cross_entropy.hpp"
 #include "../kernels/embedding.hpp"
 #include "../kernels/matmul.hpp"
@@ -17,6 +18,7 @@
 #if defined(__CUDACC__)
 #include "../kernels/add.cuh"
 #include "../kernels/attention.cuh"
+#include "../kernels/bias.cuh"
 #include "../kernels/cross_entropy.cuh"
 #include "../kernels/embedding.cuh"
 #include "../kernels/matmul.cuh"
@@ -274,6 +276,33 @@ Var<T, D> add(Tape& tape, const Var<T, D>& a, const Var<T, D>& b) {
     }
   };
   if (tape.recording() && out.requires_grad()) tape.record(Node{a, b, out});
+  return out;
+}
+
+// ---- bias: out[r, :] = x[r, :] + b --------------------------------------------------------------
+template <Element T, Device D>
+Var<T, D> bias_add(Tape& tape, const Var<T, D>& x, const Var<T, D>& b) {
+  check_rank2("bias_add", x.shape());
+  MIL_CHECK(b.numel() == x.size(1), "bias_add: bias has ", b.numel(), " elements for rows of ",
+            x.size(1));
+  Var<T, D> out(Tensor<T, D>::empty(x.shape()), x.requires_grad() || b.requires_grad());
+  MIL_RUN(D, add_into, out.value().data(), x.value().data(), x.numel(), false);
+  MIL_RUN(D, bias_add, out.value().data(), b.value().data(), x.size(0), x.size(1));
+  struct Node {
+    Var<T, D> x, b, out;
+    void backward() {
+      if (!out.has_grad()) return;
+      if (x.requires_grad()) {
+        auto [g, acc] = x.grad_for_write();
+        MIL_RUN(D, add_into, g.data(), out.grad().data(), out.numel(), acc);
+      }
+      if (b.requires_grad()) {
+        auto [g, acc] = b.grad_for_write();
+        MIL_RUN(D, bias_backward, g.data(), out.grad().data(), out.size(0), out.size(1), acc);
+      }
+    }
+  };
+  if (tape.recording() && out.requires_grad()) tape.record(Node{x, b, out});
   return out;
 }
 

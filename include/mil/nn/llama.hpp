@@ -3,6 +3,7 @@
 // built from autograd ops, on the CPU or the GPU. Every layer is
 //   x += Wo · attention(rope(Wqkv · rmsnorm(x)));  x += Wdown · swiglu(Wgate_up · rmsnorm(x))
 // with q, k, v (and gate, up) fused into one weight each so each is one matrix product.
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -17,6 +18,11 @@ struct LlamaConfig {
   float norm_eps = 1e-5f;
   float rope_theta = 100000.f;
   bool tied_embeddings = true;
+  bool attention_bias = false;  // biases on q, k and v (Qwen2): parameter layers.N.bqkv
+  // Llama-3.1 RoPE frequency scaling ("rope_scaling": {"rope_type": "llama3", ...}).
+  bool rope_llama3_scaling = false;
+  float rope_factor = 8.f, rope_low_freq_factor = 1.f, rope_high_freq_factor = 4.f;
+  float rope_original_max_positions = 8192.f;
 
   // SmolLM2-135M (the default teacher; METHOD.md).
   static LlamaConfig smollm2_135m() { return {}; }
@@ -24,6 +30,11 @@ struct LlamaConfig {
   RopeConfig rope() const {
     RopeConfig r{head_dim};
     r.theta = rope_theta;
+    r.llama3_scaling = rope_llama3_scaling;
+    r.factor = rope_factor;
+    r.low_freq_factor = rope_low_freq_factor;
+    r.high_freq_factor = rope_high_freq_factor;
+    r.original_max_positions = rope_original_max_positions;
     return r;
   }
   ag::QkvLayout qkv_layout() const { return {n_heads, n_kv_heads, head_dim}; }
@@ -34,6 +45,10 @@ struct LlamaConfig {
     MIL_CHECK(n_heads > 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0, "Llama config: ",
               n_heads, " heads are not a multiple of ", n_kv_heads, " KV heads");
     MIL_CHECK(head_dim % 2 == 0, "Llama config: RoPE needs an even head_dim, got ", head_dim);
+    MIL_CHECK(std::isfinite(norm_eps) && norm_eps > 0.f && std::isfinite(rope_theta) &&
+                  rope_theta > 0.f,
+              "Llama config: norm_eps and rope_theta must be positive and finite");
+    rope_check_config(rope());
   }
 
   std::vector<ParamSpec> parameter_specs() const {
@@ -44,6 +59,7 @@ struct LlamaConfig {
       std::string p = "layers." + std::to_string(l) + ".";
       s.push_back({p + "attn_norm", Shape{d_model}});
       s.push_back({p + "wqkv", Shape{qkv, d_model}});
+      if (attention_bias) s.push_back({p + "bqkv", Shape{qkv}});
       s.push_back({p + "wo", Shape{d_model, n_heads * head_dim}});
       s.push_back({p + "mlp_norm", Shape{d_model}});
       s.push_back({p + "w_gate_up", Shape{2 * d_ff, d_model}});
@@ -71,9 +87,10 @@ class LlamaModel {
   void init_random(uint64_t seed, float std = 0.02f) {
     auto host = Tensor<float, Cpu>::empty(Shape{params_.numel()});
     rng::fill_normal(host, 0.f, std, seed);
-    for (const auto& e : params_.entries())
+    for (const auto& e : params_.entries()) {
       if (e.name.ends_with("norm"))
         for (int64_t i = 0; i < e.var.numel(); ++i) host[e.offset + i] = 1.f;
+    }
     auto cast = Tensor<T, Cpu>::empty(host.shape());
     for (int64_t i = 0; i < host.numel(); ++i) cast[i] = T(host[i]);
     params_.values().copy_from(cast);
@@ -91,6 +108,7 @@ class LlamaModel {
       std::string p = "layers." + std::to_string(l) + ".";
       Var h = ag::rmsnorm(tape, x, param(p + "attn_norm"), cfg_.norm_eps);
       Var qkv = ag::linear(tape, h, param(p + "wqkv"));
+      if (cfg_.attention_bias) qkv = ag::bias_add(tape, qkv, param(p + "bqkv"));
       qkv = ag::rope_qk(tape, qkv, positions, layout, rope);
       Var a = ag::attention(tape, qkv, batch, seq, layout);
       x = ag::add(tape, x, ag::linear(tape, a, param(p + "wo")));

@@ -1,0 +1,131 @@
+#pragma once
+// Choosing the next token from a row of logits: greedy, or sampling with temperature, top-k,
+// top-p (nucleus) and min-p, after a repetition penalty; reproducible from a seed.
+//
+// The order is the one llama.cpp's default chain uses: repetition penalty on the raw logits, then
+// top-k, then the softmax at the temperature, then top-p and min-p on those probabilities, then one
+// draw. Temperature 0 means greedy (the largest logit, ties to the smaller id). Draw i of a
+// sampler comes from Philox stream (seed, i), so a run is reproducible on any machine.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <numeric>
+#include <span>
+#include <vector>
+
+#include "../core/error.hpp"
+#include "../core/rng.hpp"
+
+namespace mil::gen {
+
+struct SamplingConfig {
+  float temperature = 0.8f;        // 0: greedy
+  int32_t top_k = 40;              // 0: off
+  float top_p = 0.95f;             // 1: off
+  float min_p = 0.05f;             // 0: off; keeps tokens with p >= min_p * p_max
+  float repetition_penalty = 1.f;  // 1: off; > 1 discourages tokens of the recent window
+  int32_t repeat_last_n = 64;      // size of that window
+  uint64_t seed = 0;
+
+  void validate() const {
+    MIL_CHECK(std::isfinite(temperature) && temperature >= 0.f, "sampling: temperature ",
+              temperature, " must be >= 0");
+    MIL_CHECK(top_k >= 0, "sampling: top-k ", top_k, " must be >= 0");
+    MIL_CHECK(top_p > 0.f && top_p <= 1.f, "sampling: top-p ", top_p, " must be in (0, 1]");
+    MIL_CHECK(min_p >= 0.f && min_p <= 1.f, "sampling: min-p ", min_p, " must be in [0, 1]");
+    MIL_CHECK(std::isfinite(repetition_penalty) && repetition_penalty > 0.f,
+              "sampling: repetition penalty ", repetition_penalty, " must be > 0");
+    MIL_CHECK(repeat_last_n >= 0, "sampling: repeat-last-n ", repeat_last_n, " must be >= 0");
+  }
+  bool greedy() const { return temperature == 0.f; }
+};
+
+// The largest finite-or-infinite non-NaN logit, ties to the smaller id (as kernels/argmax.hpp).
+inline int32_t greedy_token(std::span<const float> logits) {
+  int32_t best = 0;
+  bool found = false;
+  for (size_t i = 0; i < logits.size(); ++i)
+    if (!std::isnan(logits[i]) && (!found || logits[i] > logits[size_t(best)])) {
+      best = int32_t(i);
+      found = true;
+    }
+  return best;
+}
+
+class Sampler {
+ public:
+  explicit Sampler(SamplingConfig c) : c_(c) { c_.validate(); }
+  const SamplingConfig& config() const { return c_; }
+
+  // The next token after `history` (all tokens so far; the penalty looks at its last
+  // repeat_last_n). `logits` is one row over the vocabulary; it is not modified.
+  int32_t sample(std::span<const float> logits, std::span<const int32_t> history) {
+    MIL_CHECK(!logits.empty(), "sampler: empty logits row");
+    const int64_t vocab = int64_t(logits.size());
+    const uint64_t draw = draws_++;
+    work_.assign(logits.begin(), logits.end());
+    if (c_.repetition_penalty != 1.f) {
+      const size_t n = std::min(history.size(), size_t(c_.repeat_last_n));
+      seen_.assign(size_t(vocab), false);
+      for (int32_t id : history.last(n)) {
+        if (id < 0 || id >= vocab || seen_[size_t(id)]) continue;
+        seen_[size_t(id)] = true;
+        float& l = work_[size_t(id)];
+        l = l > 0.f ? l / c_.repetition_penalty : l * c_.repetition_penalty;
+      }
+    }
+    if (c_.greedy()) return greedy_token(work_);
+
+    // Candidates: non-NaN logits, the top_k largest (ties to the smaller id), sorted descending.
+    ids_.clear();
+    for (int64_t i = 0; i < vocab; ++i)
+      if (!std::isnan(work_[size_t(i)]) && work_[size_t(i)] > -INFINITY) ids_.push_back(int32_t(i));
+    if (ids_.empty()) return greedy_token(logits);
+    auto before = [&](int32_t a, int32_t b) {
+      return work_[size_t(a)] > work_[size_t(b)] || (work_[size_t(a)] == work_[size_t(b)] && a < b);
+    };
+    const size_t k = c_.top_k > 0 ? std::min(ids_.size(), size_t(c_.top_k)) : ids_.size();
+    std::partial_sort(ids_.begin(), ids_.begin() + ptrdiff_t(k), ids_.end(), before);
+    ids_.resize(k);
+
+    // Softmax at the temperature, in double.
+    probs_.resize(k);
+    const double top = work_[size_t(ids_[0])];
+    double sum = 0;
+    for (size_t i = 0; i < k; ++i)
+      sum += probs_[i] = std::exp((double(work_[size_t(ids_[i])]) - top) / c_.temperature);
+    // top-p: the smallest prefix whose mass reaches top_p; min-p: p >= min_p * p_max.
+    size_t keep = k;
+    if (c_.top_p < 1.f) {
+      double mass = 0;
+      for (size_t i = 0; i < k; ++i) {
+        mass += probs_[i] / sum;
+        if (mass >= double(c_.top_p)) {
+          keep = i + 1;
+          break;
+        }
+      }
+    }
+    if (c_.min_p > 0.f)
+      while (keep > 1 && probs_[keep - 1] < double(c_.min_p) * probs_[0]) --keep;
+    double kept = 0;
+    for (size_t i = 0; i < keep; ++i) kept += probs_[i];
+    const double u = double(rng::uniform(c_.seed, draw, 0, 0.f, 1.f)) * kept;
+    double acc = 0;
+    for (size_t i = 0; i < keep; ++i) {
+      acc += probs_[i];
+      if (u < acc) return ids_[i];
+    }
+    return ids_[keep - 1];
+  }
+
+ private:
+  SamplingConfig c_;
+  uint64_t draws_ = 0;
+  std::vector<float> work_;
+  std::vector<double> probs_;
+  std::vector<int32_t> ids_;
+  std::vector<bool> seen_;
+};
+
+}  // namespace mil::gen

@@ -1,0 +1,168 @@
+#pragma once
+// Attention against a key/value cache on the GPU (shape, layouts and CPU reference in
+// kv_attention.hpp), for float and bf16 with head_dim 64 or 128.
+//
+// Decode reads every cached key and value once: one block per (query row, KV head) serves the
+// whole group of query heads that shares that KV head (GQA), so K and V come from memory once per
+// group. The block's 8 warps take every 8th key; a lane holds head_dim/32 dimensions of q and of
+// the output of each head, a warp reduction gives each score, and an online softmax keeps the
+// running max and sum per warp. The warps' partial results are merged in shared memory. Slots and
+// positions are read on the device, so a captured CUDA graph can replay the same launch while the
+// sequences grow.
+#include <cstdint>
+#include <type_traits>
+
+#include "../core/cuda_check.hpp"
+#include "../core/cuda_vec.cuh"
+#include "kv_attention.hpp"
+
+namespace mil::cuda {
+namespace kv_detail {
+
+constexpr int kWarps = 8;
+constexpr int kMaxGroup = 8;  // query heads per KV head held in registers
+
+template <class T>
+__global__ void kv_cache_append_kernel(T* k_cache, T* v_cache, const T* k, const T* v,
+                                       int64_t src_stride, const int32_t* slots,
+                                       const int32_t* positions, int64_t kv_width,
+                                       int64_t max_seq) {
+  const int64_t r = blockIdx.x;
+  const int64_t dst = (int64_t(slots[r]) * max_seq + positions[r]) * kv_width;
+  for (int64_t c = threadIdx.x; c < kv_width; c += blockDim.x) {
+    k_cache[dst + c] = k[r * src_stride + c];
+    v_cache[dst + c] = v[r * src_stride + c];
+  }
+}
+
+template <class T, int HD>
+__global__ void __launch_bounds__(kWarps * 32)
+    attention_kv_cache_kernel(T* out, const T* q, const T* k_cache, const T* v_cache,
+                              const int32_t* slots, const int32_t* positions, int64_t q_stride,
+                              int heads, int kv_heads, int64_t max_seq, float scale_log2) {
+  constexpr int E = HD / 32;  // dimensions per lane
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t r = blockIdx.x;
+  const int g = blockIdx.y, group = heads / kv_heads;
+  const int n = positions[r] + 1;
+  const int64_t kvw = int64_t(kv_heads) * HD;
+  const T* kc = k_cache + int64_t(slots[r]) * max_seq * kvw + g * HD + lane * E;
+  const T* vc = v_cache + int64_t(slots[r]) * max_seq * kvw + g * HD + lane * E;
+
+  float qr[kMaxGroup][E], acc[kMaxGroup][E], m[kMaxGroup], l[kMaxGroup];
+#pragma unroll
+  for (int h = 0; h < kMaxGroup; ++h) {
+    m[h] = -INFINITY;
+    l[h] = 0.f;
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      // Scores are kept in base 2: q is pre-scaled by scale * log2(e).
+      qr[h][e] = h < group
+                     ? to_float(q[r * q_stride + int64_t(g * group + h) * HD + lane * E + e]) *
+                           scale_log2
+                     : 0.f;
+      acc[h][e] = 0.f;
+    }
+  }
+  for (int j = warp; j < n; j += kWarps) {
+    float kr[E], vr[E];
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      kr[e] = to_float(kc[int64_t(j) * kvw + e]);
+      vr[e] = to_float(vc[int64_t(j) * kvw + e]);
+    }
+#pragma unroll
+    for (int h = 0; h < kMaxGroup; ++h) {
+      if (h >= group) break;
+      float s = 0.f;
+#pragma unroll
+      for (int e = 0; e < E; ++e) s = fmaf(qr[h][e], kr[e], s);
+#pragma unroll
+      for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
+      const float m_new = fmaxf(m[h], s);
+      const float corr = exp2f(m[h] - m_new), p = exp2f(s - m_new);
+      l[h] = l[h] * corr + p;
+#pragma unroll
+      for (int e = 0; e < E; ++e) acc[h][e] = fmaf(acc[h][e], corr, p * vr[e]);
+      m[h] = m_new;
+    }
+  }
+
+  // Merge the warps: each warp publishes (m, l, acc) per head, then thread t finishes output
+  // elements t, t + 256, ... of the group.
+  __shared__ float sm[kWarps][kMaxGroup], sl[kWarps][kMaxGroup];
+  __shared__ float sacc[kWarps][kMaxGroup * HD];
+#pragma unroll
+  for (int h = 0; h < kMaxGroup; ++h) {
+    if (h >= group) break;
+    if (lane == 0) {
+      sm[warp][h] = m[h];
+      sl[warp][h] = l[h];
+    }
+#pragma unroll
+    for (int e = 0; e < E; ++e) sacc[warp][h * HD + lane * E + e] = acc[h][e];
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < group * HD; i += kWarps * 32) {
+    const int h = i / HD;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, sm[w][h]);
+    float sum = 0.f, o = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      const float c = sm[w][h] == -INFINITY ? 0.f : exp2f(sm[w][h] - mx);
+      sum += sl[w][h] * c;
+      o += sacc[w][i] * c;
+    }
+    out[(r * heads + int64_t(g) * group) * HD + i] = from_float<T>(o / sum);
+  }
+}
+
+}  // namespace kv_detail
+
+// Same contract as cpu::kv_cache_append, except that slots and positions (on the device) are not
+// validated: the caller checks them on the host where they come from.
+template <class T>
+void kv_cache_append(T* k_cache, T* v_cache, const T* k, const T* v, int64_t src_stride,
+                     const int32_t* slots, const int32_t* positions, int64_t rows,
+                     int64_t kv_width, int64_t n_slots, int64_t max_seq, cudaStream_t stream) {
+  MIL_CHECK(rows >= 0 && kv_width >= 1 && src_stride >= kv_width && n_slots >= 1 && max_seq >= 1,
+            "kv_cache_append: rows ", rows, ", kv_width ", kv_width, ", src_stride ", src_stride);
+  MIL_CHECK(rows <= INT32_MAX, "kv_cache_append: too many rows: ", rows);
+  if (rows == 0) return;
+  const int threads = int(std::min<int64_t>(256, (kv_width + 31) / 32 * 32));
+  kv_detail::kv_cache_append_kernel<T><<<unsigned(rows), threads, 0, stream>>>(
+      k_cache, v_cache, k, v, src_stride, slots, positions, kv_width, max_seq);
+  MIL_CUDA_CHECK_LAUNCH("kv_cache_append_kernel");
+}
+
+// Same contract as cpu::attention_kv_cache (slots and positions not validated, as above).
+template <class T>
+void attention_kv_cache(T* out, const T* q, const T* k_cache, const T* v_cache,
+                        const int32_t* slots, const int32_t* positions, const KvAttentionShape& s,
+                        cudaStream_t stream) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, bf16>,
+                "attention_kv_cache on the GPU supports float and bf16");
+  check(s);
+  MIL_CHECK(s.head_dim == 64 || s.head_dim == 128, "attention_kv_cache: head_dim ", s.head_dim,
+            " is not supported on the GPU (64 or 128)");
+  MIL_CHECK(s.heads / s.kv_heads <= kv_detail::kMaxGroup, "attention_kv_cache: ",
+            s.heads / s.kv_heads, " query heads per KV head, the GPU kernel takes at most ",
+            kv_detail::kMaxGroup);
+  MIL_CHECK(s.rows <= INT32_MAX && s.kv_heads <= 65535, "attention_kv_cache: too many rows (",
+            s.rows, ") or KV heads (", s.kv_heads, ")");
+  if (s.rows == 0) return;
+  const dim3 grid(unsigned(s.rows), unsigned(s.kv_heads));
+  const float scale_log2 = s.scale * 1.4426950408889634f;
+  auto launch = [&](auto kernel) {
+    kernel<<<grid, kv_detail::kWarps * 32, 0, stream>>>(out, q, k_cache, v_cache, slots, positions,
+                                                        s.q_stride, int(s.heads), int(s.kv_heads),
+                                                        s.max_seq, scale_log2);
+  };
+  if (s.head_dim == 64) launch(kv_detail::attention_kv_cache_kernel<T, 64>);
+  else launch(kv_detail::attention_kv_cache_kernel<T, 128>);
+  MIL_CUDA_CHECK_LAUNCH("attention_kv_cache_kernel");
+}
+
+}  // namespace mil::cuda

@@ -1,0 +1,109 @@
+#pragma once
+// Attention against a key/value cache, for inference: prefill continuing a conversation and
+// incremental decode of a batch of sequences that are each at their own length. The shape shared
+// with the CUDA kernels (kv_attention.cuh) and the plain-loop CPU reference in mil::cpu.
+//
+// Layouts (element offsets):
+//   cache  k[(slot*max_seq + pos)*kv_width + g*head_dim + d], v likewise; kv_width = kv_heads*hd
+//   q      q[r*q_stride + h*head_dim + d]              query row r, head h (g = h / group)
+//   out    out[r*heads*head_dim + h*head_dim + d]      contiguous
+//   slots, positions: one per query row. Row r attends to cache rows [0, positions[r]] of slot
+//   slots[r]; its own key and value must already be there (kv_cache_append first).
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include <mil/core/dtype.hpp>
+#include <mil/core/error.hpp>
+
+namespace mil {
+
+struct KvAttentionShape {
+  int64_t rows = 0;                          // query rows (tokens) of this call
+  int64_t heads = 0, kv_heads = 0, head_dim = 0;
+  int64_t q_stride = 0;                      // elements between query rows
+  int64_t slots = 0, max_seq = 0;            // cache: sequences and rows per sequence
+  float scale = 1.f;                         // applied to q.k, usually 1/sqrt(head_dim)
+  int64_t kv_width() const { return kv_heads * head_dim; }
+};
+
+inline void check(const KvAttentionShape& s) {
+  MIL_CHECK(s.rows >= 0 && s.slots >= 1 && s.max_seq >= 1, "kv attention: rows (", s.rows,
+            ") must be >= 0, slots (", s.slots, ") and max_seq (", s.max_seq, ") >= 1");
+  MIL_CHECK(s.heads >= 1 && s.kv_heads >= 1 && s.head_dim >= 1 && s.heads % s.kv_heads == 0,
+            "kv attention: heads (", s.heads, ") must be a positive multiple of kv_heads (",
+            s.kv_heads, "), head_dim (", s.head_dim, ") >= 1");
+  MIL_CHECK(s.q_stride >= checked_mul(s.heads, s.head_dim), "kv attention: q_stride ", s.q_stride,
+            " is smaller than heads * head_dim = ", s.heads * s.head_dim);
+  MIL_CHECK(std::isfinite(s.scale), "kv attention: scale must be finite, got ", s.scale);
+  (void)checked_mul(checked_mul(s.slots, s.max_seq), s.kv_width());
+  (void)checked_mul(s.rows, s.q_stride);
+}
+
+// Throws naming the first row whose slot or position is outside the cache.
+inline void check_slots_positions(const int32_t* slots, const int32_t* positions, int64_t rows,
+                                  int64_t n_slots, int64_t max_seq) {
+  for (int64_t r = 0; r < rows; ++r) {
+    MIL_CHECK(slots[r] >= 0 && slots[r] < n_slots, "kv cache: row ", r, " names slot ", slots[r],
+              " of ", n_slots);
+    MIL_CHECK(positions[r] >= 0 && positions[r] < max_seq, "kv cache: row ", r, " is at position ",
+              positions[r], ", the cache holds ", max_seq, " per sequence");
+  }
+}
+
+namespace cpu {
+
+// k_cache/v_cache row (slots[r], positions[r]) = k/v row r (rows of kv_width at src_stride).
+template <class T>
+void kv_cache_append(T* k_cache, T* v_cache, const T* k, const T* v, int64_t src_stride,
+                     const int32_t* slots, const int32_t* positions, int64_t rows,
+                     int64_t kv_width, int64_t n_slots, int64_t max_seq) {
+  MIL_CHECK(rows >= 0 && kv_width >= 1 && src_stride >= kv_width, "kv_cache_append: rows ", rows,
+            ", kv_width ", kv_width, ", src_stride ", src_stride);
+  check_slots_positions(slots, positions, rows, n_slots, max_seq);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t dst = (int64_t(slots[r]) * max_seq + positions[r]) * kv_width;
+    std::copy_n(k + r * src_stride, kv_width, k_cache + dst);
+    std::copy_n(v + r * src_stride, kv_width, v_cache + dst);
+  }
+}
+
+// out = softmax(scale q k^T) v over each row's cache prefix, in acc_t<T> with a two-pass softmax.
+template <class T>
+void attention_kv_cache(T* out, const T* q, const T* k_cache, const T* v_cache,
+                        const int32_t* slots, const int32_t* positions,
+                        const KvAttentionShape& s) {
+  using A = acc_t<T>;
+  check(s);
+  check_slots_positions(slots, positions, s.rows, s.slots, s.max_seq);
+  const int64_t hd = s.head_dim, group = s.heads / s.kv_heads, kvw = s.kv_width();
+  std::vector<A> p(static_cast<size_t>(s.max_seq)), acc(static_cast<size_t>(hd));
+  for (int64_t r = 0; r < s.rows; ++r) {
+    const int64_t n = int64_t(positions[r]) + 1;
+    const T* kc = k_cache + int64_t(slots[r]) * s.max_seq * kvw;
+    const T* vc = v_cache + int64_t(slots[r]) * s.max_seq * kvw;
+    for (int64_t h = 0; h < s.heads; ++h) {
+      const T* qh = q + r * s.q_stride + h * hd;
+      const int64_t g = h / group;
+      A mx = -std::numeric_limits<A>::infinity();
+      for (int64_t j = 0; j < n; ++j) {
+        A dot = 0;
+        for (int64_t d = 0; d < hd; ++d) dot += to_acc(qh[d]) * to_acc(kc[j * kvw + g * hd + d]);
+        p[j] = dot * A(s.scale);
+        mx = std::max(mx, p[j]);
+      }
+      A sum = 0;
+      for (int64_t j = 0; j < n; ++j) sum += (p[j] = std::exp(p[j] - mx));
+      std::fill(acc.begin(), acc.end(), A(0));
+      for (int64_t j = 0; j < n; ++j)
+        for (int64_t d = 0; d < hd; ++d) acc[d] += p[j] * to_acc(vc[j * kvw + g * hd + d]);
+      T* o = out + (r * s.heads + h) * hd;
+      for (int64_t d = 0; d < hd; ++d) o[d] = T(acc[d] / sum);
+    }
+  }
+}
+
+}  // namespace cpu
+}  // namespace mil

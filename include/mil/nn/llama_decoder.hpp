@@ -1,0 +1,345 @@
+#pragma once
+// Inference for a LlamaModel: prefill and incremental decode against a preallocated KV cache, on
+// the CPU or the GPU, for a batch of sequences ("slots") that each have their own length.
+//
+// Everything a step touches is allocated once, in the constructor: the cache
+// [layers, slots, max_seq, kv_heads * head_dim] for keys and for values, and activations for
+// `max_chunk` tokens (a longer prompt is run in chunks). A step calls the kernels directly, not
+// the autograd, and fuses what the training graph keeps apart: q and k are rotated by one RoPE
+// launch, the residual adds ride on the output projections (GEMM beta = 1), and only the rows that
+// need logits go through the final norm and the LM head.
+//
+// On the GPU the decoder runs on its own stream. A decode step of n sequences is captured as a
+// CUDA graph the first time n is seen (after one eager run that creates the cuBLASLt plans) and
+// replayed after that: token ids, slots and positions go into fixed device buffers from pinned
+// host memory, the kernels read them on the device, and the greedy argmax comes back in the graph.
+// A fresh prompt (empty cache) uses the flash-attention kernel; later chunks and decode use
+// attention_kv_cache.
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "../autograd/ops.hpp"
+#include "../kernels/argmax.hpp"
+#include "../kernels/kv_attention.hpp"
+#if defined(__CUDACC__)
+#include "../kernels/argmax.cuh"
+#include "../kernels/kv_attention.cuh"
+#endif
+#include "llama.hpp"
+
+namespace mil::nn {
+
+struct DecoderOptions {
+  int64_t slots = 1;        // sequences held at once
+  int64_t max_seq = 2048;   // tokens per sequence (prompt + generated)
+  int64_t max_chunk = 512;  // tokens per prefill step; longer prompts run in chunks
+  bool cuda_graphs = true;  // capture decode steps (GPU)
+};
+
+template <Element T, Device D>
+class LlamaDecoder {
+ public:
+  LlamaDecoder(const LlamaModel<T, D>& model, DecoderOptions o = {})
+      : model_(model), cfg_(model.config()), opt_(o) {
+    MIL_CHECK(o.slots >= 1 && o.max_seq >= 1 && o.max_chunk >= 1, "LlamaDecoder: slots (", o.slots,
+              "), max_seq (", o.max_seq, ") and max_chunk (", o.max_chunk, ") must be >= 1");
+    StreamScope scope(*this);
+    const int64_t kvw = cfg_.n_kv_heads * cfg_.head_dim;
+    const int64_t rows = std::max(o.max_chunk, o.slots);
+    rows_ = rows;
+    Shape cache{cfg_.n_layers, o.slots, o.max_seq, kvw};
+    k_cache_ = Tensor<T, D>::zeros(cache);
+    v_cache_ = Tensor<T, D>::zeros(cache);
+    x_ = Tensor<T, D>::empty(Shape{rows, cfg_.d_model});
+    h_ = Tensor<T, D>::empty(Shape{rows, cfg_.d_model});
+    qkv_ = Tensor<T, D>::empty(Shape{rows, cfg_.qkv_layout().width()});
+    att_ = Tensor<T, D>::empty(Shape{rows, cfg_.n_heads * cfg_.head_dim});
+    gate_up_ = Tensor<T, D>::empty(Shape{rows, 2 * cfg_.d_ff});
+    mlp_ = Tensor<T, D>::empty(Shape{rows, cfg_.d_ff});
+    logits_ = Tensor<T, D>::empty(Shape{o.slots, cfg_.vocab});
+    tokens_ = Tensor<int32_t, D>::empty(Shape{3, rows});  // ids | slots | positions
+    argmax_ = Tensor<int32_t, D>::empty(Shape{o.slots});
+    lengths_.assign(size_t(o.slots), 0);
+#if defined(__CUDACC__)
+    if constexpr (std::is_same_v<D, Cuda>) {
+      MIL_CUDA_CHECK(cudaMallocHost(&pinned_tokens_, size_t(3 * rows) * sizeof(int32_t)));
+      MIL_CUDA_CHECK(cudaMallocHost(&pinned_argmax_, size_t(o.slots) * sizeof(int32_t)));
+    }
+#endif
+    if constexpr (std::is_same_v<D, Cpu>) {
+      host_tokens_ = tokens_.data();
+      host_argmax_ = argmax_.data();
+    }
+#if defined(__CUDACC__)
+    if constexpr (std::is_same_v<D, Cuda>) {
+      host_tokens_ = pinned_tokens_;
+      host_argmax_ = pinned_argmax_;
+    }
+#endif
+  }
+  LlamaDecoder(const LlamaDecoder&) = delete;
+  LlamaDecoder& operator=(const LlamaDecoder&) = delete;
+  ~LlamaDecoder() {
+#if defined(__CUDACC__)
+    if constexpr (std::is_same_v<D, Cuda>) {
+      cudaStreamSynchronize(stream_);
+      for (auto& [n, g] : graphs_) cudaGraphExecDestroy(g);
+      cudaFreeHost(pinned_tokens_);
+      cudaFreeHost(pinned_argmax_);
+      // The tensors go back to the caching allocator; nothing runs on the stream any more.
+      k_cache_ = {}, v_cache_ = {}, x_ = {}, h_ = {}, qkv_ = {}, att_ = {}, gate_up_ = {};
+      mlp_ = {}, logits_ = {}, tokens_ = {}, argmax_ = {};
+      if (stream_) cudaStreamDestroy(stream_);
+    }
+#endif
+  }
+
+  const LlamaConfig& config() const { return cfg_; }
+  const DecoderOptions& options() const { return opt_; }
+  int64_t length(int64_t slot) const { return lengths_.at(check_slot(slot)); }
+  void reset(int64_t slot) { truncate(slot, 0); }
+  // Forgets all but the first n tokens of a sequence (a chat turn that is re-rendered differently).
+  void truncate(int64_t slot, int64_t n) {
+    MIL_CHECK(n >= 0 && n <= lengths_.at(size_t(check_slot(slot))), "LlamaDecoder::truncate: ",
+              n, " tokens of a sequence of ", lengths_[size_t(slot)]);
+    lengths_[size_t(slot)] = n;
+  }
+
+  // Appends `ids` to sequence `slot`; afterwards logits row 0 (and argmax()[0]) is the
+  // prediction after its last token.
+  void prefill(int64_t slot, std::span<const int32_t> ids) {
+    check_slot(slot);
+    MIL_CHECK(!ids.empty(), "LlamaDecoder::prefill: no tokens");
+    check_room(slot, int64_t(ids.size()));
+    check_ids(ids);
+    StreamScope scope(*this);
+    for (size_t first = 0; first < ids.size(); first += size_t(opt_.max_chunk)) {
+      const int64_t n = std::min<int64_t>(opt_.max_chunk, int64_t(ids.size() - first));
+      const int64_t start = lengths_[slot];
+      for (int64_t i = 0; i < n; ++i) {
+        host_tokens_[i] = ids[first + size_t(i)];
+        host_tokens_[rows_ + i] = int32_t(slot);
+        host_tokens_[2 * rows_ + i] = int32_t(start + i);
+      }
+      upload_tokens();
+      forward(n, start == 0, n - 1, 1);
+      lengths_[slot] += n;
+    }
+    logit_rows_ = 1;
+    finish();
+  }
+
+  // One token per sequence: ids[i] is appended to slot slots[i] (distinct slots); afterwards
+  // logits row i is the prediction for slots[i].
+  void decode(std::span<const int32_t> slots, std::span<const int32_t> ids) {
+    const int64_t n = int64_t(ids.size());
+    MIL_CHECK(n >= 1 && slots.size() == ids.size(), "LlamaDecoder::decode: ", slots.size(),
+              " slots for ", ids.size(), " tokens");
+    MIL_CHECK(n <= opt_.slots, "LlamaDecoder::decode: ", n, " sequences, the decoder holds ",
+              opt_.slots);
+    std::vector<bool> seen(size_t(opt_.slots), false);
+    for (int32_t s : slots) {
+      check_slot(s);
+      MIL_CHECK(!seen[size_t(s)], "LlamaDecoder::decode: slot ", s, " appears twice");
+      seen[size_t(s)] = true;
+      check_room(s, 1);
+    }
+    check_ids(ids);
+    StreamScope scope(*this);
+    for (int64_t i = 0; i < n; ++i) {
+      host_tokens_[i] = ids[size_t(i)];
+      host_tokens_[rows_ + i] = slots[size_t(i)];
+      host_tokens_[2 * rows_ + i] = int32_t(lengths_[size_t(slots[size_t(i)])]);
+    }
+    upload_tokens();
+    run_decode_step(n);
+    for (int32_t s : slots) ++lengths_[size_t(s)];
+    logit_rows_ = n;
+    finish();
+  }
+
+  // Logits of the last prefill (1 row) or decode (one row per sequence): [rows, vocab] on D.
+  Tensor<T, D> logits() const { return logits_.slice(0, logit_rows_); }
+  int64_t logit_rows() const { return logit_rows_; }
+
+  // The same, as floats on the host.
+  std::vector<float> logits_host() const {
+    const int64_t n = logit_rows_ * cfg_.vocab;
+    std::vector<float> out(static_cast<size_t>(n));
+    if constexpr (std::is_same_v<D, Cpu>) {
+      for (int64_t i = 0; i < n; ++i) out[size_t(i)] = float(to_acc(logits_.data()[i]));
+    } else {
+      auto host = logits_.slice(0, logit_rows_).template to<Cpu>();
+      for (int64_t i = 0; i < n; ++i) out[size_t(i)] = float(to_acc(host.data()[i]));
+    }
+    return out;
+  }
+
+  // Greedy choice for each logits row, computed on the device.
+  std::span<const int32_t> argmax() const { return {host_argmax_, size_t(logit_rows_)}; }
+
+ private:
+  // Makes the decoder's stream current for the kernels and allocations of one call.
+  struct StreamScope {
+#if defined(__CUDACC__)
+    cudaStream_t saved{};
+    explicit StreamScope(LlamaDecoder& d) {
+      if constexpr (std::is_same_v<D, Cuda>) {
+        if (!d.stream_) MIL_CUDA_CHECK(cudaStreamCreateWithFlags(&d.stream_, cudaStreamNonBlocking));
+        saved = cuda::current_stream();
+        cuda::current_stream() = d.stream_;
+      }
+    }
+    ~StreamScope() {
+      if constexpr (std::is_same_v<D, Cuda>) cuda::current_stream() = saved;
+    }
+#else
+    explicit StreamScope(LlamaDecoder&) {}
+#endif
+  };
+
+  int64_t check_slot(int64_t slot) const {
+    MIL_CHECK(slot >= 0 && slot < opt_.slots, "LlamaDecoder: slot ", slot, " of ", opt_.slots);
+    return slot;
+  }
+  void check_room(int64_t slot, int64_t n) const {
+    MIL_CHECK(lengths_[size_t(slot)] + n <= opt_.max_seq, "LlamaDecoder: sequence ", slot, " has ",
+              lengths_[size_t(slot)], " tokens; ", n, " more exceed the context of ", opt_.max_seq);
+  }
+  void check_ids(std::span<const int32_t> ids) const {
+    for (size_t i = 0; i < ids.size(); ++i)
+      MIL_CHECK(ids[i] >= 0 && ids[i] < cfg_.vocab, "LlamaDecoder: token id ", ids[i],
+                " at position ", i, " is outside the vocabulary [0, ", cfg_.vocab, ")");
+  }
+
+  const T* weight(const std::string& name) const { return model_.param(name).value().data(); }
+
+  void upload_tokens() {
+#if defined(__CUDACC__)
+    if constexpr (std::is_same_v<D, Cuda>)
+      MIL_CUDA_CHECK(cudaMemcpyAsync(tokens_.data(), pinned_tokens_,
+                                     size_t(3 * rows_) * sizeof(int32_t), cudaMemcpyHostToDevice,
+                                     stream_));
+#endif
+  }
+
+  // Waits for the step and makes argmax() valid.
+  void finish() {
+#if defined(__CUDACC__)
+    if constexpr (std::is_same_v<D, Cuda>) MIL_CUDA_CHECK(cudaStreamSynchronize(stream_));
+#endif
+  }
+
+  void run_decode_step(int64_t n) {
+#if defined(__CUDACC__)
+    if constexpr (std::is_same_v<D, Cuda>) {
+      if (opt_.cuda_graphs) {
+        auto it = graphs_.find(n);
+        if (it != graphs_.end()) {
+          MIL_CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
+          return;
+        }
+        forward(n, false, 0, n);  // eager: creates the GEMM plans and workspaces
+        cudaGraph_t graph{};
+        MIL_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+        try {
+          forward(n, false, 0, n);
+        } catch (...) {
+          cudaStreamEndCapture(stream_, &graph);
+          if (graph) cudaGraphDestroy(graph);
+          throw;
+        }
+        MIL_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+        cudaGraphExec_t exec{};
+        MIL_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+        cudaGraphDestroy(graph);
+        graphs_[n] = exec;
+        return;
+      }
+    }
+#endif
+    forward(n, false, 0, n);
+  }
+
+  // One step over `rows` staged tokens; logits for rows [first, first + n_logits).
+  void forward(int64_t rows, bool fresh, int64_t first, int64_t n_logits) {
+    const LlamaConfig& c = cfg_;
+    const int64_t d = c.d_model, hd = c.head_dim, H = c.n_heads, Hkv = c.n_kv_heads;
+    const int64_t qkvw = c.qkv_layout().width(), kvw = Hkv * hd, ff = c.d_ff;
+    const int32_t* ids = tokens_.data();
+    const int32_t* slots = ids + rows_;
+    const int32_t* pos = ids + 2 * rows_;
+    T *x = x_.data(), *h = h_.data(), *qkv = qkv_.data(), *att = att_.data();
+    T *gu = gate_up_.data(), *m = mlp_.data();
+    const RopeConfig rope = c.rope();
+    const KvAttentionShape ks{rows, H, Hkv, hd, qkvw, opt_.slots, opt_.max_seq,
+                              float(1.0 / std::sqrt(double(hd)))};
+    const int64_t layer_cache = opt_.slots * opt_.max_seq * kvw;
+    auto residual = [](int64_t mm, int64_t nn, int64_t kk) {
+      GemmShape s{mm, nn, kk, false, true};
+      s.beta = 1.f;  // x += a W^T
+      return s;
+    };
+
+    MIL_RUN(D, embedding_forward, x, weight("tok_embeddings"), ids, rows, d, c.vocab);
+    for (int64_t l = 0; l < c.n_layers; ++l) {
+      const std::string p = "layers." + std::to_string(l) + ".";
+      T* kc = k_cache_.data() + l * layer_cache;
+      T* vc = v_cache_.data() + l * layer_cache;
+      MIL_RUN(D, rmsnorm_forward, h, nullptr, x, weight(p + "attn_norm"), rows, d, c.norm_eps);
+      MIL_RUN(D, matmul, GemmShape{rows, qkvw, d, false, true}, qkv, h, weight(p + "wqkv"));
+      if (c.attention_bias) MIL_RUN(D, bias_add, qkv, weight(p + "bqkv"), rows, qkvw);
+      // q and k heads are adjacent in a row: one launch rotates both.
+      MIL_RUN(D, rope_apply, qkv, qkv, pos, rows, H + Hkv, qkvw, rope, false);
+      MIL_RUN(D, kv_cache_append, kc, vc, qkv + H * hd, qkv + (H + Hkv) * hd, qkvw, slots, pos,
+              rows, kvw, opt_.slots, opt_.max_seq);
+      // The GPU flash-attention kernel (bf16, head_dim 64 or 128) runs a fresh prompt faster;
+      // everything else reads the cache.
+      bool flash = false;
+      if constexpr (std::is_same_v<D, Cuda> && std::is_same_v<T, bf16>) {
+        flash = fresh && (hd == 64 || hd == 128);
+        if (flash)
+          MIL_RUN(D, attention_forward, att, nullptr, qkv, qkv + H * hd, qkv + (H + Hkv) * hd,
+                  attention_shape_fused(1, rows, H, Hkv, hd));
+      }
+      if (!flash) MIL_RUN(D, attention_kv_cache, att, qkv, kc, vc, slots, pos, ks);
+      MIL_RUN(D, matmul, residual(rows, d, H * hd), x, att, weight(p + "wo"));
+      MIL_RUN(D, rmsnorm_forward, h, nullptr, x, weight(p + "mlp_norm"), rows, d, c.norm_eps);
+      MIL_RUN(D, matmul, GemmShape{rows, 2 * ff, d, false, true}, gu, h, weight(p + "w_gate_up"));
+      MIL_RUN(D, swiglu_forward, m, gu, gu + ff, rows, ff, 2 * ff);
+      MIL_RUN(D, matmul, residual(rows, d, ff), x, m, weight(p + "w_down"));
+    }
+    MIL_RUN(D, rmsnorm_forward, h, nullptr, x + first * d, weight("norm"), n_logits, d, c.norm_eps);
+    const T* head = weight(c.tied_embeddings ? "tok_embeddings" : "lm_head");
+    MIL_RUN(D, matmul, GemmShape{n_logits, c.vocab, d, false, true}, logits_.data(), h, head);
+    MIL_RUN(D, argmax_rows, argmax_.data(), logits_.data(), n_logits, c.vocab);
+#if defined(__CUDACC__)
+    if constexpr (std::is_same_v<D, Cuda>)
+      MIL_CUDA_CHECK(cudaMemcpyAsync(pinned_argmax_, argmax_.data(),
+                                     size_t(n_logits) * sizeof(int32_t), cudaMemcpyDeviceToHost,
+                                     stream_));
+#endif
+  }
+
+  const LlamaModel<T, D>& model_;
+  LlamaConfig cfg_;
+  DecoderOptions opt_;
+  int64_t rows_ = 0, logit_rows_ = 0;
+  Tensor<T, D> k_cache_, v_cache_, x_, h_, qkv_, att_, gate_up_, mlp_, logits_;
+  Tensor<int32_t, D> tokens_, argmax_;
+  std::vector<int64_t> lengths_;
+  int32_t* host_tokens_ = nullptr;
+  int32_t* host_argmax_ = nullptr;
+#if defined(__CUDACC__)
+  cudaStream_t stream_ = nullptr;
+  int32_t* pinned_tokens_ = nullptr;
+  int32_t* pinned_argmax_ = nullptr;
+  std::map<int64_t, cudaGraphExec_t> graphs_;
+#endif
+};
+
+}  // namespace mil::nn
