@@ -140,3 +140,22 @@ TEST_CASE("matmul cuda: k = 0 gives beta C - empty outputs are a no-op - bad siz
   CHECK_THROWS_AS(
       mil::cuda::matmul<float>(GemmShape{-2, 2, 2}, c.data(), c.data(), c.data(), stream), Error);
 }
+
+TEST_CASE("matmul cuda: decode-sized products (skinny kernel) match the CPU for 1 to 8 rows") {
+  MIL_REQUIRE_GPU();
+  uint64_t seed = 9000;
+  for (int64_t m = 1; m <= 9; ++m)  // 9 rows: back to cuBLASLt
+    for (auto [n, k] : {std::pair<int64_t, int64_t>{1, 8}, {1729, 576}, {300, 1000}, {77, 1003}}) {
+      for (auto [alpha, beta] : {std::pair{1.f, 0.f}, {0.5f, 1.f}}) {
+        GemmShape s{m, n, k, false, true, 1, alpha, beta};
+        check_matmul<float>(s, 1e-5, seed += 3);
+        check_matmul<bf16>(s, 1e-2, seed += 3);
+      }
+    }
+  // Unaligned operands fall back to cuBLASLt.
+  check_matmul<bf16>(GemmShape{2, 64, 64, false, true}, 1e-2, 9901, 3);
+  // Bitwise repeatable (fixed reduction order).
+  GemmShape s{1, 4096, 576, false, true};
+  auto first = check_matmul<bf16>(s, 1e-2, 9902);
+  CHECK(test::bytes_of(first) == test::bytes_of(check_matmul<bf16>(s, 1e-2, 9902)));
+}

@@ -4,11 +4,14 @@
 //
 // Decode reads every cached key and value once: one block per (query row, KV head) serves the
 // whole group of query heads that shares that KV head (GQA), so K and V come from memory once per
-// group. The block's 8 warps take every 8th key; a lane holds head_dim/32 dimensions of q and of
-// the output of each head, a warp reduction gives each score, and an online softmax keeps the
-// running max and sum per warp. The warps' partial results are merged in shared memory. Slots and
-// positions are read on the device, so a captured CUDA graph can replay the same launch while the
-// sequences grow.
+// group. A batch-1 decode has only kv_heads such blocks, so the keys are also split across
+// `splits` blocks (flash-decoding): each writes its partial (max, sum, output) to a workspace and a
+// second kernel merges them. Within a block, the 8 warps take every 8th key of the block's range; a
+// lane holds head_dim/32 dimensions of q and of the output of each head, a warp reduction gives
+// each score, and an online softmax keeps the running max and sum per warp; the warps are merged
+// in shared memory. Slots and positions are read on the device (so is the split of the keys), so
+// a captured CUDA graph can replay the same launches while the sequences grow.
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
@@ -35,16 +38,21 @@ __global__ void kv_cache_append_kernel(T* k_cache, T* v_cache, const T* k, const
   }
 }
 
+// Split z of the keys of row r, KV head g. With one split the block writes out; otherwise it
+// writes its merged (max, sum, unnormalised output) per head to part_* for kv_merge_kernel.
 template <class T, int HD>
 __global__ void __launch_bounds__(kWarps * 32)
-    attention_kv_cache_kernel(T* out, const T* q, const T* k_cache, const T* v_cache,
-                              const int32_t* slots, const int32_t* positions, int64_t q_stride,
-                              int heads, int kv_heads, int64_t max_seq, float scale_log2) {
+    attention_kv_cache_kernel(T* out, float* part_m, float* part_l, float* part_o, const T* q,
+                              const T* k_cache, const T* v_cache, const int32_t* slots,
+                              const int32_t* positions, int64_t q_stride, int heads, int kv_heads,
+                              int64_t max_seq, float scale_log2) {
   constexpr int E = HD / 32;  // dimensions per lane
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int64_t r = blockIdx.x;
-  const int g = blockIdx.y, group = heads / kv_heads;
+  const int g = blockIdx.y, group = heads / kv_heads, splits = gridDim.z;
   const int n = positions[r] + 1;
+  const int chunk = (n + splits - 1) / splits;
+  const int begin = int(blockIdx.z) * chunk, end = min(n, begin + chunk);
   const int64_t kvw = int64_t(kv_heads) * HD;
   const T* kc = k_cache + int64_t(slots[r]) * max_seq * kvw + g * HD + lane * E;
   const T* vc = v_cache + int64_t(slots[r]) * max_seq * kvw + g * HD + lane * E;
@@ -64,7 +72,7 @@ __global__ void __launch_bounds__(kWarps * 32)
       acc[h][e] = 0.f;
     }
   }
-  for (int j = warp; j < n; j += kWarps) {
+  for (int j = begin + warp; j < end; j += kWarps) {
     float kr[E], vr[E];
 #pragma unroll
     for (int e = 0; e < E; ++e) {
@@ -115,8 +123,36 @@ __global__ void __launch_bounds__(kWarps * 32)
       sum += sl[w][h] * c;
       o += sacc[w][i] * c;
     }
-    out[(r * heads + int64_t(g) * group) * HD + i] = from_float<T>(o / sum);
+    const int64_t head = r * heads + int64_t(g) * group + h;  // output head index
+    if (splits == 1) {
+      out[head * HD + i % HD] = from_float<T>(o / sum);
+    } else {
+      const int64_t at = head * splits + blockIdx.z;
+      part_o[at * HD + i % HD] = o;
+      if (i % HD == 0) {
+        part_m[at] = mx;
+        part_l[at] = sum;
+      }
+    }
   }
+}
+
+// Merges the splits of one (row, head): out = sum_z o_z 2^(m_z - M) / sum_z l_z 2^(m_z - M).
+template <class T, int HD>
+__global__ void kv_merge_kernel(T* out, const float* part_m, const float* part_l,
+                                const float* part_o, int splits) {
+  const int64_t head = blockIdx.x;  // row * heads + h
+  const int d = threadIdx.x;
+  const float* pm = part_m + head * splits;
+  float mx = -INFINITY;
+  for (int z = 0; z < splits; ++z) mx = fmaxf(mx, pm[z]);
+  float sum = 0.f, o = 0.f;
+  for (int z = 0; z < splits; ++z) {
+    const float c = pm[z] == -INFINITY ? 0.f : exp2f(pm[z] - mx);
+    sum += part_l[head * splits + z] * c;
+    o += part_o[(head * splits + z) * HD + d] * c;
+  }
+  out[head * HD + d] = from_float<T>(o / sum);
 }
 
 }  // namespace kv_detail
@@ -137,11 +173,25 @@ void kv_cache_append(T* k_cache, T* v_cache, const T* k, const T* v, int64_t src
   MIL_CUDA_CHECK_LAUNCH("kv_cache_append_kernel");
 }
 
-// Same contract as cpu::attention_kv_cache (slots and positions not validated, as above).
+// Blocks per (row, KV head) along the keys: enough blocks to fill the GPU (~2 waves of 132 SMs),
+// at most 32, and none for keys a sequence cannot have.
+inline int64_t kv_attention_splits(const KvAttentionShape& s) {
+  const int64_t blocks = std::max<int64_t>(1, s.rows * s.kv_heads);
+  return std::clamp<int64_t>((264 + blocks - 1) / blocks, 1, std::min<int64_t>(32, s.max_seq));
+}
+// Floats of workspace attention_kv_cache needs for shape s (0: none).
+inline int64_t kv_attention_workspace(const KvAttentionShape& s) {
+  const int64_t splits = kv_attention_splits(s);
+  return splits == 1 ? 0 : s.rows * s.heads * splits * (s.head_dim + 2);
+}
+
+// Same contract as cpu::attention_kv_cache (slots and positions not validated, as above), plus a
+// workspace of kv_attention_workspace(s) floats, allocated once by the caller so that a captured
+// step allocates nothing.
 template <class T>
 void attention_kv_cache(T* out, const T* q, const T* k_cache, const T* v_cache,
                         const int32_t* slots, const int32_t* positions, const KvAttentionShape& s,
-                        cudaStream_t stream) {
+                        float* workspace, cudaStream_t stream) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, bf16>,
                 "attention_kv_cache on the GPU supports float and bf16");
   check(s);
@@ -150,19 +200,32 @@ void attention_kv_cache(T* out, const T* q, const T* k_cache, const T* v_cache,
   MIL_CHECK(s.heads / s.kv_heads <= kv_detail::kMaxGroup, "attention_kv_cache: ",
             s.heads / s.kv_heads, " query heads per KV head, the GPU kernel takes at most ",
             kv_detail::kMaxGroup);
-  MIL_CHECK(s.rows <= INT32_MAX && s.kv_heads <= 65535, "attention_kv_cache: too many rows (",
-            s.rows, ") or KV heads (", s.kv_heads, ")");
+  MIL_CHECK(s.rows <= INT32_MAX && s.kv_heads <= 65535 && s.rows * s.heads <= INT32_MAX,
+            "attention_kv_cache: too many rows (", s.rows, ") or heads (", s.heads, ")");
   if (s.rows == 0) return;
-  const dim3 grid(unsigned(s.rows), unsigned(s.kv_heads));
+  const int64_t splits = kv_attention_splits(s);
+  MIL_CHECK(splits == 1 || workspace != nullptr, "attention_kv_cache: needs a workspace of ",
+            kv_attention_workspace(s), " floats");
+  float* part_m = workspace;
+  float* part_l = splits == 1 ? nullptr : part_m + s.rows * s.heads * splits;
+  float* part_o = splits == 1 ? nullptr : part_l + s.rows * s.heads * splits;
+  const dim3 grid(unsigned(s.rows), unsigned(s.kv_heads), unsigned(splits));
   const float scale_log2 = s.scale * 1.4426950408889634f;
-  auto launch = [&](auto kernel) {
-    kernel<<<grid, kv_detail::kWarps * 32, 0, stream>>>(out, q, k_cache, v_cache, slots, positions,
-                                                        s.q_stride, int(s.heads), int(s.kv_heads),
-                                                        s.max_seq, scale_log2);
+  auto launch = [&](auto kernel, auto merge, int hd) {
+    kernel<<<grid, kv_detail::kWarps * 32, 0, stream>>>(out, part_m, part_l, part_o, q, k_cache,
+                                                        v_cache, slots, positions, s.q_stride,
+                                                        int(s.heads), int(s.kv_heads), s.max_seq,
+                                                        scale_log2);
+    MIL_CUDA_CHECK_LAUNCH("attention_kv_cache_kernel");
+    if (splits == 1) return;
+    merge<<<unsigned(s.rows * s.heads), unsigned(hd), 0, stream>>>(out, part_m, part_l, part_o,
+                                                                   int(splits));
+    MIL_CUDA_CHECK_LAUNCH("kv_merge_kernel");
   };
-  if (s.head_dim == 64) launch(kv_detail::attention_kv_cache_kernel<T, 64>);
-  else launch(kv_detail::attention_kv_cache_kernel<T, 128>);
-  MIL_CUDA_CHECK_LAUNCH("attention_kv_cache_kernel");
+  if (s.head_dim == 64)
+    launch(kv_detail::attention_kv_cache_kernel<T, 64>, kv_detail::kv_merge_kernel<T, 64>, 64);
+  else
+    launch(kv_detail::attention_kv_cache_kernel<T, 128>, kv_detail::kv_merge_kernel<T, 128>, 128);
 }
 
 }  // namespace mil::cuda

@@ -71,10 +71,11 @@ void kv_cache_append(T* k_cache, T* v_cache, const T* k, const T* v, int64_t src
 }
 
 // out = softmax(scale q k^T) v over each row's cache prefix, in acc_t<T> with a two-pass softmax.
+// The workspace is the GPU kernel's (split keys); the reference needs none and ignores it.
 template <class T>
 void attention_kv_cache(T* out, const T* q, const T* k_cache, const T* v_cache,
-                        const int32_t* slots, const int32_t* positions,
-                        const KvAttentionShape& s) {
+                        const int32_t* slots, const int32_t* positions, const KvAttentionShape& s,
+                        float* /*workspace*/ = nullptr) {
   using A = acc_t<T>;
   check(s);
   check_slots_positions(slots, positions, s.rows, s.slots, s.max_seq);

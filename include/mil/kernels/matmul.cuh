@@ -11,7 +11,8 @@
 //
 // Where cuBLASLt has no algorithm for a problem (it has refused some mixes of operand alignments),
 // the same product runs through cuBLAS's cublasGemmStridedBatchedEx, same types and accumulation;
-// the plan remembers that, so the choice is made once per shape.
+// the plan remembers that, so the choice is made once per shape. Products of at most 8 rows
+// against a transposed weight (decode steps) go to matmul_skinny.cuh instead.
 #include <algorithm>
 #include <cstdint>
 #include <limits>
@@ -25,6 +26,7 @@
 #include "../core/cuda_check.hpp"
 #include "../core/dtype.hpp"
 #include "matmul.hpp"
+#include "matmul_skinny.cuh"
 
 #if !MIL_CUDA_ENABLED
 #error "mil/kernels/matmul.cuh needs a CUDA build (MIL_CUDA_ENABLED=1)"
@@ -267,6 +269,8 @@ void matmul(const GemmShape& s, T* c, const T* a, const T* b, cudaStream_t strea
     }
     return;
   }
+  // Decode-sized products (a few rows against a weight) stream the weight at full bandwidth.
+  if (matmul_skinny_fits(s, c, a, b)) return matmul_skinny(s, c, a, b, stream);
   MIL_CHECK(s.batch <= std::numeric_limits<int32_t>::max(), "matmul: batch ", s.batch,
             " exceeds cuBLASLt's int32 batch count");
 

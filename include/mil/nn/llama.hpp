@@ -80,6 +80,7 @@ class LlamaModel {
 
   const LlamaConfig& config() const { return cfg_; }
   ParameterStore<T, D>& params() { return params_; }
+  const ParameterStore<T, D>& params() const { return params_; }
   const Var& param(const std::string& name) const { return params_[name]; }
 
   // Weights ~ N(0, std) and norm weights 1, drawn on the CPU from Philox stream `seed` so the
@@ -124,6 +125,18 @@ class LlamaModel {
   LlamaConfig cfg_;
   ParameterStore<T, D> params_;
 };
+
+// The same model in another element type or on another device (e.g. float CPU weights loaded from
+// a file -> bf16 on the GPU): every weight is rounded once, on the host.
+template <Element To, Device DTo, Element T, Device D>
+LlamaModel<To, DTo> convert_model(const LlamaModel<T, D>& m) {
+  LlamaModel<To, DTo> out(m.config());
+  const auto src = m.params().values().template to<Cpu>();
+  auto cast = Tensor<To, Cpu>::empty(src.shape());
+  for (int64_t i = 0; i < src.numel(); ++i) cast[i] = To(to_acc(src[i]));
+  out.params().values().copy_from(cast);
+  return out;
+}
 
 // Positions 0..seq-1 for each sequence of a batch, on device D.
 template <Device D>

@@ -66,6 +66,13 @@ class LlamaDecoder {
     lengths_.assign(size_t(o.slots), 0);
 #if defined(__CUDACC__)
     if constexpr (std::is_same_v<D, Cuda>) {
+      // The split-key attention's workspace for the largest step of any row count.
+      int64_t floats = 0;
+      for (int64_t n = 1; n <= rows; ++n)
+        floats = std::max(floats, cuda::kv_attention_workspace(KvAttentionShape{
+                                      n, cfg_.n_heads, cfg_.n_kv_heads, cfg_.head_dim,
+                                      cfg_.qkv_layout().width(), o.slots, o.max_seq, 1.f}));
+      workspace_ = Tensor<float, D>::empty(Shape{std::max<int64_t>(floats, 1)});
       MIL_CUDA_CHECK(cudaMallocHost(&pinned_tokens_, size_t(3 * rows) * sizeof(int32_t)));
       MIL_CUDA_CHECK(cudaMallocHost(&pinned_argmax_, size_t(o.slots) * sizeof(int32_t)));
     }
@@ -92,7 +99,7 @@ class LlamaDecoder {
       cudaFreeHost(pinned_argmax_);
       // The tensors go back to the caching allocator; nothing runs on the stream any more.
       k_cache_ = {}, v_cache_ = {}, x_ = {}, h_ = {}, qkv_ = {}, att_ = {}, gate_up_ = {};
-      mlp_ = {}, logits_ = {}, tokens_ = {}, argmax_ = {};
+      mlp_ = {}, logits_ = {}, tokens_ = {}, argmax_ = {}, workspace_ = {};
       if (stream_) cudaStreamDestroy(stream_);
     }
 #endif
@@ -306,7 +313,7 @@ class LlamaDecoder {
           MIL_RUN(D, attention_forward, att, nullptr, qkv, qkv + H * hd, qkv + (H + Hkv) * hd,
                   attention_shape_fused(1, rows, H, Hkv, hd));
       }
-      if (!flash) MIL_RUN(D, attention_kv_cache, att, qkv, kc, vc, slots, pos, ks);
+      if (!flash) MIL_RUN(D, attention_kv_cache, att, qkv, kc, vc, slots, pos, ks, workspace_.data());
       MIL_RUN(D, matmul, residual(rows, d, H * hd), x, att, weight(p + "wo"));
       MIL_RUN(D, rmsnorm_forward, h, nullptr, x, weight(p + "mlp_norm"), rows, d, c.norm_eps);
       MIL_RUN(D, matmul, GemmShape{rows, 2 * ff, d, false, true}, gu, h, weight(p + "w_gate_up"));
@@ -331,6 +338,7 @@ class LlamaDecoder {
   int64_t rows_ = 0, logit_rows_ = 0;
   Tensor<T, D> k_cache_, v_cache_, x_, h_, qkv_, att_, gate_up_, mlp_, logits_;
   Tensor<int32_t, D> tokens_, argmax_;
+  Tensor<float, D> workspace_;  // GPU attention_kv_cache's (empty on the CPU)
   std::vector<int64_t> lengths_;
   int32_t* host_tokens_ = nullptr;
   int32_t* host_argmax_ = nullptr;

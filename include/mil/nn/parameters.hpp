@@ -50,6 +50,7 @@ class ParameterStore {
   }
   const std::vector<Entry>& entries() const { return entries_; }
   Tensor<T, D>& values() { return values_; }
+  const Tensor<T, D>& values() const { return values_; }
   Tensor<T, D>& grads() { return grads_; }
   int64_t numel() const { return values_.numel(); }
   int64_t trainable_numel() const {

@@ -1,0 +1,80 @@
+// Inference of SmolLM2-135M on this CPU (float weights, Eigen products): loading the teacher GGUF
+// (skipped without models/), prompt prefill and batch-1 decode through the KV cache. Wall-clock
+// time per call. Floor of a decode step: every float weight read once from memory.
+#include <benchmark/benchmark.h>
+
+#include <filesystem>
+
+#include <mil/nn/llama_decoder.hpp>
+#include <mil/nn/llama_load.hpp>
+
+#include "common/bench.hpp"
+
+using namespace mil;
+
+namespace {
+
+const char* kTeacher = MIL_BENCH_SOURCE_DIR "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+const nn::LlamaModel<float, Cpu>& smollm2_cpu() {
+  static const auto* model = [] {
+    auto* m = new nn::LlamaModel<float, Cpu>(nn::LlamaConfig::smollm2_135m());
+    m->init_random(1);
+    return m;
+  }();
+  return *model;
+}
+
+void BM_teacher_load(benchmark::State& state) {
+  if (!std::filesystem::exists(kTeacher)) {
+    state.SkipWithError("teacher model not found (scripts/setup.sh downloads it)");
+    return;
+  }
+  for (auto _ : state) benchmark::DoNotOptimize(nn::load_llama_gguf(kTeacher));
+}
+
+void BM_llama135m_cpu_prefill(benchmark::State& state) {
+  const int64_t len = state.range(0);
+  const auto& model = smollm2_cpu();
+  nn::DecoderOptions o;
+  o.max_seq = len;
+  o.max_chunk = len;
+  nn::LlamaDecoder<float, Cpu> dec(model, o);
+  std::vector<int32_t> prompt(static_cast<size_t>(len));
+  for (int64_t i = 0; i < len; ++i) prompt[size_t(i)] = int32_t((i * 7919) % 49152);
+  for (auto _ : state) {
+    dec.reset(0);
+    dec.prefill(0, prompt);
+  }
+  state.counters["tokens/s"] =
+      benchmark::Counter(double(state.iterations() * len), benchmark::Counter::kIsRate);
+  bench::report(state, 4.0 * double(model.params().numel()),
+                2.0 * double(model.params().numel()) * double(len), bench::cpu_ceiling());
+}
+
+void BM_llama135m_cpu_decode(benchmark::State& state) {
+  const int64_t context = state.range(0);
+  const auto& model = smollm2_cpu();
+  nn::DecoderOptions o;
+  o.max_seq = context + 256;
+  nn::LlamaDecoder<float, Cpu> dec(model, o);
+  std::vector<int32_t> prompt(static_cast<size_t>(context), 17);
+  dec.prefill(0, prompt);
+  int32_t next = 1;
+  const int32_t slot = 0;
+  for (auto _ : state) {
+    if (dec.length(0) >= context + 250) dec.truncate(0, context);
+    dec.decode(std::span(&slot, 1), std::span(&next, 1));
+    next = dec.argmax()[0];
+  }
+  state.counters["tokens/s"] =
+      benchmark::Counter(double(state.iterations()), benchmark::Counter::kIsRate);
+  bench::report(state, 4.0 * double(model.params().numel()), 2.0 * double(model.params().numel()),
+                bench::cpu_ceiling());
+}
+
+}  // namespace
+
+BENCHMARK(BM_teacher_load)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_llama135m_cpu_prefill)->ArgName("tokens")->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_llama135m_cpu_decode)->ArgName("context")->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
