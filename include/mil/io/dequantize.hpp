@@ -2,13 +2,15 @@
 // ggml tensor types (the numbering of GGUF files), their block sizes, and CPU dequantisation to
 // float of the types mil reads: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K.
 // Block layouts follow ggml (ggml-common.h); all multi-byte fields are little-endian and read with
-// memcpy, so source pointers need no alignment.
+// memcpy, so source pointers need no alignment. The block decoders are host-device functions: the
+// GPU dequantisation (dequantize.cuh) runs the same code.
 #include <bit>
 #include <cstdint>
 #include <cstring>
 #include <optional>
 #include <string_view>
 
+#include "../core/config.hpp"
 #include "../core/dtype.hpp"
 #include "../core/error.hpp"
 
@@ -89,19 +91,19 @@ inline int64_t ggml_row_bytes(GgmlType type, int64_t n) {
 
 namespace detail {
 
-inline float load_f16(const uint8_t* p) {
+MIL_HOST_DEVICE inline float load_f16(const uint8_t* p) {
   uint16_t h;
   std::memcpy(&h, p, 2);
   return fp16::to_float(h);
 }
-inline float load_bf16(const uint8_t* p) {
+MIL_HOST_DEVICE inline float load_bf16(const uint8_t* p) {
   uint16_t h;
   std::memcpy(&h, p, 2);
   return bits_float(uint32_t(h) << 16);
 }
 
 // Q4_0 / Q4_1: element j of a block is the low nibble of qs[j], element j + 16 the high nibble.
-inline void dequant_q4(const uint8_t* b, float* y, bool has_min) {
+MIL_HOST_DEVICE inline void dequant_q4(const uint8_t* b, float* y, bool has_min) {
   float d = load_f16(b), m = has_min ? load_f16(b + 2) : 0.f;
   const uint8_t* qs = b + (has_min ? 4 : 2);
   float offset = has_min ? 0.f : -8.f;  // Q4_0 codes are centred at 8
@@ -112,7 +114,7 @@ inline void dequant_q4(const uint8_t* b, float* y, bool has_min) {
 }
 
 // Q5_0 / Q5_1: as Q4 plus a fifth bit per element in a 32-bit mask qh (bit j for element j).
-inline void dequant_q5(const uint8_t* b, float* y, bool has_min) {
+MIL_HOST_DEVICE inline void dequant_q5(const uint8_t* b, float* y, bool has_min) {
   float d = load_f16(b), m = has_min ? load_f16(b + 2) : 0.f;
   const uint8_t* p = b + (has_min ? 4 : 2);
   uint32_t qh;
@@ -130,7 +132,7 @@ inline void dequant_q5(const uint8_t* b, float* y, bool has_min) {
 // The 6-bit scale and min of sub-block j (0..7) of a Q4_K / Q5_K block, packed in 12 bytes:
 // sub-blocks 0-3 in the low 6 bits of bytes 0-3 (scales) and 4-7 (mins); sub-blocks 4-7 in the
 // nibbles of bytes 8-11 with their top 2 bits in the high bits of bytes 0-7.
-inline void k_scale_min(int j, const uint8_t* s, float& scale, float& min) {
+MIL_HOST_DEVICE inline void k_scale_min(int j, const uint8_t* s, float& scale, float& min) {
   if (j < 4) {
     scale = float(s[j] & 63);
     min = float(s[j + 4] & 63);
@@ -143,7 +145,7 @@ inline void k_scale_min(int j, const uint8_t* s, float& scale, float& min) {
 // Q4_K (with_high_bit false) and Q5_K: d, dmin, 12 bytes of scales, [Q5_K: 32 bytes qh], 128
 // bytes qs. Each 64 elements share 32 qs bytes: low nibbles are sub-block 2c, high nibbles 2c+1;
 // Q5_K's fifth bit of element l of sub-block s is bit s of qh[l].
-inline void dequant_q45_k(const uint8_t* b, float* y, bool with_high_bit) {
+MIL_HOST_DEVICE inline void dequant_q45_k(const uint8_t* b, float* y, bool with_high_bit) {
   float d = load_f16(b), dmin = load_f16(b + 2);
   const uint8_t* scales = b + 4;
   const uint8_t* qh = b + 16;
@@ -166,7 +168,7 @@ inline void dequant_q45_k(const uint8_t* b, float* y, bool with_high_bit) {
 // Q6_K: ql[128] (low 4 bits), qh[64] (high 2 bits), int8 scales[16] (one per 16 elements), d.
 // Each half of 128 elements uses 64 ql bytes and 32 qh bytes: element 32*k + l (k = 0..3) takes
 // nibble k/2 of ql[l + 32*(k%2)] and bits 2k..2k+1 of qh[l].
-inline void dequant_q6_k(const uint8_t* b, float* y) {
+MIL_HOST_DEVICE inline void dequant_q6_k(const uint8_t* b, float* y) {
   const uint8_t* ql = b;
   const uint8_t* qh = b + 128;
   const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192);
@@ -183,16 +185,42 @@ inline void dequant_q6_k(const uint8_t* b, float* y) {
   }
 }
 
+// One block of a block-quantised type (Q8_0 .. Q6_K) into its block_size floats; other types
+// write nothing (dequantize_row checks the type first).
+MIL_HOST_DEVICE inline void dequantize_block(GgmlType type, const uint8_t* b, float* y) {
+  switch (type) {
+    case GgmlType::Q8_0: {
+      const float d = load_f16(b);
+      for (int j = 0; j < 32; ++j) y[j] = d * float(int8_t(b[2 + j]));
+      break;
+    }
+    case GgmlType::Q4_0: dequant_q4(b, y, false); break;
+    case GgmlType::Q4_1: dequant_q4(b, y, true); break;
+    case GgmlType::Q5_0: dequant_q5(b, y, false); break;
+    case GgmlType::Q5_1: dequant_q5(b, y, true); break;
+    case GgmlType::Q4_K: dequant_q45_k(b, y, false); break;
+    case GgmlType::Q5_K: dequant_q45_k(b, y, true); break;
+    case GgmlType::Q6_K: dequant_q6_k(b, y); break;
+    default: break;
+  }
+}
+
 }  // namespace detail
 
 // dst[0..n) = the n elements stored at src in `type`; n must be a whole number of blocks.
-inline void dequantize_row(GgmlType type, const uint8_t* src, float* dst, int64_t n) {
+// The type's layout, after checking that mil dequantises it and that n elements are whole blocks.
+inline GgmlTypeInfo check_dequantize(GgmlType type, int64_t n) {
   auto info = ggml_type_info_or_throw(type);
   MIL_CHECK(info.can_dequantize, "dequantize: ggml type ", info.name,
             " is not supported by mil (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, "
             "Q4_K, Q5_K, Q6_K): convert the model with another quantisation");
   MIL_CHECK(n >= 0 && n % info.block_size == 0, "dequantize: ", n,
             " elements are not a whole number of ", info.name, " blocks of ", info.block_size);
+  return info;
+}
+
+inline void dequantize_row(GgmlType type, const uint8_t* src, float* dst, int64_t n) {
+  const auto info = check_dequantize(type, n);
   const int64_t blocks = n / info.block_size, bs = info.block_size, bb = info.block_bytes;
   switch (type) {
     case GgmlType::F32: std::memcpy(dst, src, size_t(n) * 4); return;
@@ -204,25 +232,8 @@ inline void dequantize_row(GgmlType type, const uint8_t* src, float* dst, int64_
       return;
     default: break;
   }
-  for (int64_t blk = 0; blk < blocks; ++blk) {
-    const uint8_t* b = src + blk * bb;
-    float* y = dst + blk * bs;
-    switch (type) {
-      case GgmlType::Q8_0: {
-        float d = detail::load_f16(b);
-        for (int j = 0; j < 32; ++j) y[j] = d * float(int8_t(b[2 + j]));
-        break;
-      }
-      case GgmlType::Q4_0: detail::dequant_q4(b, y, false); break;
-      case GgmlType::Q4_1: detail::dequant_q4(b, y, true); break;
-      case GgmlType::Q5_0: detail::dequant_q5(b, y, false); break;
-      case GgmlType::Q5_1: detail::dequant_q5(b, y, true); break;
-      case GgmlType::Q4_K: detail::dequant_q45_k(b, y, false); break;
-      case GgmlType::Q5_K: detail::dequant_q45_k(b, y, true); break;
-      case GgmlType::Q6_K: detail::dequant_q6_k(b, y); break;
-      default: MIL_FAIL("dequantize: unhandled type ", info.name);
-    }
-  }
+  for (int64_t blk = 0; blk < blocks; ++blk)
+    detail::dequantize_block(type, src + blk * bb, dst + blk * bs);
 }
 
 }  // namespace mil::io
