@@ -35,6 +35,7 @@ TokenizerData byte_level_data(const char* pre) {
     d.token_types.push_back(kTokenControl);
   }
   d.bos = static_cast<int32_t>(d.tokens.size()) - 3;
+  d.ignore_merges = std::string(pre) == "llama3";  // whole-word tokens, as Llama-3
   return d;
 }
 

@@ -66,6 +66,11 @@ CONVERSATIONS = [
       {"role": "user", "content": "Tell me a joke about cats \U0001F431"}], False),
     ([{"role": "user", "content": "  spaced out \n"}, {"role": "assistant", "content": " ok\n"}], False),
     ([{"role": "system", "content": "日本語で答えて"}, {"role": "user", "content": "東京はどこ？"}], True),
+    ([{"role": "system", "content": ""}, {"role": "user", "content": "No system text"}], True),
+    ([{"role": "user", "content": "\u3000full-width space\u00a0"},
+      {"role": "assistant", "content": "\x0b\x0cvt ff\x1c\u2028"}, {"role": "user", "content": "\u200bzw"}],
+     False),
+    ([], True),
 ]
 
 
@@ -86,7 +91,9 @@ def main():
                  ("zephyr", "zephyr", ZEPHYR, "<s>", "</s>"),
                  ("llama3", "llama3", LLAMA3, "<|begin_of_text|>", "<|eot_id|>"),
                  ("llama2", "llama2", LLAMA2, "<s>", "</s>"),
-                 ("mistral", "mistral", MISTRAL, "<s>", "</s>")]
+                 ("mistral", "mistral", MISTRAL, "<s>", "</s>"),
+                 # StableLM 2 Zephyr: the zephyr template with <|endoftext|> as EOS.
+                 ("stablelm_zephyr", "zephyr", ZEPHYR, "<|endoftext|>", "<|endoftext|>")]
     out = []
     for name, family, source, bos, eos in templates:
         cases = []
@@ -97,7 +104,8 @@ def main():
                 cases.append({"messages": messages, "add_generation_prompt": gen, "error": str(e)})
                 continue
             cases.append({"messages": messages, "add_generation_prompt": gen, "text": text})
-        out.append({"name": name, "family": family, "source": source, "cases": cases})
+        out.append({"name": name, "family": family, "source": source, "bos_token": bos,
+                    "eos_token": eos, "cases": cases})
     OUT.write_text(json.dumps({"source": "scripts/make_chat_golden.py (jinja2 " + jinja2.__version__ +
                                          ", apply_chat_template settings)", "templates": out},
                               ensure_ascii=False, indent=1) + "\n")

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Runs mil's whole test suite on a fresh machine by itself: installs the dependencies and builds
-# (scripts/setup.sh), runs every test of the preset (GPU tests report "skipped" without a GPU),
-# then builds the CPU tests under AddressSanitizer + UndefinedBehaviorSanitizer and runs them.
+# Runs mil's whole test suite on a fresh machine by itself: installs the dependencies, fetches the
+# teacher model (the golden tests against llama.cpp, HF tokenizers and the gguf package need it)
+# and builds (scripts/setup.sh), runs every test of the preset (GPU tests report "skipped" without
+# a GPU), then builds the CPU tests under AddressSanitizer + UndefinedBehaviorSanitizer and runs
+# them.
 #
-# Usage: scripts/test.sh [--no-asan] [--preset NAME]
+# Usage: scripts/test.sh [--no-asan] [--no-model] [--preset NAME]
 #   --no-asan      skip the sanitizer build and run
+#   --no-model     do not fetch the teacher (its tests then report "skipped")
 #   --preset NAME  preset of the main build and test run (default: default)
 # Environment: MIL_JOBS = parallel build and test jobs (default: nproc).
 # Exits non-zero when any step fails; a summary of the steps is printed at the end.
@@ -21,16 +24,18 @@ die() {
 
 preset=default
 asan=1
+model_flag=
 while (($#)); do
   case "$1" in
     --no-asan) asan=0 ;;
+    --no-model) model_flag=--no-model ;;
     --preset)
       (($# >= 2)) || die "--preset needs a name (default, cpu, cuda, debug)"
       preset=$2
       shift
       ;;
     --preset=*) preset=${1#*=} ;;
-    -h | --help) sed -n '2,10s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h | --help) sed -n '2,13s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) die "unknown option '$1' (try --help)" ;;
   esac
   shift
@@ -96,7 +101,7 @@ finish() {
 }
 
 # The main build: a failure here leaves nothing to test.
-step "setup + build ($preset)" bash scripts/setup.sh --no-model --preset "$preset" || finish
+step "setup + build ($preset)" bash scripts/setup.sh $model_flag --preset "$preset" || finish
 step "tests ($preset)" run_ctest "$preset" || true
 
 if ((asan)); then

@@ -105,7 +105,7 @@ class Tensor {
 
   void zero_() {
     if (!numel()) return;
-    if constexpr (std::is_same_v<D, Cpu>) std::memset(data(), 0, nbytes());
+    if constexpr (std::is_same_v<D, Cpu>) std::memset(static_cast<void*>(data()), 0, nbytes());
     else {
 #if MIL_CUDA_ENABLED
       MIL_CUDA_CHECK(cudaMemsetAsync(data(), 0, nbytes(), cuda::current_stream()));

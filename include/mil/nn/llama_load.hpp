@@ -1,12 +1,15 @@
 #pragma once
 // A Llama-family model with its tokenizer and chat template from a path a user gives: a GGUF file
 // (llama.cpp) or a Hugging Face folder (config.json, safetensors, tokenizer.json and
-// tokenizer_config.json). Weights come in as float on the CPU; convert_model() moves them on.
+// tokenizer_config.json or chat_template.jinja). Weights come in as float on the CPU;
+// convert_model() moves them on.
 #include <filesystem>
 #include <string>
 
 #include "../text/gguf_tokenizer.hpp"
+#include "../text/hf_tokenizer.hpp"
 #include "llama_gguf.hpp"
+#include "llama_hf.hpp"
 
 namespace mil::nn {
 
@@ -30,13 +33,22 @@ inline LoadedLlama load_llama_gguf(const std::string& path) {
   return out;
 }
 
-// A GGUF file, by its magic bytes (any file name).
+inline LoadedLlama load_llama_hf(const std::filesystem::path& dir) {
+  auto tok = text::load_hf_tokenizer(dir);
+  LoadedLlama out{load_llama_model_hf(dir), text::Tokenizer(std::move(tok.data)),
+                  std::move(tok.chat_template), dir.filename().string()};
+  if (out.name.empty()) out.name = dir.parent_path().filename().string();
+  MIL_CHECK(out.tokenizer.vocab_size() <= out.model.config().vocab, "'", dir.string(), "': the ",
+            "tokenizer has ", out.tokenizer.vocab_size(), " tokens, the model's vocabulary ",
+            out.model.config().vocab);
+  return out;
+}
+
+// A folder is a Hugging Face checkpoint; a file must be GGUF (checked by its magic bytes).
 inline LoadedLlama load_llama(const std::string& path) {
   namespace fs = std::filesystem;
   MIL_CHECK(fs::exists(path), "model '", path, "' not found");
-  MIL_CHECK(!fs::is_directory(path), "model '", path, "' is a folder: Hugging Face folders ",
-            "(config.json + safetensors) cannot be loaded by this build yet; use a GGUF file");
-  return load_llama_gguf(path);
+  return fs::is_directory(path) ? load_llama_hf(path) : load_llama_gguf(path);
 }
 
 }  // namespace mil::nn

@@ -6,11 +6,12 @@
 // - SentencePiece BPE (model "llama"): symbols are code points, the adjacent pair whose
 //   concatenation is a vocabulary entry with the highest score merges first; pieces that are not
 //   in the vocabulary fall back to byte tokens <0xNN> (or to the unknown token).
-// Both merge with a priority queue over a linked list of symbols: O(n log n) per word, and ties
-// go to the leftmost pair.
+// Both run one merge loop (detail::merge_symbols) with their own pair score: a priority queue
+// over a linked list of symbols, O(n log n) per word, ties to the leftmost pair.
 #include <array>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <queue>
 #include <string>
 #include <string_view>
@@ -59,7 +60,8 @@ struct Symbol {
   int32_t prev, next;
   bool alive;
 };
-// A candidate merge of the symbols at left and left's successor; stale when either changed.
+// A candidate merge of the symbol at `left` and its successor; stale when either has changed
+// since it was queued.
 struct Candidate {
   double priority;  // smaller merges first
   int32_t left;
@@ -68,7 +70,45 @@ struct Candidate {
     return priority != o.priority ? priority > o.priority : left > o.left;
   }
 };
-using CandidateQueue = std::priority_queue<Candidate, std::vector<Candidate>, std::greater<>>;
+
+// The merge loop both flavours share. Symbols 0..n-1 form a linked list; score(left, right)
+// gives the priority of merging two neighbours (smaller first) or nothing when they cannot
+// merge; join(left, right) folds right into left in the caller's state. Merges happen in
+// priority order, ties to the leftmost pair, and a merged symbol is scored afresh with both of
+// its new neighbours, so a word of n symbols costs O(n log n). Returns the surviving symbols in
+// order.
+template <class Score, class Join>
+std::vector<int32_t> merge_symbols(int32_t n, const Score& score, const Join& join) {
+  std::vector<Symbol> sym(n);
+  std::vector<int32_t> version(n, 0);
+  for (int32_t i = 0; i < n; ++i) sym[i] = {i - 1, i + 1 < n ? i + 1 : -1, true};
+  std::priority_queue<Candidate, std::vector<Candidate>, std::greater<>> queue;
+  auto consider = [&](int32_t left) {
+    if (left < 0 || sym[left].next < 0) return;
+    const int32_t right = sym[left].next;
+    if (const std::optional<double> p = score(left, right))
+      queue.push({*p, left, version[left], version[right]});
+  };
+  for (int32_t i = 0; i + 1 < n; ++i) consider(i);
+  while (!queue.empty()) {
+    const Candidate c = queue.top();
+    queue.pop();
+    const int32_t left = c.left, right = sym[left].next;
+    if (!sym[left].alive || right < 0 || version[left] != c.left_version ||
+        version[right] != c.right_version)
+      continue;
+    join(left, right);
+    ++version[left];
+    sym[right].alive = false;
+    sym[left].next = sym[right].next;
+    if (sym[right].next >= 0) sym[sym[right].next].prev = left;
+    consider(sym[left].prev);
+    consider(left);
+  }
+  std::vector<int32_t> survivors;
+  for (int32_t i = n > 0 ? 0 : -1; i >= 0; i = sym[i].next) survivors.push_back(i);
+  return survivors;
+}
 }  // namespace detail
 
 // Byte-level BPE over token ids: merges[(a, b)] = (rank, id of a+b).
@@ -104,37 +144,17 @@ class ByteLevelBpe {
   void merge(std::vector<int32_t>& ids) const {
     const auto n = static_cast<int32_t>(ids.size());
     if (n < 2) return;
-    std::vector<detail::Symbol> sym(n);
-    std::vector<int32_t> version(n, 0);
-    for (int32_t i = 0; i < n; ++i) sym[i] = {i - 1, i + 1 < n ? i + 1 : -1, true};
-    detail::CandidateQueue queue;
-    auto consider = [&](int32_t left) {
-      if (left < 0) return;
-      const int32_t right = sym[left].next;
-      if (right < 0) return;
+    auto score = [&](int32_t left, int32_t right) -> std::optional<double> {
       const auto it = merges_.find(key(ids[left], ids[right]));
-      if (it == merges_.end()) return;
-      queue.push({static_cast<double>(it->second.rank), left, version[left], version[right]});
+      if (it == merges_.end()) return std::nullopt;
+      return static_cast<double>(it->second.rank);  // lowest rank first
     };
-    for (int32_t i = 0; i + 1 < n; ++i) consider(i);
-    while (!queue.empty()) {
-      const detail::Candidate c = queue.top();
-      queue.pop();
-      const int32_t left = c.left, right = sym[left].next;
-      if (!sym[left].alive || right < 0 || version[left] != c.left_version ||
-          version[right] != c.right_version)
-        continue;
+    auto join = [&](int32_t left, int32_t right) {
       ids[left] = merges_.at(key(ids[left], ids[right])).result;
-      ++version[left];
-      sym[right].alive = false;
-      sym[left].next = sym[right].next;
-      if (sym[right].next >= 0) sym[sym[right].next].prev = left;
-      consider(sym[left].prev);
-      consider(left);
-    }
-    int32_t w = 0;
-    for (int32_t i = 0; i >= 0; i = sym[i].next) ids[w++] = ids[i];
-    ids.resize(w);
+    };
+    const std::vector<int32_t> survivors = detail::merge_symbols(n, score, join);
+    for (size_t w = 0; w < survivors.size(); ++w) ids[w] = ids[survivors[w]];
+    ids.resize(survivors.size());
   }
 
   std::unordered_map<uint64_t, Merge> merges_;
@@ -160,37 +180,14 @@ class SentencePieceBpe {
       i += st.length;
       end.push_back(static_cast<uint32_t>(i));
     }
-    const auto n = static_cast<int32_t>(begin.size());
-    std::vector<detail::Symbol> sym(n);
-    std::vector<int32_t> version(n, 0);
-    for (int32_t i = 0; i < n; ++i) sym[i] = {i - 1, i + 1 < n ? i + 1 : -1, true};
-    detail::CandidateQueue queue;
-    auto consider = [&](int32_t left) {
-      if (left < 0) return;
-      const int32_t right = sym[left].next;
-      if (right < 0) return;
+    auto score = [&](int32_t left, int32_t right) -> std::optional<double> {
       const auto it = vocab_->find(text.substr(begin[left], end[right] - begin[left]));
-      if (it == vocab_->end()) return;
-      const double score = static_cast<size_t>(it->second) < scores_->size() ? (*scores_)[it->second] : 0.0;
-      queue.push({-score, left, version[left], version[right]});  // highest score first
+      if (it == vocab_->end()) return std::nullopt;
+      const auto id = static_cast<size_t>(it->second);
+      return id < scores_->size() ? -static_cast<double>((*scores_)[id]) : 0.0;  // highest first
     };
-    for (int32_t i = 0; i + 1 < n; ++i) consider(i);
-    while (!queue.empty()) {
-      const detail::Candidate c = queue.top();
-      queue.pop();
-      const int32_t left = c.left, right = sym[left].next;
-      if (!sym[left].alive || right < 0 || version[left] != c.left_version ||
-          version[right] != c.right_version)
-        continue;
-      end[left] = end[right];
-      ++version[left];
-      sym[right].alive = false;
-      sym[left].next = sym[right].next;
-      if (sym[right].next >= 0) sym[sym[right].next].prev = left;
-      consider(sym[left].prev);
-      consider(left);
-    }
-    for (int32_t i = n > 0 ? 0 : -1; i >= 0; i = sym[i].next) {
+    auto join = [&](int32_t left, int32_t right) { end[left] = end[right]; };
+    for (int32_t i : detail::merge_symbols(static_cast<int32_t>(begin.size()), score, join)) {
       const std::string_view piece = text.substr(begin[i], end[i] - begin[i]);
       const auto it = vocab_->find(piece);
       if (it != vocab_->end()) {

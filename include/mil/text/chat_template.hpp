@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "mil/core/error.hpp"
+#include "mil/text/utf8.hpp"
 
 namespace mil::text {
 
@@ -52,6 +53,10 @@ struct ChatMessage {
 struct ChatTemplate {
   ChatFamily family = ChatFamily::chatml;
   std::string default_system;  // used when the conversation has no system message ("": none)
+  // The model's BOS / EOS texts, which llama3, llama2 and mistral (BOS) and zephyr, llama2 and
+  // mistral (EOS) templates write; "" means the family's usual one (<|begin_of_text|>, <s>,
+  // </s>). StableLM's zephyr template, for one, ends turns with <|endoftext|>.
+  std::string bos_token, eos_token;
 };
 
 namespace chat_detail {
@@ -89,12 +94,21 @@ inline std::string literal_after(std::string_view src, std::string_view marker,
   return {};
 }
 
+// Python's str.isspace(), which Jinja's trim filter and str.strip() use.
+inline bool is_python_space(char32_t c) {
+  return (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x20) || c == 0x85 || c == 0xA0 ||
+         c == 0x1680 || (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 ||
+         c == 0x202F || c == 0x205F || c == 0x3000;
+}
+
+// s without leading and trailing whitespace, as Python's s.strip().
 inline std::string trim(std::string_view s) {
-  const auto ws = [](char c) { return c == ' ' || c == '\n' || c == '\t' || c == '\r'; };
-  size_t b = 0, e = s.size();
-  while (b < e && ws(s[b])) ++b;
-  while (e > b && ws(s[e - 1])) --e;
-  return std::string(s.substr(b, e - b));
+  std::vector<size_t> offsets;
+  const std::vector<char32_t> cps = decode_utf8(s, &offsets);
+  size_t b = 0, e = cps.size();
+  while (b < e && is_python_space(cps[b])) ++b;
+  while (e > b && is_python_space(cps[e - 1])) --e;
+  return std::string(s.substr(offsets[b], offsets[e] - offsets[b]));
 }
 
 inline void check_roles(std::span<const ChatMessage> messages, bool strict_alternation) {
@@ -137,14 +151,26 @@ inline ChatTemplate detect_chat_template(std::string_view src) {
   return t;
 }
 
-inline ChatTemplate chat_template_for_family(ChatFamily f) { return ChatTemplate{f, ""}; }
+inline ChatTemplate chat_template_for_family(ChatFamily f) {
+  ChatTemplate t;
+  t.family = f;
+  return t;
+}
+
+inline std::string chat_bos(const ChatTemplate& t) {
+  if (!t.bos_token.empty()) return t.bos_token;
+  return t.family == ChatFamily::llama3 ? "<|begin_of_text|>" : "<s>";
+}
+inline std::string chat_eos(const ChatTemplate& t) {
+  return t.eos_token.empty() ? std::string("</s>") : t.eos_token;
+}
 
 // Token texts that end an assistant turn in this family (generation stops there).
 inline std::vector<std::string> end_of_turn_tokens(const ChatTemplate& t) {
   switch (t.family) {
     case ChatFamily::chatml: return {"<|im_end|>"};
     case ChatFamily::llama3: return {"<|eot_id|>", "<|end_of_text|>"};
-    default: return {"</s>"};
+    default: return {chat_eos(t)};
   }
 }
 
@@ -167,12 +193,13 @@ inline std::string render_chat(const ChatTemplate& t, std::span<const ChatMessag
       return out;
     case ChatFamily::zephyr:
       chat_detail::check_roles(messages, false);
-      for (const auto& m : messages) out += "<|" + m.role + "|>\n" + m.content + "</s>\n";
-      if (add_generation_prompt) out += "<|assistant|>\n";
+      for (const auto& m : messages) out += "<|" + m.role + "|>\n" + m.content + chat_eos(t) + "\n";
+      // The template opens the answer after the last message, so not for an empty chat.
+      if (add_generation_prompt && !messages.empty()) out += "<|assistant|>\n";
       return out;
     case ChatFamily::llama3:
       chat_detail::check_roles(messages, false);
-      out = "<|begin_of_text|>";
+      if (!messages.empty()) out = chat_bos(t);
       for (const auto& m : messages)
         out += "<|start_header_id|>" + m.role + "<|end_header_id|>\n\n" + chat_detail::trim(m.content) +
                "<|eot_id|>";
@@ -182,20 +209,25 @@ inline std::string render_chat(const ChatTemplate& t, std::span<const ChatMessag
     case ChatFamily::mistral: {
       chat_detail::check_roles(messages, true);
       const bool llama2 = t.family == ChatFamily::llama2;
-      std::string system = has_system ? messages[0].content : "";
+      // Llama-2's template reads messages[0] and fails on an empty conversation.
+      MIL_CHECK(!llama2 || !messages.empty(), "chat: the llama2 template needs a message");
+      if (!llama2) out = chat_bos(t);
+      bool system_pending = has_system && (llama2 || !messages[0].content.empty());
+      const std::string system = has_system ? messages[0].content : "";
       for (size_t i = has_system ? 1 : 0; i < messages.size(); ++i) {
         const auto& m = messages[i];
         if (m.role == "user") {
           std::string content = m.content;
-          if (!system.empty()) {
+          if (system_pending) {
             content = llama2 ? "<<SYS>>\n" + system + "\n<</SYS>>\n\n" + content
                              : system + "\n\n" + content;
-            system.clear();
+            system_pending = false;
           }
-          out += (llama2 || out.empty() ? "<s>" : "") + std::string("[INST] ") +
+          out += (llama2 ? chat_bos(t) : "") + std::string("[INST] ") +
                  (llama2 ? chat_detail::trim(content) : content) + " [/INST]";
         } else {
-          out += llama2 ? " " + chat_detail::trim(m.content) + " </s>" : m.content + "</s>";
+          out += llama2 ? " " + chat_detail::trim(m.content) + " " + chat_eos(t)
+                        : m.content + chat_eos(t);
         }
       }
       (void)add_generation_prompt;  // the [/INST] already opens the answer

@@ -40,6 +40,8 @@ inline TokenizerData tokenizer_data_from_gguf(const io::GgufFile& f) {
   // llama.cpp's defaults when the key is absent: SentencePiece models add BOS, byte-level do not.
   d.add_bos = f.find_bool("tokenizer.ggml.add_bos_token").value_or(d.model == "llama");
   d.add_space_prefix = f.find_bool("tokenizer.ggml.add_space_prefix").value_or(true);
+  // GGUF has no key for it; llama.cpp takes whole-word tokens for the Llama-3 pre-tokenizer.
+  d.ignore_merges = d.model == "gpt2" && (d.pre == "llama3" || d.pre == "llama-bpe");
   return d;
 }
 

@@ -49,6 +49,7 @@ struct TokenizerData {
   int32_t bos = -1, eos = -1, unk = -1, pad = -1;
   bool add_bos = false;
   bool add_space_prefix = true;  // tokenizer.ggml.add_space_prefix ("llama" only)
+  bool ignore_merges = false;     // "gpt2": a word that is itself a token is taken whole (Llama-3)
 };
 
 // The byte of a well-formed byte token "<0xHH>", or -1.
@@ -278,8 +279,19 @@ class Tokenizer {
     }
     std::vector<size_t> offsets;
     const std::vector<char32_t> cps = decode_utf8(text, &offsets);
-    for (const auto& [b, e] : pretokenize_spans(cps.data(), cps.size(), pre_))
-      bpe_.encode_word(text.substr(offsets[b], offsets[e] - offsets[b]), out);
+    std::string mapped;
+    for (const auto& [b, e] : pretokenize_spans(cps.data(), cps.size(), pre_)) {
+      const std::string_view word = text.substr(offsets[b], offsets[e] - offsets[b]);
+      if (d_.ignore_merges) {  // HF's ignore_merges: the word's own token, when there is one
+        mapped.clear();
+        for (unsigned char c : word) append_utf8(mapped, byte_to_unicode()[c]);
+        if (const auto it = vocab_.find(mapped); it != vocab_.end()) {
+          out.push_back(it->second);
+          continue;
+        }
+      }
+      bpe_.encode_word(word, out);
+    }
   }
 
   TokenizerData d_;
