@@ -70,6 +70,15 @@ inline void selective_scan_check(const char* op, const SelectiveScanShape& s,
   if (st.active()) MIL_CHECK(st.n_slots > 0 && st.slots, op, ": states need n_slots > 0 and slots");
 }
 
+// Gradients; any may be null (not needed / frozen). du, ddelta, dB, dC and dz use the strides of
+// their inputs; accumulate_inputs covers them, accumulate_params covers ddelta_bias, dA_log and dD.
+template <class T>
+struct SelectiveScanGrads {
+  T *du = nullptr, *ddelta = nullptr, *dB = nullptr, *dC = nullptr, *dz = nullptr;
+  T *ddelta_bias = nullptr, *dA_log = nullptr, *dD = nullptr;
+  bool accumulate_inputs = false, accumulate_params = false;
+};
+
 namespace cpu {
 
 template <class T>
@@ -118,14 +127,6 @@ void selective_scan_forward(T* y, const T* u, const T* delta, const T* delta_bia
     }
 }
 
-// Gradients; any may be null (not needed / frozen). du, ddelta, dB, dC and dz use the strides of
-// their inputs; accumulate_inputs covers them, accumulate_params covers ddelta_bias, dA_log and dD.
-template <class T>
-struct SelectiveScanGrads {
-  T *du = nullptr, *ddelta = nullptr, *dB = nullptr, *dC = nullptr, *dz = nullptr;
-  T *ddelta_bias = nullptr, *dA_log = nullptr, *dD = nullptr;
-  bool accumulate_inputs = false, accumulate_params = false;
-};
 
 template <class T>
 void selective_scan_backward(const SelectiveScanGrads<T>& gr, const T* dout, const T* u,

@@ -67,6 +67,16 @@ inline void ssd_check(const char* op, const SsdShape& s, const SsdStates& st) {
     MIL_CHECK(st.n_slots > 0 && st.slots, op, ": states need n_slots > 0 and slots");
 }
 
+// Gradients; any may be null (not needed / frozen). dx, dB, dC and ddt use the strides of x, B, C
+// and dt. accumulate_inputs covers dx, dB, dC and ddt; accumulate_params covers ddt_bias, dA_log
+// and dD.
+template <class T>
+struct SsdGrads {
+  T *dx = nullptr, *dB = nullptr, *dC = nullptr, *ddt = nullptr;
+  T *ddt_bias = nullptr, *dA_log = nullptr, *dD = nullptr;
+  bool accumulate_inputs = false, accumulate_params = false;
+};
+
 namespace cpu {
 
 template <class A>
@@ -119,15 +129,6 @@ void ssd_scan_forward(T* y, const T* x, const T* B, const T* C, const T* dt, con
     }
 }
 
-// Gradients; any may be null (not needed / frozen). dx, dB, dC and ddt use the strides of x, B, C
-// and dt. accumulate_inputs covers dx, dB, dC and ddt; accumulate_params covers ddt_bias, dA_log
-// and dD.
-template <class T>
-struct SsdGrads {
-  T *dx = nullptr, *dB = nullptr, *dC = nullptr, *ddt = nullptr;
-  T *ddt_bias = nullptr, *dA_log = nullptr, *dD = nullptr;
-  bool accumulate_inputs = false, accumulate_params = false;
-};
 
 template <class T>
 void ssd_scan_backward(const SsdGrads<T>& gr, const T* dy, const T* x, const T* B, const T* C,
