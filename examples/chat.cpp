@@ -16,7 +16,7 @@
 #include <vector>
 
 #include <mil/generate/generate.hpp>
-#include <mil/nn/llama_decoder.hpp>
+#include <mil/nn/decoder.hpp>
 #include <mil/nn/llama_load.hpp>
 #include <mil/text/chat_template.hpp>
 
@@ -52,7 +52,7 @@ int run(const Options& o, const nn::LlamaModel<T, D>& model, const text::Tokeniz
         const std::optional<text::ChatTemplate>& tmpl) {
   nn::DecoderOptions dopt;
   dopt.max_seq = o.ctx;
-  nn::LlamaDecoder<T, D> decoder(model, dopt);
+  nn::Decoder<T, D> decoder(model, dopt);
   gen::GenerateConfig g;
   g.max_new_tokens = o.n_predict;
   g.sampling = o.sampling;

@@ -5,7 +5,7 @@
 
 #include <filesystem>
 
-#include <mil/nn/llama_decoder.hpp>
+#include <mil/nn/decoder.hpp>
 #include <mil/nn/llama_load.hpp>
 
 #include "common/bench.hpp"
@@ -39,7 +39,7 @@ void BM_llama135m_cpu_prefill(benchmark::State& state) {
   nn::DecoderOptions o;
   o.max_seq = len;
   o.max_chunk = len;
-  nn::LlamaDecoder<float, Cpu> dec(model, o);
+  nn::Decoder<float, Cpu> dec(model, o);
   std::vector<int32_t> prompt(static_cast<size_t>(len));
   for (int64_t i = 0; i < len; ++i) prompt[size_t(i)] = int32_t((i * 7919) % 49152);
   for (auto _ : state) {
@@ -57,7 +57,7 @@ void BM_llama135m_cpu_decode(benchmark::State& state) {
   const auto& model = smollm2_cpu();
   nn::DecoderOptions o;
   o.max_seq = context + 256;
-  nn::LlamaDecoder<float, Cpu> dec(model, o);
+  nn::Decoder<float, Cpu> dec(model, o);
   std::vector<int32_t> prompt(static_cast<size_t>(context), 17);
   dec.prefill(0, prompt);
   int32_t next = 1;

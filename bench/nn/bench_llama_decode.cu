@@ -5,7 +5,7 @@
 // Floor of a decode step: every weight and the cached keys and values read once from HBM.
 #include <benchmark/benchmark.h>
 
-#include <mil/nn/llama_decoder.hpp>
+#include <mil/nn/decoder.hpp>
 
 #include "common/bench.hpp"
 
@@ -41,7 +41,7 @@ void BM_llama135m_decode(benchmark::State& state) {
   o.slots = batch;
   o.max_seq = context + 512;
   o.cuda_graphs = graphs != 0;
-  nn::LlamaDecoder<bf16, Cuda> dec(model, o);
+  nn::Decoder<bf16, Cuda> dec(model, o);
   std::vector<int32_t> slots;
   for (int64_t s = 0; s < batch; ++s) {
     slots.push_back(int32_t(s));
@@ -77,7 +77,7 @@ void BM_llama135m_prefill(benchmark::State& state) {
   nn::DecoderOptions o;
   o.max_seq = len;
   o.max_chunk = len;
-  nn::LlamaDecoder<bf16, Cuda> dec(model, o);
+  nn::Decoder<bf16, Cuda> dec(model, o);
   const auto prompt = random_tokens(len, cfg.vocab, 3);
   dec.prefill(0, prompt);
   for (auto _ : state) {

@@ -2,7 +2,7 @@
 // of sequences at different lengths, must give the logits the full-sequence forward gives.
 #include <doctest/doctest.h>
 
-#include <mil/nn/llama_decoder.hpp>
+#include <mil/nn/decoder.hpp>
 
 #include "common/compare.hpp"
 
@@ -62,7 +62,7 @@ TEST_CASE("decoder: chunked prefill then decode equals the full forward") {
       nn::DecoderOptions o;
       o.max_seq = 24;
       o.max_chunk = 4;  // the 7-token prompt runs as 4 + 3
-      nn::LlamaDecoder<double, Cpu> dec(model, o);
+      nn::Decoder<double, Cpu> dec(model, o);
       const int64_t prompt = 7;
       dec.prefill(0, std::span(ids).first(size_t(prompt)));
       CHECK(dec.length(0) == prompt);
@@ -89,7 +89,7 @@ TEST_CASE("decoder: a batch of sequences at different lengths decodes each as if
   nn::DecoderOptions o;
   o.slots = 4;
   o.max_seq = 16;
-  nn::LlamaDecoder<double, Cpu> dec(model, o);
+  nn::Decoder<double, Cpu> dec(model, o);
   // Slots 0, 2 and 3 with prompts of 3, 7 and 1 tokens; slot 1 stays empty.
   const std::vector<int32_t> slots = {2, 0, 3};
   const std::vector<int64_t> prompt = {7, 3, 1};
@@ -129,7 +129,7 @@ TEST_CASE("decoder: bad calls are clear errors and change nothing") {
   nn::DecoderOptions o;
   o.slots = 2;
   o.max_seq = 6;
-  nn::LlamaDecoder<float, Cpu> dec(model, o);
+  nn::Decoder<float, Cpu> dec(model, o);
   const std::vector<int32_t> four = {1, 2, 3, 4};
   dec.prefill(0, four);
   const std::vector<int32_t> three = {1, 2, 3};
@@ -148,7 +148,7 @@ TEST_CASE("decoder: bad calls are clear errors and change nothing") {
   CHECK(dec.length(0) == 4);
   nn::DecoderOptions zero;
   zero.max_seq = 0;
-  using Decoder = nn::LlamaDecoder<float, Cpu>;
+  using Decoder = nn::Decoder<float, Cpu>;
   CHECK_THROWS_WITH_AS(Decoder(model, zero), doctest::Contains("max_seq"), Error);
 }
 

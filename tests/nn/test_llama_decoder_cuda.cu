@@ -3,7 +3,7 @@
 // CUDA-graph replays that must equal eager steps bit for bit.
 #include <doctest/doctest.h>
 
-#include <mil/nn/llama_decoder.hpp>
+#include <mil/nn/decoder.hpp>
 
 #include "common/gpu.hpp"
 
@@ -43,8 +43,8 @@ TEST_CASE("decoder cuda: bf16 prefill and batched decode follow the float CPU de
   o.slots = 3;
   o.max_seq = 160;
   o.max_chunk = 64;  // the 100-token prompt: flash attention, then the cache kernel
-  nn::LlamaDecoder<float, Cpu> ref(cpu_model, o);
-  nn::LlamaDecoder<bf16, Cuda> dec(gpu_model, o);
+  nn::Decoder<float, Cpu> ref(cpu_model, o);
+  nn::Decoder<bf16, Cuda> dec(gpu_model, o);
   const std::vector<int32_t> slots = {0, 1, 2};
   const std::vector<int64_t> prompt = {100, 3, 17};
   for (size_t i = 0; i < slots.size(); ++i) {
@@ -79,7 +79,7 @@ TEST_CASE("decoder cuda: graph replays equal eager steps bitwise") {
   eager_o.cuda_graphs = false;
   nn::DecoderOptions graph_o = eager_o;
   graph_o.cuda_graphs = true;
-  nn::LlamaDecoder<bf16, Cuda> eager(gpu_model, eager_o), graph(gpu_model, graph_o);
+  nn::Decoder<bf16, Cuda> eager(gpu_model, eager_o), graph(gpu_model, graph_o);
   for (auto* d : {&eager, &graph}) {
     d->prefill(0, tokens(9, 1));
     d->prefill(1, tokens(2, 2));

@@ -9,7 +9,7 @@
 #include <filesystem>
 
 #include <mil/generate/generate.hpp>
-#include <mil/nn/llama_decoder.hpp>
+#include <mil/nn/decoder.hpp>
 #include <mil/nn/llama_load.hpp>
 #include <mil/text/chat_template.hpp>
 
@@ -19,7 +19,7 @@ namespace fs = std::filesystem;
 namespace {
 std::vector<int32_t> greedy(const nn::LlamaModel<float, Cpu>& model, const text::Tokenizer& tok,
                             const std::vector<int32_t>& prompt) {
-  nn::LlamaDecoder<float, Cpu> dec(model, {.max_seq = 64});
+  nn::Decoder<float, Cpu> dec(model, {.max_seq = 64});
   gen::GenerateConfig g;
   g.max_new_tokens = 12;
   g.sampling.temperature = 0;

@@ -18,7 +18,7 @@
 #include <vector>
 
 #include <mil/generate/generate.hpp>
-#include <mil/nn/llama_decoder.hpp>
+#include <mil/nn/decoder.hpp>
 #include <mil/nn/llama_gguf.hpp>
 #include <mil/text/gguf_tokenizer.hpp>
 
@@ -112,7 +112,7 @@ std::vector<int32_t> greedy_continuation(const Teacher& t, const std::vector<int
                                          int64_t max_new, int32_t eos) {
   nn::DecoderOptions o;
   o.max_seq = int64_t(prompt.size()) + max_new;
-  nn::LlamaDecoder<float, Cpu> dec(t.model, o);
+  nn::Decoder<float, Cpu> dec(t.model, o);
   gen::GenerateConfig cfg;
   cfg.max_new_tokens = max_new;
   cfg.sampling.temperature = 0.f;

@@ -1,5 +1,5 @@
 #pragma once
-// Text generation over any decoder with the LlamaDecoder interface (prefill, decode, argmax,
+// Text generation over any decoder with the Decoder interface (prefill, decode, argmax,
 // logits_host, length, options): prompt in, tokens out, streamed as text as they come, with stop
 // tokens, stop strings, a token budget and the context size as ends. Timings are split like
 // llama.cpp's: the prompt (prefill) and the generated tokens (one decode step each).

@@ -71,6 +71,38 @@ struct LlamaConfig {
   }
 };
 
+// x + Wo attention(rope(Wqkv rmsnorm(x) [+ bqkv])) with the parameters of layer prefix p.
+template <Element T, Device D>
+ag::Var<T, D> attention_block(ag::Tape& tape, const ag::Var<T, D>& x,
+                              const ParameterStore<T, D>& params, const std::string& p,
+                              const LlamaConfig& c, const Tensor<int32_t, D>& positions,
+                              int64_t batch, int64_t seq) {
+  const auto layout = c.qkv_layout();
+  auto h = ag::rmsnorm(tape, x, params[p + "attn_norm"], c.norm_eps);
+  auto qkv = ag::linear(tape, h, params[p + "wqkv"]);
+  if (c.attention_bias) qkv = ag::bias_add(tape, qkv, params[p + "bqkv"]);
+  qkv = ag::rope_qk(tape, qkv, positions, layout, c.rope());
+  auto a = ag::attention(tape, qkv, batch, seq, layout);
+  return ag::add(tape, x, ag::linear(tape, a, params[p + "wo"]));
+}
+
+// x + Wdown swiglu(Wgate_up rmsnorm(x)) with the parameters of layer prefix p.
+template <Element T, Device D>
+ag::Var<T, D> mlp_block(ag::Tape& tape, const ag::Var<T, D>& x, const ParameterStore<T, D>& params,
+                        const std::string& p, const LlamaConfig& c) {
+  auto h = ag::rmsnorm(tape, x, params[p + "mlp_norm"], c.norm_eps);
+  auto m = ag::swiglu(tape, ag::linear(tape, h, params[p + "w_gate_up"]));
+  return ag::add(tape, x, ag::linear(tape, m, params[p + "w_down"]));
+}
+
+// lm_head(rmsnorm(x)): the final norm and the (tied or separate) output projection.
+template <Element T, Device D>
+ag::Var<T, D> logits_block(ag::Tape& tape, const ag::Var<T, D>& x,
+                           const ParameterStore<T, D>& params, const LlamaConfig& c) {
+  auto h = ag::rmsnorm(tape, x, params["norm"], c.norm_eps);
+  return ag::linear(tape, h, params[c.tied_embeddings ? "tok_embeddings" : "lm_head"]);
+}
+
 template <Element T, Device D>
 class LlamaModel {
  public:
@@ -102,23 +134,13 @@ class LlamaModel {
               int64_t batch, int64_t seq) const {
     MIL_CHECK(ids.numel() == batch * seq, "LlamaModel::forward: ", ids.numel(), " ids for batch ",
               batch, " x seq ", seq);
-    const auto layout = cfg_.qkv_layout();
-    const auto rope = cfg_.rope();
     Var x = ag::embedding(tape, param("tok_embeddings"), ids);
     for (int64_t l = 0; l < cfg_.n_layers; ++l) {
-      std::string p = "layers." + std::to_string(l) + ".";
-      Var h = ag::rmsnorm(tape, x, param(p + "attn_norm"), cfg_.norm_eps);
-      Var qkv = ag::linear(tape, h, param(p + "wqkv"));
-      if (cfg_.attention_bias) qkv = ag::bias_add(tape, qkv, param(p + "bqkv"));
-      qkv = ag::rope_qk(tape, qkv, positions, layout, rope);
-      Var a = ag::attention(tape, qkv, batch, seq, layout);
-      x = ag::add(tape, x, ag::linear(tape, a, param(p + "wo")));
-      h = ag::rmsnorm(tape, x, param(p + "mlp_norm"), cfg_.norm_eps);
-      Var m = ag::swiglu(tape, ag::linear(tape, h, param(p + "w_gate_up")));
-      x = ag::add(tape, x, ag::linear(tape, m, param(p + "w_down")));
+      const std::string p = "layers." + std::to_string(l) + ".";
+      x = attention_block(tape, x, params_, p, cfg_, positions, batch, seq);
+      x = mlp_block(tape, x, params_, p, cfg_);
     }
-    x = ag::rmsnorm(tape, x, param("norm"), cfg_.norm_eps);
-    return ag::linear(tape, x, param(cfg_.tied_embeddings ? "tok_embeddings" : "lm_head"));
+    return logits_block(tape, x, params_, cfg_);
   }
 
  private:
@@ -131,10 +153,7 @@ class LlamaModel {
 template <Element To, Device DTo, Element T, Device D>
 LlamaModel<To, DTo> convert_model(const LlamaModel<T, D>& m) {
   LlamaModel<To, DTo> out(m.config());
-  const auto src = m.params().values().template to<Cpu>();
-  auto cast = Tensor<To, Cpu>::empty(src.shape());
-  for (int64_t i = 0; i < src.numel(); ++i) cast[i] = To(to_acc(src[i]));
-  out.params().values().copy_from(cast);
+  copy_converted(out.params(), m.params());
   return out;
 }
 
