@@ -1,9 +1,11 @@
-// mil-chat: chat with a Llama-family model, or complete a raw prompt, on the CPU or the GPU.
+// mil-chat: chat with a Llama-family model or a hybrid, or complete a raw prompt, on the CPU or
+// the GPU.
 //
 //   mil-chat -m models/SmolLM2-135M-Instruct.Q4_1.gguf -p "What is the capital of France?" -n 24
 //   mil-chat -m path/to/hf-folder            (no -p: interactive chat; /reset, /exit)
 //
-// MODEL is a GGUF file or a Hugging Face folder (config.json + safetensors + tokenizer.json).
+// MODEL is a GGUF file, a Hugging Face folder (config.json + safetensors + tokenizer.json) or a
+// hybrid folder (mamba_config.json + safetensors + tokenizer.json, from mil-convert).
 // The prompt goes through the model's chat template as a user message (--raw sends it as is);
 // tokens stream to stdout as they are generated, and a line with the prompt and generation
 // speeds ends each answer on stderr.
@@ -17,7 +19,7 @@
 
 #include <mil/generate/generate.hpp>
 #include <mil/nn/decoder.hpp>
-#include <mil/nn/llama_load.hpp>
+#include <mil/nn/model_load.hpp>
 #include <mil/text/chat_template.hpp>
 
 using namespace mil;
@@ -48,7 +50,7 @@ void print_speed(const gen::GenerateResult& r) {
 }
 
 template <Element T, Device D>
-int run(const Options& o, const nn::LlamaModel<T, D>& model, const text::Tokenizer& tok,
+int run(const Options& o, const nn::HybridModel<T, D>& model, const text::Tokenizer& tok,
         const std::optional<text::ChatTemplate>& tmpl) {
   nn::DecoderOptions dopt;
   dopt.max_seq = o.ctx;
@@ -79,6 +81,9 @@ int run(const Options& o, const nn::LlamaModel<T, D>& model, const text::Tokeniz
     while (same < session.cached.size() && same < ids.size() && session.cached[same] == ids[same])
       ++same;
     same = std::min(same, ids.size() - 1);
+    // A Mamba layer's state cannot go back: a hybrid re-reads the conversation unless the new
+    // rendering extends exactly what it holds.
+    if (!decoder.can_rewind() && same != session.cached.size()) same = 0;
     decoder.truncate(0, int64_t(same));
     MIL_CHECK(int64_t(ids.size()) < o.ctx, "the conversation (", ids.size(),
               " tokens) does not fit the context of ", o.ctx, " tokens (--ctx)");
@@ -161,16 +166,21 @@ int main(int argc, char** argv) {
 
   try {
     o.sampling.validate();
-    auto loaded = nn::load_llama(o.model);
+    auto loaded = nn::load_model(o.model);
     std::optional<text::ChatTemplate> tmpl;
     if (!o.raw) {
       tmpl = o.chat_template.empty()
                  ? text::detect_chat_template(loaded.chat_template)
                  : text::chat_template_for_family(text::parse_chat_family(o.chat_template));
     }
-    const auto& c = loaded.model.config();
-    std::fprintf(stderr, "[mil-chat] %s: %lld layers, d_model %lld, %lld/%lld heads, vocab %lld%s\n",
-                 loaded.name.c_str(), static_cast<long long>(c.n_layers),
+    const auto& c = loaded.model.config().llama;
+    const auto& hc = loaded.model.config();
+    const std::string mixers =
+        hc.n_mamba_layers() == 0
+            ? std::string()
+            : ", " + std::to_string(hc.n_mamba_layers()) + " " + nn::mixer_name(hc.mixer) + " layers";
+    std::fprintf(stderr, "[mil-chat] %s: %lld layers%s, d_model %lld, %lld/%lld heads, vocab %lld%s\n",
+                 loaded.name.c_str(), static_cast<long long>(c.n_layers), mixers.c_str(),
                  static_cast<long long>(c.d_model), static_cast<long long>(c.n_heads),
                  static_cast<long long>(c.n_kv_heads), static_cast<long long>(c.vocab),
                  tmpl ? (", chat template " + text::to_string(tmpl->family)).c_str() : ", raw");

@@ -19,7 +19,7 @@ namespace mil::nn {
 
 inline ag::Mamba2Dims mamba2_dims(const HybridConfig& c, int64_t batch, int64_t seq) {
   return {batch, seq, c.llama.n_heads, c.llama.n_kv_heads, c.llama.head_dim, c.conv_kernel,
-          c.llama.norm_eps};
+          c.ssm_norm_eps};
 }
 inline ag::Mamba1Dims mamba1_dims(const HybridConfig& c, int64_t batch, int64_t seq) {
   return {batch,        seq, c.d_inner(), c.d_xb(), c.mamba1_d_state, c.conv_kernel,

@@ -34,6 +34,7 @@ struct HybridConfig {
   MixerKind mixer = MixerKind::mamba2;
   int64_t conv_kernel = 4;
   int64_t mamba1_d_state = 16;        // Mamba-1 state per channel (Mamba-2 uses head_dim)
+  float ssm_norm_eps = 1e-5f;         // Mamba-2 gated norm (the reference fixes it at 1e-5)
   // Mamba-1 reference-code quirk: dt_proj's bias is added twice (softplus(W u + 2 b)).
   bool mamba1_double_dt_bias = false;
 

@@ -1,0 +1,470 @@
+// Hybrid checkpoints in the MambaInLlama reference layout (nn/hybrid_checkpoint.hpp): save -> load
+// round trips of small random hybrids (Mamba-2 and Mamba-1, 0% and 50% attention, tied and untied
+// embeddings; float32 exact to the bit, bfloat16 rounded once; one file and shards), the tensor
+// names, shapes and row blocks the reference expects, mamba_config.json with exactly the
+// reference's fields, the Mamba-1 doubled dt bias in both directions, and bad folders (missing
+// files and tensors, wrong shapes, the other mixer, bad JSON fields), each with its own message.
+#include <doctest/doctest.h>
+
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+
+#include <mil/core/rng.hpp>
+#include <mil/nn/hybrid_checkpoint.hpp>
+
+using namespace mil;
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const mil::Error& e) {
+    return e.what();
+  }
+  return "<no error>";
+}
+
+fs::path scratch(const std::string& name) {
+  auto d = fs::temp_directory_path() / ("mil_test_hybrid_ckpt_" + name + "_" +
+                                        std::to_string(::getpid()));
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+
+// d_model 64, 4 heads of 16, 2 KV heads, 4 layers, vocab 300; attention on every `every`-th layer.
+nn::HybridConfig small_config(nn::MixerKind mixer, int64_t every, bool tied) {
+  nn::HybridConfig c;
+  c.llama.vocab = 300;
+  c.llama.d_model = 64;
+  c.llama.n_layers = 4;
+  c.llama.n_heads = 4;
+  c.llama.n_kv_heads = 2;
+  c.llama.head_dim = 16;
+  c.llama.d_ff = 96;
+  c.llama.rope_theta = 10000.f;
+  c.llama.tied_embeddings = tied;
+  c.attn_layers = nn::attention_every(4, every);
+  c.mixer = mixer;
+  return c;
+}
+
+nn::ParameterStore<float, Cpu> random_store(const nn::HybridConfig& c, uint64_t seed) {
+  nn::ParameterStore<float, Cpu> w(c.parameter_specs());
+  for (int64_t i = 0; i < w.numel(); ++i)
+    w.values()[i] = rng::uniform(seed, 0, uint64_t(i), -1.f, 1.f);
+  return w;
+}
+
+const float* param(const nn::ParameterStore<float, Cpu>& w, const std::string& name) {
+  return w[name].value().data();
+}
+
+json read_json(const fs::path& p) {
+  std::ifstream in(p);
+  REQUIRE(in.good());
+  return json::parse(in);
+}
+void write_text(const fs::path& p, const std::string& s) {
+  std::ofstream out(p, std::ios::binary | std::ios::trunc);
+  out << s;
+}
+
+struct Stored {
+  std::vector<int64_t> shape;
+  std::vector<float> data;
+};
+// All tensors of a checkpoint folder as float.
+std::map<std::string, Stored> read_all(const fs::path& dir) {
+  const auto ck = io::SafetensorsCheckpoint::open(dir);
+  std::map<std::string, Stored> out;
+  for (const auto& t : ck.tensors()) out[t.name] = {t.shape, io::to_float(t)};
+  return out;
+}
+// Rewrites the folder's weights (one F32 file) from `tensors`, with `metadata`.
+void rewrite(const fs::path& dir, const std::map<std::string, Stored>& tensors,
+             const std::map<std::string, std::string>& metadata = {{"format", "pt"}}) {
+  std::vector<io::FloatTensorRef> refs;
+  for (const auto& [name, t] : tensors) refs.push_back({name, t.shape, t.data.data()});
+  io::write_float_safetensors(dir, refs, io::SafetensorsDtype::F32, int64_t(1) << 40, metadata);
+}
+
+void check_same_config(const nn::HybridConfig& a, const nn::HybridConfig& b) {
+  CHECK(a.llama.vocab == b.llama.vocab);
+  CHECK(a.llama.d_model == b.llama.d_model);
+  CHECK(a.llama.n_layers == b.llama.n_layers);
+  CHECK(a.llama.n_heads == b.llama.n_heads);
+  CHECK(a.llama.n_kv_heads == b.llama.n_kv_heads);
+  CHECK(a.llama.head_dim == b.llama.head_dim);
+  CHECK(a.llama.d_ff == b.llama.d_ff);
+  CHECK(a.llama.norm_eps == b.llama.norm_eps);
+  CHECK(a.llama.rope_theta == b.llama.rope_theta);
+  CHECK(a.llama.tied_embeddings == b.llama.tied_embeddings);
+  CHECK(a.llama.attention_bias == b.llama.attention_bias);
+  CHECK(a.attn_layers == b.attn_layers);
+  CHECK(a.mixer == b.mixer);
+  CHECK(a.conv_kernel == b.conv_kernel);
+  CHECK(a.mamba1_d_state == b.mamba1_d_state);
+  CHECK(a.mamba1_double_dt_bias == b.mamba1_double_dt_bias);
+}
+
+}  // namespace
+
+TEST_CASE("hybrid checkpoint: save and load round trips for both mixers and layouts") {
+  for (auto mixer : {nn::MixerKind::mamba2, nn::MixerKind::mamba1})
+    for (int64_t every : {0, 2})
+      for (bool tied : {true, false})
+        for (const char* dtype : {"float32", "bfloat16"}) {
+          const nn::HybridConfig c = small_config(mixer, every, tied);
+          CAPTURE(nn::mixer_name(mixer));
+          CAPTURE(every);
+          CAPTURE(tied);
+          CAPTURE(dtype);
+          const auto w = random_store(c, 11 + every + tied);
+          const fs::path dir = scratch("roundtrip");
+          nn::HybridSaveOptions o;
+          o.hf.dtype = dtype;
+          nn::save_hybrid(dir, c, w, o);
+          CHECK(nn::is_hybrid_checkpoint(dir));
+          const nn::HybridConfig back = nn::hybrid_config_from_files(dir);
+          check_same_config(back, c);
+          nn::ParameterStore<float, Cpu> w2(back.parameter_specs());
+          nn::load_hybrid_weights(dir, back, w2);
+          REQUIRE(w2.numel() == w.numel());
+          int64_t bad = 0;
+          for (int64_t i = 0; i < w.numel(); ++i) {
+            const float want = std::string(dtype) == "float32" ? w.values()[i]
+                                                               : float(bf16(w.values()[i]));
+            bad += std::memcmp(&want, &w2.values()[i], 4) != 0;
+          }
+          CHECK(bad == 0);
+          // The tied model also stores lm_head.weight for the reference's strict loading.
+          const auto ck = io::SafetensorsCheckpoint::open(dir);
+          CHECK((ck.find("lm_head.weight") != nullptr));
+          fs::remove_all(dir);
+        }
+}
+
+TEST_CASE("hybrid checkpoint: shards and an index round trip exactly") {
+  const nn::HybridConfig c = small_config(nn::MixerKind::mamba2, 2, false);
+  const auto w = random_store(c, 5);
+  const fs::path dir = scratch("shards");
+  nn::HybridSaveOptions o;
+  o.hf.dtype = "float32";
+  o.hf.max_shard_bytes = 60'000;
+  nn::save_hybrid(dir, c, w, o);
+  CHECK(fs::exists(dir / "model.safetensors.index.json"));
+  CHECK_FALSE(fs::exists(dir / "model.safetensors"));
+  nn::ParameterStore<float, Cpu> w2(c.parameter_specs());
+  nn::load_hybrid_weights(dir, nn::hybrid_config_from_files(dir), w2);
+  CHECK(std::memcmp(w.values().data(), w2.values().data(), size_t(w.numel()) * 4) == 0);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("hybrid checkpoint: Mamba-2 tensors have the reference's names shapes and row blocks") {
+  const nn::HybridConfig c = small_config(nn::MixerKind::mamba2, 2, true);
+  const auto w = random_store(c, 7);
+  const fs::path dir = scratch("names2");
+  nn::HybridSaveOptions o;
+  o.hf.dtype = "float32";
+  nn::save_hybrid(dir, c, w, o);
+  const auto t = read_all(dir);
+  std::map<std::string, std::vector<int64_t>> layer0, layer1;
+  for (const auto& [name, s] : t) {
+    if (name.starts_with("model.layers.0.")) layer0[name.substr(15)] = s.shape;
+    if (name.starts_with("model.layers.1.")) layer1[name.substr(15)] = s.shape;
+  }
+  // d_inner 64, d_xb 32, 4 heads: in_proj rows z 64 + x 32 + B 32 + C 64 + dt 4 = 196.
+  const std::map<std::string, std::vector<int64_t>> mamba2{
+      {"mamba.in_proj.weight", {196, 64}}, {"mamba.conv1d.weight", {128, 1, 4}},
+      {"mamba.conv1d.bias", {128}},        {"mamba.dt_bias", {4}},
+      {"mamba.A_log", {4}},                {"mamba.D", {4}},
+      {"mamba.norm.weight", {64}},         {"mamba.out_proj.weight", {64, 64}},
+      {"mlp.gate_proj.weight", {96, 64}},  {"mlp.up_proj.weight", {96, 64}},
+      {"mlp.down_proj.weight", {64, 96}},  {"input_layernorm.weight", {64}},
+      {"post_attention_layernorm.weight", {64}}};
+  const std::map<std::string, std::vector<int64_t>> attention{
+      {"self_attn.q_proj.weight", {64, 64}}, {"self_attn.k_proj.weight", {32, 64}},
+      {"self_attn.v_proj.weight", {32, 64}}, {"self_attn.o_proj.weight", {64, 64}},
+      {"mlp.gate_proj.weight", {96, 64}},    {"mlp.up_proj.weight", {96, 64}},
+      {"mlp.down_proj.weight", {64, 96}},    {"input_layernorm.weight", {64}},
+      {"post_attention_layernorm.weight", {64}}};
+  CHECK(layer0 == mamba2);
+  CHECK(layer1 == attention);
+  CHECK(t.size() == 2 * mamba2.size() + 2 * attention.size() + 3);  // + embed, norm, lm_head
+  CHECK(t.at("model.embed_tokens.weight").shape == std::vector<int64_t>{300, 64});
+  CHECK(t.at("lm_head.weight").data == t.at("model.embed_tokens.weight").data);
+  // in_proj is mil's in_proj as is ([z|x|B|C|dt]); conv [C, K] -> [C, 1, K] keeps the order.
+  CHECK(std::memcmp(t.at("model.layers.2.mamba.in_proj.weight").data.data(),
+                    param(w, "layers.2.in_proj"), 196 * 64 * 4) == 0);
+  CHECK(std::memcmp(t.at("model.layers.2.mamba.conv1d.weight").data.data(),
+                    param(w, "layers.2.conv_w"), 128 * 4 * 4) == 0);
+  CHECK(std::memcmp(t.at("model.layers.2.mamba.norm.weight").data.data(),
+                    param(w, "layers.2.ssm_norm"), 64 * 4) == 0);
+  // Attention: q, k, v are row blocks of wqkv.
+  CHECK(std::memcmp(t.at("model.layers.3.self_attn.k_proj.weight").data.data(),
+                    param(w, "layers.3.wqkv") + 64 * 64, 32 * 64 * 4) == 0);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("hybrid checkpoint: Mamba-1 projections and the doubled dt bias") {
+  nn::HybridConfig c = small_config(nn::MixerKind::mamba1, 2, false);
+  const auto w = random_store(c, 9);
+  const fs::path dir = scratch("names1");
+  nn::HybridSaveOptions o;
+  o.hf.dtype = "float32";
+  nn::save_hybrid(dir, c, w, o);
+  auto t = read_all(dir);
+  std::map<std::string, std::vector<int64_t>> layer0;
+  for (const auto& [name, s] : t)
+    if (name.starts_with("model.layers.0.mamba.")) layer0[name.substr(21)] = s.shape;
+  // d_inner 64, d_xb 32, dt_rank ceil(64 / 16) = 4, d_state 16.
+  const std::map<std::string, std::vector<int64_t>> mamba1{
+      {"in_proj_x.weight", {32, 64}},    {"in_proj_z.weight", {64, 64}},
+      {"B_proj.weight", {32, 64}},       {"C_proj.weight", {64, 64}},
+      {"dt_proj_down.weight", {4, 64}},  {"dt_proj.weight", {64, 4}},
+      {"dt_proj.bias", {64}},            {"conv1d.weight", {64, 1, 4}},
+      {"conv1d.bias", {64}},             {"A_log", {64, 16}},
+      {"D", {64}},                       {"out_proj.weight", {64, 64}}};
+  CHECK(layer0 == mamba1);
+  // mil's in_proj rows are [x | z | B | C].
+  const float* in_proj = param(w, "layers.0.in_proj");
+  CHECK(std::memcmp(t.at("model.layers.0.mamba.in_proj_x.weight").data.data(), in_proj,
+                    32 * 64 * 4) == 0);
+  CHECK(std::memcmp(t.at("model.layers.0.mamba.in_proj_z.weight").data.data(), in_proj + 32 * 64,
+                    64 * 64 * 4) == 0);
+  CHECK(std::memcmp(t.at("model.layers.0.mamba.B_proj.weight").data.data(), in_proj + 96 * 64,
+                    32 * 64 * 4) == 0);
+  CHECK(std::memcmp(t.at("model.layers.0.mamba.C_proj.weight").data.data(), in_proj + 128 * 64,
+                    64 * 64 * 4) == 0);
+  // mil adds its dt bias once: the reference (which adds it twice) gets half of it.
+  const auto& bias = t.at("model.layers.0.mamba.dt_proj.bias").data;
+  const float* mine = param(w, "layers.0.dt_bias");
+  for (int i = 0; i < 64; ++i) CHECK(bias[size_t(i)] == mine[i] / 2);
+  CHECK(io::SafetensorsCheckpoint::open(dir).metadata().at("mil_mamba1_dt_bias_added") == "twice");
+  CHECK(read_json(dir / "config.json").at("mil_mamba1_double_dt_bias") == false);
+
+  // The same folder read into a model that adds the bias twice: the stored values as they are.
+  nn::HybridConfig twice = c;
+  twice.mamba1_double_dt_bias = true;
+  nn::ParameterStore<float, Cpu> w2(twice.parameter_specs());
+  nn::load_hybrid_weights(dir, twice, w2);
+  for (int i = 0; i < 64; ++i) CHECK(param(w2, "layers.0.dt_bias")[i] == bias[size_t(i)]);
+
+  // reference_dt_bias = false: mil's values, marked "once".
+  o.reference_dt_bias = false;
+  nn::save_hybrid(dir, c, w, o);
+  t = read_all(dir);
+  for (int i = 0; i < 64; ++i)
+    CHECK(t.at("model.layers.0.mamba.dt_proj.bias").data[size_t(i)] == mine[i]);
+  CHECK(io::SafetensorsCheckpoint::open(dir).metadata().at("mil_mamba1_dt_bias_added") == "once");
+  nn::load_hybrid_weights(dir, twice, w2);
+  for (int i = 0; i < 64; ++i) CHECK(param(w2, "layers.0.dt_bias")[i] == mine[i] / 2);
+
+  // A folder as the reference writes it: no metadata key (the bias is added twice) and a
+  // config.json without mil's key (the model reads as adding it twice: values unchanged).
+  rewrite(dir, t);
+  json cfg = read_json(dir / "config.json");
+  cfg.erase("mil_mamba1_double_dt_bias");
+  write_text(dir / "config.json", cfg.dump(2));
+  const nn::HybridConfig ref = nn::hybrid_config_from_files(dir);
+  CHECK(ref.mamba1_double_dt_bias);
+  nn::ParameterStore<float, Cpu> w3(ref.parameter_specs());
+  nn::load_hybrid_weights(dir, ref, w3);
+  for (int i = 0; i < 64; ++i) CHECK(param(w3, "layers.0.dt_bias")[i] == mine[i]);
+  nn::load_hybrid_weights(dir, c, w3);  // into a model that adds it once: doubled
+  for (int i = 0; i < 64; ++i) CHECK(param(w3, "layers.0.dt_bias")[i] == 2 * mine[i]);
+
+  rewrite(dir, t, {{"format", "pt"}, {"mil_mamba1_dt_bias_added", "thrice"}});
+  CHECK(error_of([&] { nn::load_hybrid_weights(dir, c, w3); })
+            .find("expected \"once\" or \"twice\"") != std::string::npos);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("hybrid checkpoint: mamba_config.json has exactly the reference's fields") {
+  const nn::HybridConfig c2 = small_config(nn::MixerKind::mamba2, 2, true);
+  const json j2 = json::parse(nn::hybrid_mamba_config_json(c2).dump());
+  std::vector<std::string> keys;
+  const auto ordered = nn::hybrid_mamba_config_json(c2);
+  for (const auto& [k, v] : ordered.items()) keys.push_back(k);
+  CHECK(keys == std::vector<std::string>{"d_model", "ssm_cfg", "rms_norm_eps", "vocab_size",
+                                         "d_inner", "d_xb", "intermediate_size", "hidden_act",
+                                         "n_layer", "attn_layers"});
+  CHECK(j2 == json::parse(R"({"d_model": 64, "ssm_cfg": {"expand": 1, "ngroups": 4,
+      "d_state": 16}, "rms_norm_eps": 1e-05, "vocab_size": 300, "d_inner": 64, "d_xb": 32,
+      "intermediate_size": 96, "hidden_act": "silu", "n_layer": 4, "attn_layers": [1, 3]})"));
+  nn::HybridConfig c1 = small_config(nn::MixerKind::mamba1, 0, true);
+  CHECK(json::parse(nn::hybrid_mamba_config_json(c1).dump()).at("ssm_cfg") ==
+        json::parse(R"({"expand": 1})"));
+  CHECK(json::parse(nn::hybrid_mamba_config_json(c1).dump()).at("attn_layers") == json::array());
+  c1.conv_kernel = 3;
+  c1.mamba1_d_state = 8;
+  CHECK(json::parse(nn::hybrid_mamba_config_json(c1).dump()).at("ssm_cfg") ==
+        json::parse(R"({"expand": 1, "d_state": 8, "d_conv": 3})"));
+
+  // config.json: the teacher's (LlamaForCausalLM), with _name_or_path for the reference.
+  const fs::path dir = scratch("json");
+  nn::HybridSaveOptions o;
+  o.teacher_name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct";
+  nn::save_hybrid(dir, c2, random_store(c2, 1), o);
+  const json cfg = read_json(dir / "config.json");
+  CHECK(cfg.at("_name_or_path") == "HuggingFaceTB/SmolLM2-135M-Instruct");
+  CHECK(cfg.at("architectures") == json::array({"LlamaForCausalLM"}));
+  CHECK(cfg.at("num_key_value_heads") == 2);
+  CHECK(cfg.at("tie_word_embeddings") == true);
+  CHECK(cfg.at("torch_dtype") == "bfloat16");
+  CHECK_FALSE(cfg.contains("mil_mamba1_double_dt_bias"));  // Mamba-2 has no such quirk
+  CHECK(read_json(dir / "mamba_config.json") == j2);
+  nn::save_hybrid(dir, c2, random_store(c2, 1), {});
+  CHECK(fs::path(read_json(dir / "config.json").at("_name_or_path").get<std::string>()) ==
+        fs::absolute(dir).lexically_normal());
+  fs::remove_all(dir);
+}
+
+TEST_CASE("hybrid checkpoint: a 7-layer model with its attention layers listed out of order") {
+  // The reference only tests membership in attn_layers; mil sorts them.
+  nn::HybridConfig c = small_config(nn::MixerKind::mamba2, 0, true);
+  c.llama.n_layers = 7;
+  c.attn_layers = {2, 5};
+  const fs::path dir = scratch("order");
+  nn::save_hybrid(dir, c, random_store(c, 3), {});
+  json mj = read_json(dir / "mamba_config.json");
+  mj["attn_layers"] = {5, 2};
+  mj["vocab_size"] = nullptr;  // as the reference's scripts leave it
+  write_text(dir / "mamba_config.json", mj.dump(4));
+  CHECK(nn::hybrid_config_from_files(dir).attn_layers == std::vector<int64_t>{2, 5});
+  fs::remove_all(dir);
+}
+
+TEST_CASE("hybrid checkpoint: bad folders and files each give their own error") {
+  const nn::HybridConfig c = small_config(nn::MixerKind::mamba2, 2, true);
+  const auto w = random_store(c, 21);
+  const fs::path dir = scratch("bad");
+  nn::save_hybrid(dir, c, w, {});
+  const json good_m = read_json(dir / "mamba_config.json");
+  const json good_c = read_json(dir / "config.json");
+  const auto good_t = read_all(dir);
+  auto contains = [](const std::string& s, const std::string& part) {
+    CAPTURE(s);
+    CAPTURE(part);
+    CHECK(s.find(part) != std::string::npos);
+  };
+  auto config_error = [&] { return error_of([&] { nn::hybrid_config_from_files(dir); }); };
+  nn::ParameterStore<float, Cpu> w2(c.parameter_specs());
+  auto load_error = [&] { return error_of([&] { nn::load_hybrid_weights(dir, c, w2); }); };
+  CHECK(load_error() == "<no error>");
+
+  // Missing files.
+  fs::remove(dir / "mamba_config.json");
+  CHECK_FALSE(nn::is_hybrid_checkpoint(dir));
+  contains(config_error(), "has no mamba_config.json");
+  write_text(dir / "mamba_config.json", good_m.dump(4));
+  fs::remove(dir / "config.json");
+  contains(config_error(), "has no config.json");
+  write_text(dir / "config.json", good_c.dump(2));
+  fs::remove(dir / "model.safetensors");
+  contains(load_error(), "has neither model.safetensors nor");
+
+  // Weights that do not match the configuration.
+  auto t = good_t;
+  t.erase("model.layers.0.mamba.D");
+  rewrite(dir, t);
+  contains(load_error(), "tensor 'model.layers.0.mamba.D' is missing");
+  t = good_t;
+  t["model.layers.2.mamba.A_log"].shape = {2, 2};
+  rewrite(dir, t);
+  contains(load_error(), "tensor 'model.layers.2.mamba.A_log' has shape [2, 2], expected [4]");
+  t = good_t;
+  t["model.layers.0.mamba.extra"] = {{1}, {0.f}};
+  rewrite(dir, t);
+  contains(load_error(), "does not use ('model.layers.0.mamba.extra')");
+  rewrite(dir, good_t);
+  nn::HybridConfig other = c;
+  other.mixer = nn::MixerKind::mamba1;
+  nn::ParameterStore<float, Cpu> w1(other.parameter_specs());
+  contains(error_of([&] { nn::load_hybrid_weights(dir, other, w1); }),
+           "is missing (the checkpoint has a Mamba-2 layer there)");
+  nn::HybridConfig all_attention = c;
+  all_attention.attn_layers = {0, 1, 2, 3};
+  nn::ParameterStore<float, Cpu> wa(all_attention.parameter_specs());
+  contains(error_of([&] { nn::load_hybrid_weights(dir, all_attention, wa); }),
+           "'model.layers.0.self_attn.q_proj.weight' is missing (the checkpoint has a Mamba-2");
+  contains(error_of([&] { nn::load_hybrid_weights(dir, other, w2); }),
+           "load_hybrid_weights: the parameter store has 38 parameters, the hybrid config 40");
+  nn::ParameterStore<float, Cpu> renamed(
+      {{"tok_embeddings", Shape{300, 64}}, {"x", Shape{1}}});
+  contains(error_of([&] { nn::save_hybrid(dir, c, renamed, {}); }),
+           "save_hybrid: the parameter store has 2 parameters");
+  contains(error_of([&] { nn::save_hybrid(dir, other, w2, {}); }), "save_hybrid");
+  nn::HybridSaveOptions f16;
+  f16.hf.dtype = "float16";
+  contains(error_of([&] { nn::save_hybrid(dir, c, w, f16); }), "is not bfloat16 or float32");
+
+  // mamba_config.json fields, one bad value at a time.
+  struct Case {
+    const char* patch;
+    const char* message;
+  };
+  const Case cases[] = {
+      {R"({"d_model": 65})", "\"d_model\" is 65 but config.json gives hidden_size = 64"},
+      {R"({"d_model": "64"})", "\"d_model\" must be an integer"},
+      {R"({"d_inner": 32})", "\"d_inner\" is 32 but config.json gives num_attention_heads"},
+      {R"({"d_xb": 64})", "\"d_xb\" is 64 but config.json gives num_key_value_heads"},
+      {R"({"intermediate_size": 95})", "\"intermediate_size\" is 95"},
+      {R"({"n_layer": 5})", "\"n_layer\" is 5 but config.json gives num_hidden_layers = 4"},
+      {R"({"vocab_size": 301})", "\"vocab_size\" is 301"},
+      {R"({"hidden_act": "gelu"})", "\"hidden_act\" is \"gelu\""},
+      {R"({"rms_norm_eps": 1e-6})", "\"rms_norm_eps\" is 0.000001 but config.json's"},
+      {R"({"rms_norm_eps": -1})", "\"rms_norm_eps\" must be a positive number"},
+      {R"({"attn_layers": [1, 4]})", "\"attn_layers\" has 4, not a layer index in [0, 4)"},
+      {R"({"attn_layers": [1, 1]})", "\"attn_layers\" lists a layer twice"},
+      {R"({"attn_layers": 1})", "\"attn_layers\" must be a list"},
+      {R"({"n_layers": 4})", "unknown field \"n_layers\""},
+      {R"({"ssm_cfg": {"expand": 1, "ngroups": 2, "d_state": 16}})",
+       "\"ssm_cfg.ngroups\" is 2, mil needs num_attention_heads = 4"},
+      {R"({"ssm_cfg": {"expand": 1, "ngroups": 4, "d_state": 8}})",
+       "\"ssm_cfg.d_state\" is 8, mil needs head_dim = 16"},
+      {R"({"ssm_cfg": {"expand": 1, "ngroups": 4, "d_state": 16, "norm_before_gate": true}})",
+       "\"ssm_cfg.norm_before_gate\" is true, mil supports only false"},
+      {R"({"ssm_cfg": {"expand": 1, "ngroups": 4, "d_state": 16, "repeat_kv_before_conv": true}})",
+       "\"ssm_cfg.repeat_kv_before_conv\" is true"},
+      {R"({"ssm_cfg": {"expand": 1, "ngroups": 4, "d_state": 16, "d_conv": 9}})",
+       "\"ssm_cfg.d_conv\" must be an integer in [2, 8]"},
+      {R"({"ssm_cfg": {"expand": 1, "ngroups": 4, "d_state": 16, "foo": 1}})",
+       "unknown field \"ssm_cfg.foo\" (not a Mamba2 argument"},
+      {R"({"ssm_cfg": {"expand": 1, "dt_rank": 5}})",
+       "\"ssm_cfg.dt_rank\" is 5, mil supports only \"auto\""},
+      {R"({"ssm_cfg": {"expand": 1, "repeat_kv_before_conv": false}})",
+       "\"ssm_cfg.repeat_kv_before_conv\" is false, mil supports only true"},
+      {R"({"ssm_cfg": {"expand": 1, "d_state": 7}})", "multiples of d_state 7"},
+      {R"({"ssm_cfg": [1]})", "\"ssm_cfg\" must be a JSON object"},
+  };
+  for (const auto& k : cases) {
+    json m = good_m;
+    const json patch = json::parse(k.patch);
+    for (const auto& [key, v] : patch.items()) m[key] = v;  // whole values, not merged
+    write_text(dir / "mamba_config.json", m.dump(4));
+    contains(config_error(), k.message);
+  }
+  write_text(dir / "mamba_config.json", "{\"d_model\": 64,");
+  contains(config_error(), "is not valid JSON");
+  write_text(dir / "mamba_config.json", good_m.dump(4));
+  CHECK(config_error() == "<no error>");
+  json cfg = good_c;
+  cfg["mil_mamba1_double_dt_bias"] = "yes";
+  write_text(dir / "config.json", cfg.dump(2));
+  contains(config_error(), "\"mil_mamba1_double_dt_bias\" must be true or false");
+  cfg = good_c;
+  cfg["num_key_value_heads"] = 4;
+  write_text(dir / "config.json", cfg.dump(2));
+  contains(config_error(), "\"d_xb\" is 32 but config.json gives num_key_value_heads");
+  fs::remove_all(dir);
+}
