@@ -8,6 +8,8 @@
 
 #include <unistd.h>
 
+#include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -15,7 +17,13 @@
 #include <map>
 
 #include <mil/core/rng.hpp>
+#include <mil/io/json.hpp>
+#include <mil/nn/hybrid.hpp>
 #include <mil/nn/hybrid_checkpoint.hpp>
+#include <mil/nn/model_load.hpp>
+#include <mil/text/hf_tokenizer_writer.hpp>
+
+#include "common/compare.hpp"
 
 using namespace mil;
 using nlohmann::json;
@@ -467,4 +475,125 @@ TEST_CASE("hybrid checkpoint: bad folders and files each give their own error") 
   write_text(dir / "config.json", cfg.dump(2));
   contains(config_error(), "\"d_xb\" is 32 but config.json gives num_key_value_heads");
   fs::remove_all(dir);
+}
+
+// mil's forward against scripts/check_hybrid_reference.py, an independent float64 numpy
+// implementation of the reference code's forward run on the checkpoints save_hybrid writes
+// (scripts/make_hybrid_reference_golden.sh regenerates the golden file).
+TEST_CASE("hybrid reference: logits equal the numpy reference forward of the saved checkpoint") {
+  struct Variant {
+    const char* name;
+    nn::MixerKind mixer;
+    int every;  // attention on every `every`-th layer; 0 = none
+    bool tied, double_bias;
+  };
+  const Variant variants[] = {{"mamba2_50_untied", nn::MixerKind::mamba2, 2, false, false},
+                              {"mamba2_0_tied", nn::MixerKind::mamba2, 0, true, false},
+                              {"mamba1_50_tied_double", nn::MixerKind::mamba1, 2, true, true},
+                              {"mamba1_0_untied", nn::MixerKind::mamba1, 0, false, false}};
+  const std::vector<int32_t> ids = {3, 17, 0, 23, 5, 5, 11, 20, 9, 299, 1, 42};
+  const char* write_dir = std::getenv("MIL_WRITE_HYBRID_GOLDEN");
+  nlohmann::json golden;
+  if (!write_dir) {
+    const auto path = std::filesystem::path(MIL_SOURCE_DIR) / "tests/nn/golden/hybrid_reference.json";
+    golden = io::read_json_file_strict(path);
+    REQUIRE(golden.at("ids").get<std::vector<int32_t>>() == ids);
+  } else {
+    std::ofstream(std::filesystem::path(write_dir) / "ids.json") << nlohmann::json(ids).dump();
+  }
+  for (const Variant& v : variants) {
+    CAPTURE(v.name);
+    nn::HybridConfig c;
+    c.llama.vocab = 300;
+    c.llama.d_model = 64;
+    c.llama.n_layers = 4;
+    c.llama.n_heads = 4;
+    c.llama.n_kv_heads = 2;
+    c.llama.head_dim = 16;
+    c.llama.d_ff = 96;
+    c.llama.rope_theta = 10000.f;
+    c.llama.tied_embeddings = v.tied;
+    c.attn_layers = nn::attention_every(4, v.every);
+    c.mixer = v.mixer;
+    c.mamba1_double_dt_bias = v.double_bias;
+    nn::HybridModel<float, Cpu> m(c);
+    m.init_random(42, 0.3f);
+    if (write_dir) {
+      nn::HybridSaveOptions o;
+      o.hf.dtype = "float32";
+      nn::save_hybrid(std::filesystem::path(write_dir) / v.name, c, m.params(), o);
+      continue;
+    }
+    const int64_t T = int64_t(ids.size());
+    auto idt = Tensor<int32_t, Cpu>::from(Shape{T}, ids);
+    ag::Tape tape;
+    ag::NoGrad ng(tape);
+    const auto logits = m.forward(tape, idt, nn::sequence_positions<Cpu>(1, T), 1, T).value();
+    const auto& rows = golden.at("models").at(v.name);
+    REQUIRE(int64_t(rows.size()) == T);
+    double max_diff = 0;
+    int agree = 0;
+    for (int64_t t = 0; t < T; ++t) {
+      const auto ref = rows[size_t(t)].get<std::vector<double>>();
+      REQUIRE(int64_t(ref.size()) == c.llama.vocab);
+      int64_t a = 0, b = 0;
+      for (int64_t k = 0; k < c.llama.vocab; ++k) {
+        const double x = logits[t * c.llama.vocab + k];
+        max_diff = std::max(max_diff, std::abs(x - ref[size_t(k)]));
+        if (x > logits[t * c.llama.vocab + a]) a = k;
+        if (ref[size_t(k)] > ref[size_t(b)]) b = k;
+      }
+      agree += a == b;
+    }
+    MESSAGE(std::string(v.name) << ": max |logit - reference| " << max_diff << ", argmax " << agree << "/" << T);
+    CHECK(max_diff < 1e-4);
+    CHECK(agree == T);
+  }
+}
+
+TEST_CASE("hybrid checkpoint: save then load_model gives bitwise identical logits") {
+  for (auto mixer : {nn::MixerKind::mamba2, nn::MixerKind::mamba1}) {
+    CAPTURE(std::string(nn::mixer_name(mixer)));
+    nn::HybridConfig c;
+    c.llama.vocab = 260;
+    c.llama.d_model = 64;
+    c.llama.n_layers = 3;
+    c.llama.n_heads = 4;
+    c.llama.n_kv_heads = 2;
+    c.llama.head_dim = 16;
+    c.llama.d_ff = 96;
+    c.attn_layers = {1};
+    c.mixer = mixer;
+    nn::HybridModel<float, Cpu> m(c);
+    m.init_random(5, 0.2f);
+    // A byte-level tokenizer of the 256 byte tokens and one special, enough for load_model.
+    text::TokenizerData td;
+    td.model = "gpt2";
+    td.pre = "gpt2";
+    for (int b = 0; b < 256; ++b) td.tokens.push_back(text::to_utf8(text::byte_to_unicode()[b]));
+    td.tokens.push_back("ab");
+    td.merges = {"a b"};
+    td.tokens.push_back("<|endoftext|>");
+    td.token_types.assign(td.tokens.size(), text::kTokenNormal);
+    td.token_types.back() = text::kTokenControl;
+    td.eos = 257;
+    const auto dir = std::filesystem::temp_directory_path() /
+                     ("mil_hybrid_roundtrip_" + std::to_string(::getpid()) + nn::mixer_name(mixer));
+    nn::HybridSaveOptions o;
+    o.hf.dtype = "float32";
+    nn::save_hybrid(dir, c, m.params(), o);
+    text::save_hf_tokenizer(dir, td, "");
+    auto loaded = nn::load_model(dir.string());
+    std::filesystem::remove_all(dir);
+    const std::vector<int32_t> ids = {1, 7, 250, 3, 99, 12, 0};
+    auto idt = Tensor<int32_t, Cpu>::from(Shape{int64_t(ids.size())}, ids);
+    auto pos = nn::sequence_positions<Cpu>(1, int64_t(ids.size()));
+    ag::Tape tape;
+    ag::NoGrad ng(tape);
+    const auto a = m.forward(tape, idt, pos, 1, int64_t(ids.size())).value().to_vector();
+    const auto b = loaded.model.forward(tape, idt, pos, 1, int64_t(ids.size())).value().to_vector();
+    CHECK(loaded.model.config().attn_layers == c.attn_layers);
+    CHECK(loaded.model.config().mixer == mixer);
+    CHECK(test::bytes_of(a) == test::bytes_of(b));
+  }
 }
