@@ -11,11 +11,12 @@
 // `seq` tokens starting at positions[b] reads the inputs before it from the ring (positions < 0
 // read as 0, so a fresh sequence needs no reset) and leaves the ring holding the last `len`
 // inputs. With len >= K - 1 + r a sequence can be rolled back by r tokens by lowering its
-// position. A decode step is a call with seq = 1.
+// position. A decode step is a call with seq = 1. y must not overlap x.
 //
 // Backward (no ring: training runs whole sequences), with a = pre-activation:
 //   da = dy * silu'(a) (or dy without SiLU);  dx[t] = sum_k w[k] da[t + K - 1 - k]
 //   dw[c, k] = sum_{b,t} da[t] x[t - (K-1) + k];  dbias[c] = sum_{b,t} da[t]
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
