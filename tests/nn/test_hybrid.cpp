@@ -4,11 +4,13 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <filesystem>
 #include <span>
 
 #include <mil/distill/init_from_attention.hpp>
 #include <mil/nn/decoder.hpp>
 #include <mil/nn/hybrid.hpp>
+#include <mil/nn/llama_hf.hpp>
 
 #include "common/compare.hpp"
 
@@ -275,6 +277,32 @@ TEST_CASE("hybrid decoder: chunked prefill and batched decode follow the trainin
       CHECK(dec.can_rewind() == false);
       CHECK_THROWS_AS(dec.truncate(1, 3), Error);
       dec.truncate(1, p0);  // keeping everything is fine
+    }
+  }
+}
+
+TEST_CASE("hybrid init: from safetensors teachers (Llama and Qwen2 with QKV biases)") {
+  for (const char* name : {"hf_tiny_llama", "hf_tiny_qwen2"}) {
+    CAPTURE(std::string(name));
+    const auto dir = std::filesystem::path(MIL_SOURCE_DIR) / "tests/nn/golden" / name;
+    const auto teacher = nn::load_llama_model_hf(dir);
+    const auto& c = teacher.config();
+    for (auto kind : {nn::MixerKind::mamba2, nn::MixerKind::mamba1}) {
+      auto h = hybrid_of(c, nn::attention_every(c.n_layers, 2), kind);
+      if (kind == nn::MixerKind::mamba1 && (h.d_inner() != c.d_model || h.d_xb() % 16 != 0)) continue;
+      auto m = distill::init_from_attention(teacher, h, 1);
+      const std::string p = "layers.0.";
+      CHECK(m.param(p + "out_proj").value().to_vector() == teacher.param(p + "wo").value().to_vector());
+      if (c.attention_bias) CHECK_FALSE(m.params().has(p + "bqkv"));  // dropped: Mamba has none
+      for (int64_t l : h.attn_layers)
+        CHECK(m.param("layers." + std::to_string(l) + ".wqkv").value().to_vector() ==
+              teacher.param("layers." + std::to_string(l) + ".wqkv").value().to_vector());
+      const int64_t T = 6;
+      auto ids = Tensor<int32_t, Cpu>::from(Shape{T}, {1, 2, 3, 4, 5, 6});
+      ag::Tape tape;
+      ag::NoGrad ng(tape);
+      for (float v : m.forward(tape, ids, nn::sequence_positions<Cpu>(1, T), 1, T).value().to_vector())
+        REQUIRE(std::isfinite(v));
     }
   }
 }
