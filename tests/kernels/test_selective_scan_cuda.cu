@@ -1,15 +1,17 @@
 // Mamba-1 selective scan on the GPU against the CPU reference in double on the same
-// T-representable inputs: lengths around the chunk (32) and sub-chunk (8), batch > 1, B and C
-// groups that tiles of 16 channels hold whole or split (group sums direct and through partials),
-// channels not a multiple of 16 or 8, u, delta, z, B and C packed or as column blocks of one fused
-// buffer (strides that 16-byte copies can and cannot read), y with a stride, without z, D or the
-// bias; gradient write modes and null gradients; states across calls (a prefill split in pieces,
-// decode steps of one token); unsupported sizes.
+// T-representable inputs: lengths around the chunk (64 tokens) and a lane's segment (8), several
+// chunks, batch > 1, B and C groups that tiles of 16 channels hold whole or split (group sums
+// direct and through partials; 4, 2 or 1 channels of a warp summed by shuffles), channels not a
+// multiple of 16 or 8, u, delta, z, B and C packed or as column blocks of one fused buffer
+// (strides that 16-byte copies can and cannot read), y with a stride, without z, D or the bias;
+// gradient write modes and null gradients; bitwise equal backward runs; states across calls (a
+// prefill split in pieces, decode steps of one token); unsupported sizes.
 // The GPU's decays use the approximate exp2 of the special-function unit (relative error ~1e-6),
 // so float results are held to kTolF32, not to fp32 rounding.
 #include <doctest/doctest.h>
 
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include <mil/kernels/selective_scan.cuh>
@@ -192,18 +194,26 @@ void check_backward(const Case& c, const GradMode& gm, uint64_t seed) {
 
   GpuInputs<T> g(in);
   auto dout_gpu = test::to_gpu(test::cast_vector<T>(dout));
-  auto gmem = test::to_gpu(test::cast_vector<T>(gmem0));
-  auto gpar = test::to_gpu(test::cast_vector<T>(gpar0));
-  SelectiveScanGrads<T> gg;
-  set(gg, gmem.data(), gpar.data());
-  const T* mg = g.mem.data();
-  cuda::selective_scan_backward<T>(gg, dout_gpu.data(), mg + l.uo, mg + l.dlo,
-                                   c.bias ? g.bias.data() : nullptr, g.A_log.data(), mg + l.bo,
-                                   mg + l.co, c.D ? g.D.data() : nullptr, c.z ? mg + l.zo : nullptr,
-                                   s, nullptr);
-  const auto gmem_out = gmem.to_vector();  // synchronises
-  const auto gpar_out = gpar.to_vector();
-  MIL_CUDA_CHECK(cudaGetLastError());
+  // The gradient buffers after one GPU backward from the pre-filled values.
+  auto run_gpu = [&] {
+    auto gmem = test::to_gpu(test::cast_vector<T>(gmem0));
+    auto gpar = test::to_gpu(test::cast_vector<T>(gpar0));
+    SelectiveScanGrads<T> gg;
+    set(gg, gmem.data(), gpar.data());
+    const T* mg = g.mem.data();
+    cuda::selective_scan_backward<T>(gg, dout_gpu.data(), mg + l.uo, mg + l.dlo,
+                                     c.bias ? g.bias.data() : nullptr, g.A_log.data(), mg + l.bo,
+                                     mg + l.co, c.D ? g.D.data() : nullptr,
+                                     c.z ? mg + l.zo : nullptr, s, nullptr);
+    auto out = std::make_pair(gmem.to_vector(), gpar.to_vector());  // synchronises
+    MIL_CUDA_CHECK(cudaGetLastError());
+    return out;
+  };
+  const auto [gmem_out, gpar_out] = run_gpu();
+  // Every sum has a fixed order: a second run gives the same bits.
+  const auto again = run_gpu();
+  CHECK(std::memcmp(again.first.data(), gmem_out.data(), gmem_out.size() * sizeof(T)) == 0);
+  CHECK(std::memcmp(again.second.data(), gpar_out.data(), gpar_out.size() * sizeof(T)) == 0);
 
   const int64_t bw = s.b_groups * 16, cw = s.c_groups * 16;
   if (gm.du)
@@ -333,14 +343,17 @@ void check_states(const Case& c, const std::vector<int64_t>& splits, uint64_t se
 TEST_CASE("selective scan: gpu forward matches the cpu around the chunk length") {
   MIL_REQUIRE_GPU();
   uint64_t seed = 100;
-  // (batch, seq, channels, b_groups, c_groups, pad): one token, shorter than a sub-chunk, one
-  // chunk, past it, several chunks; S-like groups (48 / 16 channels), L-like (64 / 16), a tile
-  // holding several groups (groups of 4 and 2 channels), groups straddling tiles (24 channels),
-  // channels not a multiple of 8
+  // (batch, seq, channels, b_groups, c_groups, pad): one token, shorter than a lane's segment,
+  // one segment and past it, one chunk and past it, several chunks; S-like groups (48 / 16
+  // channels), L-like (64 / 16), a tile holding several groups (groups of 4 and 2 channels),
+  // groups straddling tiles (24 channels), groups of 3 channels, channels not a multiple of 8
   for (const Case& c : {Case{1, 1, 32, 2, 2, -1}, Case{2, 5, 48, 1, 3, -1},
+                        Case{1, 8, 64, 4, 4, -1}, Case{2, 9, 96, 2, 6, -1},
                         Case{2, 32, 96, 2, 6, -1}, Case{3, 33, 128, 2, 8, -1},
+                        Case{1, 64, 48, 1, 3, -1}, Case{2, 65, 96, 2, 6, -1},
                         Case{2, 100, 144, 3, 9, -1}, Case{1, 77, 40, 10, 20, -1},
-                        Case{2, 70, 72, 3, 6, -1}, Case{2, 41, 36, 3, 12, -1}}) {
+                        Case{2, 70, 72, 3, 6, -1}, Case{2, 41, 36, 3, 12, -1},
+                        Case{1, 200, 48, 16, 16, -1}, Case{2, 129, 64, 1, 4, -1}}) {
     check_forward<bf16>(c, seed);
     check_forward<float>(c, seed + 1);
     seed += 10;
@@ -368,7 +381,9 @@ TEST_CASE("selective scan: gpu backward matches the cpu with write modes") {
   for (const Case& c : {Case{1, 7, 32, 2, 2, -1}, Case{2, 32, 96, 2, 6, -1},
                         Case{2, 75, 144, 3, 9, 0}, Case{1, 100, 128, 2, 8, 3, 2},
                         Case{2, 40, 40, 10, 20, -1}, Case{2, 66, 72, 3, 6, -1},
-                        Case{1, 39, 36, 3, 12, 1}, Case{3, 9, 24, 1, 1, -1}}) {
+                        Case{1, 39, 36, 3, 12, 1}, Case{3, 9, 24, 1, 1, -1},
+                        Case{2, 150, 96, 2, 6, -1}, Case{1, 130, 48, 16, 16, -1},
+                        Case{1, 64, 36, 12, 12, -1}, Case{2, 200, 32, 2, 2, 0}}) {
     GradMode gm{(mode & 1) != 0, (mode & 2) != 0};
     check_backward<bf16>(c, gm, seed);
     check_backward<float>(c, GradMode{!gm.accumulate_inputs, !gm.accumulate_params}, seed + 1);

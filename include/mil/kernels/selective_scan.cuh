@@ -2,32 +2,41 @@
 // The Mamba-1 selective scan on the GPU (contract and CPU reference in selective_scan.hpp). T =
 // float or bf16 at the interface, fp32 math and states; d_state = 16 (others throw).
 //
-// Work split: four lanes of a warp share a channel, each keeping 4 of its 16 states in registers
-// for the whole sequence (four times the parallelism of a thread per channel: S has only
-// 16 x 576 channel-sequences); C.h is reduced over the four lanes with two xor shuffles. A block
-// owns `ct` channels (16, or 8 when many B/C groups meet in a tile) of one sequence and walks it
-// in chunks of kTC tokens: u, delta, z (and dout), and the B and C rows of the groups the tile
-// touches are copied into shared memory (cp.async, double-buffered, when sizes and pointers allow
-// 16-byte copies; plain loads otherwise), a pre-pass computes dt = softplus(delta + bias_scale
-// bias) once per (token, channel), then the scan runs from shared memory. Decays are exp2 of
-// dt * a * log2(e) on the special-function unit (16 per channel and token: the forward's floor).
-// Forward: y = (C.h + D u) silu(z) is collected per chunk in shared memory and stored coalesced.
-// With states: each lane reads its 4 initial states and writes its 4 final ones.
+// Work split: a block owns `ct` channels (16, or 8 when the B / C rows of a tile would not fit) of
+// one sequence and walks it in chunks of kT = 64 tokens. Each channel has kP = 8 lanes of one warp,
+// lane p owning the kL = 8 consecutive tokens [8p, 8p + 8) of the chunk and all 16 states of its
+// channel, one state at a time: per state it forms the 8 decays (one exp2 per token and state on
+// the special-function unit: the floor), composes them with the inputs into one affine map
+// h -> A h + b of its segment, and an inclusive scan of those maps over the 8 lanes (3 shuffle
+// steps) gives every lane the state at its segment start from the state at the chunk start. So a
+// sequence is processed 8 lanes wide with 16 independent states per thread, and no value is
+// computed twice. A warp holds 4 channels x 8 lanes; sums over channels (dB, dC) use its xor
+// shuffles.
+// Memory: u, delta, z (and dout) and the B and C rows of the groups the tile touches are copied
+// into shared memory (cp.async, double-buffered, when sizes and pointers allow 16-byte copies;
+// plain loads otherwise); a pre-pass computes dt = softplus(delta + bias_scale bias) once per
+// (token, channel) and lays dt, dt u and the B / C columns out "lane-major" in fp32 (rows of
+// 8 lanes x 4 tokens + 4 floats of padding), so that the main loop reads 8 tokens with two
+// conflict-free 16-byte loads, and the pre-pass writes them with at most 2-way conflicts.
+// Forward: y = (C.h + D u) silu(z) is collected per lane, staged lane-major and stored coalesced.
+// With states: the chunk-start state of the first chunk is read from and the final one written to
+// the slot.
 // Decode (seq = 1): one kernel, four lanes per (batch row, channel), no shared memory.
 //
 // Backward (no states), never per-step states in global memory:
-// 1. the forward kernel in "chunk" mode stores only the state at the start of every chunk of kTC
-//    tokens (fp32, batch x chunks x channels x 16);
-// 2. one block per (tile, sequence) walks the chunks from the last: it recomputes the states at
-//    the starts of the kR-token sub-chunks of the chunk (registers), then, sub-chunk by sub-chunk
-//    from the last, recomputes the kR steps keeping states and decays in registers and walks them
-//    backwards with G = dLoss/dh in registers:
-//      G = G e^(dt' a) + dy C;  t1 = h - dt u B (= e^(dt a) h_prev);  S1 = sum G B;
-//      S4 = sum a G t1;  dA += dt G t1;  du = D dy + dt S1;  d(dt) = u S1 + S4
-//    du, ddelta and dz are written per channel by the first lane of the four (after shuffles);
-//    dC = sum over the group's channels of dy h and dB = sum of dt u G are formed from per-lane
-//    values in shared memory after each sub-chunk, in a fixed order: directly when the tile
-//    holds whole groups, else as fp32 partials per tile that a second kernel adds in order.
+// 1. the forward kernel in "chunk" mode stores only the state at the start of every chunk
+//    (fp32, batch x chunks x channels x 16);
+// 2. the backward kernel walks the chunks from the last; per state it recomputes the decays and
+//    the states of its 8 tokens (forward scan from the stored chunk state), then scans the
+//    adjoint G = dLoss/dh backwards the same way (maps cin -> A cin + b over the lanes, from the
+//    last), with the carry from the next chunk:
+//      G_t = dy_t C_t + e^(dt_{t+1} a) G_{t+1};  t1 = h - dt u B (= e^(dt a) h_prev);
+//      S1 = sum_n G B;  S4 = sum_n a G t1;  dA += dt G t1;  du = D dy + dt S1;  d(dt) = u S1 + S4
+//    dC = sum over a group's channels of dy h and dB = sum of dt u G are reduced over the warp's
+//    channels by halving xor shuffles, then over the warps in shared memory every kFlush states
+//    in a fixed order: to dB / dC directly when the tile holds whole groups, else as fp32
+//    partials per tile that a second kernel adds in order. du, ddelta and dz are staged
+//    lane-major and stored coalesced.
 // 3. parameter gradients: per-(sequence, channel) partials, added over the batch in order.
 // Every sum has a fixed order: results are bitwise reproducible run to run.
 //
@@ -52,18 +61,21 @@
 namespace mil::cuda {
 namespace scan_detail {
 
-constexpr int kN = 16;      // d_state
-constexpr int kLanes = 4;   // lanes per channel (4 states each)
-constexpr int kTC = 32;     // tokens per chunk
-constexpr int kR = 8;       // backward sub-chunk (states and decays in registers)
-constexpr int kSub = kTC / kR;
-constexpr int kMaxCt = 16;  // channels per block at most (64 threads)
-// Backward blocks per SM the registers must allow: S (16 x 576 channels) is 576 blocks of 16.
-constexpr int kBwdBlocks = 6;
+constexpr int kN = 16;          // d_state
+constexpr int kL = 8;           // tokens per lane
+constexpr int kP = 8;           // lanes per channel
+constexpr int kT = kL * kP;     // tokens per chunk
+constexpr int kStepLanes = 4;   // decode step: lanes per channel (4 states each)
+constexpr int kRow = kP * 4 + 4;  // floats per lane-major row: 8 lanes x 4 tokens + padding
+constexpr int kFlush = 4;       // backward: states per flush of the dB / dC partials
+// Floats per slot of the backward's dB / dC partials: [kT tokens][kFlush states] and one float of
+// padding per 8 tokens (the writes after halve_sum are then conflict-free).
+constexpr int kPStride = kT * kFlush + kT / kL;
 constexpr int kParams = kN + 2;  // per (sequence, channel): dA_log[16], dD, ddelta_bias
 constexpr float kLog2e = 1.4426950408889634f;
 // The sm_90 limit of dynamic shared memory per block (227 KiB).
 constexpr size_t kMaxSmem = 232448;
+constexpr unsigned kFull = 0xffffffffu;
 
 // ---- device helpers ----
 
@@ -96,25 +108,61 @@ __device__ __forceinline__ void put(T* dst, float v, bool accumulate) {
   *dst = from_float<T>(accumulate ? to_float(*dst) + v : v);
 }
 
-// dst[rows][cols] <- rows r < valid_rows, columns < valid_cols of src (row r at src + r * stride);
-// the rest zeros. ASYNC: 16-byte cp.async pieces (cols, valid_cols, stride and the pointers allow
-// them); else element by element.
-template <class T, bool ASYNC>
-__device__ __forceinline__ void load_tile(T* dst, const T* src, int64_t stride, int rows,
-                                          int valid_rows, int cols, int valid_cols, int tid,
-                                          int threads) {
+// Lane-major fp32 arrays: token t = 8p + i of row r (a channel, or a B / C column) of an array of
+// `rows` rows sits at lane_index(i, r, p, rows); lane p reads its 8 tokens as two float4.
+__device__ __forceinline__ int lane_index(int i, int r, int p, int rows) {
+  return ((i >> 2) * rows + r) * kRow + p * 4 + (i & 3);
+}
+__device__ __forceinline__ void load_lane(const float* arr, int r, int p, int rows, float (&v)[kL]) {
+  const float4 lo = *reinterpret_cast<const float4*>(arr + r * kRow + p * 4);
+  const float4 hi = *reinterpret_cast<const float4*>(arr + (rows + r) * kRow + p * 4);
+  v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w, v[4] = hi.x, v[5] = hi.y, v[6] = hi.z,
+  v[7] = hi.w;
+}
+__device__ __forceinline__ void store_lane(float* arr, int r, int p, int rows, const float (&v)[kL]) {
+  *reinterpret_cast<float4*>(arr + r * kRow + p * 4) = make_float4(v[0], v[1], v[2], v[3]);
+  *reinterpret_cast<float4*>(arr + (rows + r) * kRow + p * 4) = make_float4(v[4], v[5], v[6], v[7]);
+}
+
+// Inclusive scan of affine maps x -> A x + B over the 8 lanes of a channel, from lane 0 (UP) or
+// from lane 7 (down): afterwards lane p holds the composition of lanes 0..p (or p..7).
+template <bool UP>
+__device__ __forceinline__ void scan_maps(float& A, float& B, int p) {
+#pragma unroll
+  for (int d = 1; d < kP; d *= 2) {
+    const float Ao = UP ? __shfl_up_sync(kFull, A, d, kP) : __shfl_down_sync(kFull, A, d, kP);
+    const float Bo = UP ? __shfl_up_sync(kFull, B, d, kP) : __shfl_down_sync(kFull, B, d, kP);
+    if (UP ? p >= d : p + d < kP) {
+      B = fmaf(A, Bo, B);
+      A *= Ao;
+    }
+  }
+}
+
+// Lanes 0..3 of a channel store its 16 states h[n], 4 each.
+__device__ __forceinline__ void store_state(float* dst, const float* h, int p) {
+  if (p < kN / 4)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) dst[4 * p + j] = h[4 * p + j];
+}
+
+// dst[kT][COLS] (row pitch `pitch`) <- rows r < valid_rows, columns < valid_cols of src (row r at
+// src + r * stride); the rest zeros. ASYNC: 16-byte cp.async pieces (COLS, valid_cols, stride and
+// the pointers allow them); else element by element. COLS is a compile-time width: no divisions.
+template <class T, bool ASYNC, int COLS>
+__device__ __forceinline__ void load_tile(T* dst, int pitch, const T* src, int64_t stride,
+                                          int valid_rows, int valid_cols, int tid, int threads) {
   if constexpr (ASYNC) {
-    constexpr int V = 16 / int(sizeof(T));
-    const int pieces = cols / V;
-    for (int i = tid; i < rows * pieces; i += threads) {
-      const int r = i / pieces, p = i % pieces;
-      const bool ok = r < valid_rows && p * V < valid_cols;
-      cp_async16(dst + r * cols + p * V, ok ? src + r * stride + p * V : src, ok);
+    constexpr int V = 16 / int(sizeof(T)), pieces = COLS / V;
+    for (int i = tid; i < kT * pieces; i += threads) {
+      const int r = i / pieces, q = i % pieces;
+      const bool ok = r < valid_rows && q * V < valid_cols;
+      cp_async16(dst + r * pitch + q * V, ok ? src + r * stride + q * V : src, ok);
     }
   } else {
-    for (int i = tid; i < rows * cols; i += threads) {
-      const int r = i / cols, c = i % cols;
-      dst[i] = r < valid_rows && c < valid_cols ? src[r * stride + c] : from_float<T>(0.f);
+    for (int i = tid; i < kT * COLS; i += threads) {
+      const int r = i / COLS, c = i % COLS;
+      dst[r * pitch + c] = r < valid_rows && c < valid_cols ? src[r * stride + c] : from_float<T>(0.f);
     }
   }
 }
@@ -128,35 +176,72 @@ struct Args {
   int64_t us, ds, bs, cs, zs, ys;
   float bias_scale;
   int ct, nbg, ncg;  // channels per block; B / C groups a tile touches at most
+  int lev_b, lev_c;  // backward: channels summed by shuffles per dB / dC value = 1 << lev
 };
 
-// Per buffer (T elements): u, delta, z, dout tiles [kTC][ct], B [kTC][nbg * 16], C [kTC][ncg * 16];
-// two buffers, then fp32: three [kTC][ct] arrays, D and the scaled bias [ct]; the backward adds
-// per-lane states and G of a sub-chunk: two [kR][threads][4].
+// What a block's tile reads of B and C (fixed for the whole sequence): the first column and the
+// number of valid columns (whole groups) of each.
+struct TileColumns {
+  int64_t b0, c0;
+  int nb, nc;
+};
+template <class T>
+__device__ __forceinline__ TileColumns tile_columns(const Args<T>& a, int64_t c0, int ncv) {
+  const int64_t last = c0 + ncv - 1, gb0 = c0 / a.gb, gc0 = c0 / a.gc;
+  return {gb0 * kN, gc0 * kN, int(last / a.gb - gb0 + 1) * kN, int(last / a.gc - gc0 + 1) * kN};
+}
+
+// Raw tiles per buffer (T elements): u, delta, z, dout [kT][ct], B [kT][nbg * 16], C [kT][ncg * 16];
+// two buffers. Then fp32, lane-major: dt, dt u (and dy) [ct rows]; D and the scaled bias [ct];
+// B and C columns; the forward's y; the backward's dB / dC partials [slots][kPStride], whose
+// region S1, S4 and C.h reuse after the state loop.
 struct Layout {
-  int u, dl, z, g, b, c, buffer;  // offsets / size in T elements
-  int f32;                        // byte offset of the fp32 part
-  int a0, a1, a2, sd, sbias;      // float offsets within it
-  int sh, sg;                     // backward only
+  int u, dl, z, g, b, c, buffer;   // offsets / size in T elements
+  int f32;                         // byte offset of the fp32 part
+  int dt, du, dy, sd, sbias, a2, hc, sdA, skc, fb, fc, y, pb, pc, s1, s4, yss;  // float offsets
   int bytes;
 };
 template <class T>
-MIL_HOST_DEVICE inline Layout layout(int ct, int nbg, int ncg, bool backward) {
+MIL_HOST_DEVICE inline Layout layout(int ct, int nbg, int ncg, int lev_b, int lev_c,
+                                     bool backward) {
   Layout l{};
-  const int tile = kTC * ct;
+  const int tile = kT * ct;
   l.u = 0, l.dl = tile, l.z = 2 * tile, l.g = 3 * tile;
   l.b = (backward ? 4 : 3) * tile;
-  l.c = l.b + kTC * nbg * kN;
-  l.buffer = l.c + kTC * ncg * kN;
+  l.c = l.b + kT * nbg * kN;
+  l.buffer = l.c + kT * ncg * kN;
   l.buffer = (l.buffer * int(sizeof(T)) + 15) / 16 * 16 / int(sizeof(T));
   l.f32 = 2 * l.buffer * int(sizeof(T));
-  l.a0 = 0, l.a1 = tile, l.a2 = 2 * tile, l.sd = 3 * tile, l.sbias = 3 * tile + ct;
-  int n = 3 * tile + 2 * ct;
-  n = (n + 3) / 4 * 4;
-  l.sh = n, l.sg = n + kR * ct * kLanes * 4;
-  if (backward) n += 2 * kR * ct * kLanes * 4;
+  auto lanes = [](int rows) { return 2 * rows * kRow; };  // floats of a lane-major array
+  int n = 0;
+  auto take = [&](int floats) {
+    const int at = n;
+    n += (floats + 3) / 4 * 4;
+    return at;
+  };
+  l.dt = take(lanes(ct)), l.du = take(lanes(ct));
+  if (backward) l.dy = take(lanes(ct));
+  l.sd = take(ct), l.sbias = take(ct);
+  l.a2 = take(ct * (kN + 1));
+  if (backward) l.sdA = take(kN * ct * kP), l.skc = take(kN * ct * kP);
+  else l.hc = take(ct * (kN + 1));
+  const int shared_at = n;  // B / C columns, then y or the partials
+  l.fb = take(lanes(nbg * kN)), l.fc = take(lanes(ncg * kN));
+  if (backward) {
+    l.pb = take((ct >> lev_b) * kPStride), l.pc = take((ct >> lev_c) * kPStride);
+    const int end = n;
+    n = shared_at;
+    l.s1 = take(lanes(ct)), l.s4 = take(lanes(ct)), l.yss = take(lanes(ct));
+    n = std::max(n, end);
+  } else {
+    l.y = take(lanes(ct));
+  }
   l.bytes = l.f32 + n * 4;
   return l;
+}
+template <class T>
+MIL_HOST_DEVICE inline Layout layout(const Args<T>& a, bool backward) {
+  return layout<T>(a.ct, a.nbg, a.ncg, a.lev_b, a.lev_c, backward);
 }
 
 // Groups of size `group` that a tile of ct channels (tiles at multiples of ct) touches at most.
@@ -169,32 +254,31 @@ inline int groups_per_tile(int64_t channels, int64_t group, int ct) {
   return int(most);
 }
 
-// Issues the copies of chunk k (tokens [k kTC, ...)) of the tile into buffer `raw`.
-template <class T, bool ASYNC>
-__device__ __forceinline__ void issue_chunk(T* raw, const Layout& l, const Args<T>& a, int64_t b,
-                                            int64_t c0, int ncv, int k, bool need_c, bool need_z,
-                                            bool need_g, int tid, int threads) {
-  const int64_t t0 = int64_t(k) * kTC;
-  const int valid = int(std::min<int64_t>(kTC, a.seq - t0));
+// Issues the copies of chunk k (tokens [k kT, ...)) of the tile into buffer `raw`.
+template <class T, bool ASYNC, int CT>
+__device__ __forceinline__ void issue_chunk(T* raw, const Layout& l, const Args<T>& a,
+                                            const TileColumns& tc, int64_t b, int64_t c0, int ncv,
+                                            int k, bool need_c, bool need_z, bool need_g, int tid,
+                                            int threads) {
+  const int64_t t0 = int64_t(k) * kT;
+  const int valid = int(std::min<int64_t>(kT, a.seq - t0));
   const int64_t row0 = b * a.seq + t0;
-  const int ct = a.ct;
-  load_tile<T, ASYNC>(raw + l.u, a.u + row0 * a.us + c0, a.us, kTC, valid, ct, ncv, tid, threads);
-  load_tile<T, ASYNC>(raw + l.dl, a.delta + row0 * a.ds + c0, a.ds, kTC, valid, ct, ncv, tid,
-                      threads);
+  load_tile<T, ASYNC, CT>(raw + l.u, CT, a.u + row0 * a.us + c0, a.us, valid, ncv, tid, threads);
+  load_tile<T, ASYNC, CT>(raw + l.dl, CT, a.delta + row0 * a.ds + c0, a.ds, valid, ncv, tid,
+                          threads);
   if (need_z)
-    load_tile<T, ASYNC>(raw + l.z, a.z + row0 * a.zs + c0, a.zs, kTC, valid, ct, ncv, tid, threads);
+    load_tile<T, ASYNC, CT>(raw + l.z, CT, a.z + row0 * a.zs + c0, a.zs, valid, ncv, tid, threads);
   if (need_g)
-    load_tile<T, ASYNC>(raw + l.g, a.dout + row0 * a.ys + c0, a.ys, kTC, valid, ct, ncv, tid,
-                        threads);
-  const int64_t last = c0 + ncv - 1;
-  const int64_t fb = c0 / a.gb;
-  load_tile<T, ASYNC>(raw + l.b, a.B + row0 * a.bs + fb * kN, a.bs, kTC, valid, a.nbg * kN,
-                      int(last / a.gb - fb + 1) * kN, tid, threads);
-  if (need_c) {
-    const int64_t fc = c0 / a.gc;
-    load_tile<T, ASYNC>(raw + l.c, a.C + row0 * a.cs + fc * kN, a.cs, kTC, valid, a.ncg * kN,
-                        int(last / a.gc - fc + 1) * kN, tid, threads);
-  }
+    load_tile<T, ASYNC, CT>(raw + l.g, CT, a.dout + row0 * a.ys + c0, a.ys, valid, ncv, tid,
+                            threads);
+  // B and C a group (16 columns) at a time.
+  for (int g = 0; g < a.nbg; ++g)
+    load_tile<T, ASYNC, kN>(raw + l.b + g * kN, a.nbg * kN, a.B + row0 * a.bs + tc.b0 + g * kN,
+                            a.bs, valid, tc.nb - g * kN, tid, threads);
+  if (need_c)
+    for (int g = 0; g < a.ncg; ++g)
+      load_tile<T, ASYNC, kN>(raw + l.c + g * kN, a.ncg * kN, a.C + row0 * a.cs + tc.c0 + g * kN,
+                              a.cs, valid, tc.nc - g * kN, tid, threads);
   if constexpr (ASYNC) cp_async_commit();
 }
 
@@ -210,108 +294,145 @@ __device__ __forceinline__ void load_channel_params(float* sd, float* sbias, con
   }
 }
 
+// a log2(e) of the tile's channels: [ct][kN + 1] (padded: the channels of a warp read distinct
+// banks).
+template <class T>
+__device__ __forceinline__ void load_decay_rates(float* sa2, const Args<T>& a, int64_t c0, int ct,
+                                                 int tid, int threads) {
+  for (int i = tid; i < ct * kN; i += threads) {
+    const int64_t ch = c0 + i / kN;
+    sa2[i / kN * (kN + 1) + i % kN] =
+        ch < a.channels ? -expf(to_float(a.A_log[ch * kN + i % kN])) * kLog2e : 0.f;
+  }
+}
+
+// A raw [kT][groups * 16] tile of B or C columns (zeros past the valid tokens) -> fp32 lane-major
+// columns (a loop per group of 16 columns: no divisions).
+template <class T>
+__device__ __forceinline__ void columns_to_lanes(float* dst, const T* raw, int groups, int tid,
+                                                 int threads) {
+  const int cols = groups * kN;
+  for (int g = 0; g < groups; ++g)
+    for (int i = tid; i < kT * kN; i += threads) {
+      const int t = i / kN, col = g * kN + i % kN;
+      dst[lane_index(t % kL, col, t / kL, cols)] = to_float(raw[t * cols + col]);
+    }
+}
+
 }  // namespace scan_detail
 
 // ---- forward ----
 
-// grid (tiles, batch), ct * 4 threads, layout(ct, nbg, ncg, false).bytes of shared memory.
+// grid (tiles, batch), ct * kP threads, layout(a, false).bytes of shared memory.
 // CHUNKS: no y; instead the state at the start of every chunk k goes to
 // chunk_states[((b * chunks + k) * channels + c) * 16 ...] (the backward's recomputation).
-template <class T, bool ASYNC, bool CHUNKS>
-__global__ void __launch_bounds__(scan_detail::kMaxCt* scan_detail::kLanes)
+template <class T, int CT, bool ASYNC, bool CHUNKS>
+__global__ void __launch_bounds__(CT* scan_detail::kP, 80 / CT)
     selective_scan_forward_kernel(T* __restrict__ y, float* __restrict__ chunk_states,
                                   const scan_detail::Args<T> a, float* __restrict__ states,
                                   const int32_t* __restrict__ slots, int64_t n_slots) {
   using namespace scan_detail;
   extern __shared__ __align__(16) unsigned char scan_fwd_smem[];
-  const int ct = a.ct, threads = ct * kLanes;
-  const int tid = int(threadIdx.x), cl = tid >> 2, q = tid & 3;
+  constexpr int ct = CT, threads = ct * kP;
+  const int tid = int(threadIdx.x), p = tid & (kP - 1), cl = tid / kP;
   const int64_t b = blockIdx.y, c0 = int64_t(blockIdx.x) * ct, c = c0 + cl;
   const bool cvalid = c < a.channels;
   const int ncv = int(std::min<int64_t>(ct, a.channels - c0));
-  const Layout l = layout<T>(ct, a.nbg, a.ncg, false);
+  const Layout l = layout(a, false);
   T* raw0 = reinterpret_cast<T*>(scan_fwd_smem);
   float* f = reinterpret_cast<float*>(scan_fwd_smem + l.f32);
-  float *sdt = f + l.a0, *sdu = f + l.a1, *sy = f + l.a2, *sd = f + l.sd, *sbias = f + l.sbias;
+  float *fdt = f + l.dt, *fdu = f + l.du, *fy = f + l.y, *fb = f + l.fb, *fc = f + l.fc;
+  float *sd = f + l.sd, *sbias = f + l.sbias, *sa2 = f + l.a2, *shc = f + l.hc;
   const bool need_z = !CHUNKS && a.z != nullptr;
-  const int jb = cvalid ? int(c / a.gb - c0 / a.gb) : 0;
-  const int jc = cvalid ? int(c / a.gc - c0 / a.gc) : 0;
+  const int jb = cvalid ? int(c / a.gb - c0 / a.gb) * kN : 0;  // first B / C column of the channel
+  const int jc = cvalid ? int(c / a.gc - c0 / a.gc) * kN : 0;
   const int bw = a.nbg * kN, cw = a.ncg * kN;
 
   load_channel_params(sd, sbias, a, c0, tid, threads);
-  float a2[4], h[4];
-#pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    a2[j] = cvalid ? -expf(to_float(a.A_log[c * kN + 4 * q + j])) * kLog2e : 0.f;
-    h[j] = 0.f;
-  }
+  load_decay_rates(sa2, a, c0, ct, tid, threads);
   float* st = nullptr;
   if (!CHUNKS && states != nullptr && cvalid) {
     const int64_t slot = slots[b];
-    if (slot >= 0 && slot < n_slots) st = states + (slot * a.channels + c) * kN + 4 * q;
+    if (slot >= 0 && slot < n_slots) st = states + (slot * a.channels + c) * kN;
   }
-  if (st != nullptr)
-#pragma unroll
-    for (int j = 0; j < 4; ++j) h[j] = st[j];
+  // The state at the chunk start per channel and state, [ct][kN + 1] (registers are scarce and
+  // the state loop is not unrolled); lane 0 of the channel updates it.
+  float* hcs = shc + cl * (kN + 1);
+  if (p == 0)
+    for (int n = 0; n < kN; ++n) hcs[n] = st != nullptr ? st[n] : 0.f;
 
-  const int chunks = int((a.seq + kTC - 1) / kTC);
-  issue_chunk<T, ASYNC>(raw0, l, a, b, c0, ncv, 0, !CHUNKS, need_z, false, tid, threads);
+  const int chunks = int((a.seq + kT - 1) / kT);
+  const TileColumns tc = tile_columns(a, c0, ncv);
+  issue_chunk<T, ASYNC, CT>(raw0, l, a, tc, b, c0, ncv, 0, !CHUNKS, need_z, false, tid, threads);
   for (int k = 0; k < chunks; ++k) {
     T* raw = raw0 + (k & 1) * l.buffer;
-    const int valid = int(std::min<int64_t>(kTC, a.seq - int64_t(k) * kTC));
+    const int valid = int(std::min<int64_t>(kT, a.seq - int64_t(k) * kT));
     if constexpr (ASYNC) cp_async_wait_all();
     __syncthreads();  // chunk k in shared memory; everyone is done with chunk k - 1
     if (k + 1 < chunks)
-      issue_chunk<T, ASYNC>(raw0 + ((k + 1) & 1) * l.buffer, l, a, b, c0, ncv, k + 1, !CHUNKS,
-                            need_z, false, tid, threads);
-    for (int i = tid; i < kTC * ct; i += threads) {
+      issue_chunk<T, ASYNC, CT>(raw0 + ((k + 1) & 1) * l.buffer, l, a, tc, b, c0, ncv, k + 1,
+                                !CHUNKS, need_z, false, tid, threads);
+    // Pre-pass: dt and dt u (zero past the valid tokens and channels), B and C columns.
+    for (int i = tid; i < kT * ct; i += threads) {
       const int t = i / ct, j = i % ct;
       float dt = 0.f, du = 0.f;
       if (t < valid && j < ncv) {
         dt = softplus(to_float(raw[l.dl + i]) + sbias[j]);
         du = dt * to_float(raw[l.u + i]);
       }
-      sdt[i] = dt, sdu[i] = du;
+      const int e = lane_index(t & (kL - 1), j, t / kL, ct);
+      fdt[e] = dt, fdu[e] = du;
     }
+    columns_to_lanes(fb, raw + l.b, a.nbg, tid, threads);
+    if (!CHUNKS) columns_to_lanes(fc, raw + l.c, a.ncg, tid, threads);
     if (CHUNKS && cvalid)
-      *reinterpret_cast<float4*>(chunk_states + ((b * chunks + k) * a.channels + c) * kN + 4 * q) =
-          make_float4(h[0], h[1], h[2], h[3]);
-    __syncthreads();  // dt, dt u
+      store_state(chunk_states + ((b * chunks + k) * a.channels + c) * kN, hcs, p);
+    __syncthreads();  // lane-major arrays
 
-    const T* Bt = raw + l.b + jb * kN + 4 * q;
-    if constexpr (CHUNKS) {
-#pragma unroll 4
-      for (int t = 0; t < valid; ++t) {
-        const float dt = sdt[t * ct + cl], du = sdu[t * ct + cl];
-        float bb[4];
-        load4(Bt + t * bw, bb);
+    float dt[kL], du[kL], acc[kL], dt_sum = 0.f;
+    load_lane(fdt, cl, p, ct, dt);
+    load_lane(fdu, cl, p, ct, du);
 #pragma unroll
-        for (int j = 0; j < 4; ++j) h[j] = fmaf(ex2(dt * a2[j]), h[j], du * bb[j]);
+    for (int i = 0; i < kL; ++i) acc[i] = 0.f, dt_sum += dt[i];
+#pragma unroll 1
+    for (int n = 0; n < kN; ++n) {
+      float bv[kL], dA[kL];
+      const float a2 = sa2[cl * (kN + 1) + n];
+      load_lane(fb, jb + n, p, bw, bv);
+#pragma unroll
+      for (int i = 0; i < kL; ++i) {
+        dA[i] = ex2(dt[i] * a2);
+        bv[i] *= du[i];
       }
-    } else {
-      const T* Ct = raw + l.c + jc * kN + 4 * q;
-#pragma unroll 4
-      for (int t = 0; t < valid; ++t) {
-        const float dt = sdt[t * ct + cl], du = sdu[t * ct + cl];
-        float bb[4], cc[4];
-        load4(Bt + t * bw, bb);
-        load4(Ct + t * cw, cc);
-        float p = 0.f;
+      // The segment's map h -> A h + B, scanned over the channel's lanes.
+      float A = ex2(dt_sum * a2), B = bv[0];
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          h[j] = fmaf(ex2(dt * a2[j]), h[j], du * bb[j]);
-          p = fmaf(cc[j], h[j], p);
+      for (int i = 1; i < kL; ++i) B = fmaf(dA[i], B, bv[i]);
+      scan_maps<true>(A, B, p);
+      const float Ae = __shfl_up_sync(kFull, A, 1, kP), Be = __shfl_up_sync(kFull, B, 1, kP);
+      const float Al = __shfl_sync(kFull, A, kP - 1, kP), Bl = __shfl_sync(kFull, B, kP - 1, kP);
+      const float hc = hcs[n];
+      float h = p == 0 ? hc : fmaf(Ae, hc, Be);  // the state at the segment start
+      __syncwarp();
+      if (p == 0) hcs[n] = fmaf(Al, hc, Bl);  // ... at the next chunk's start
+      if constexpr (!CHUNKS) {
+        float cv[kL];
+        load_lane(fc, jc + n, p, cw, cv);
+#pragma unroll
+        for (int i = 0; i < kL; ++i) {
+          h = fmaf(dA[i], h, bv[i]);
+          acc[i] = fmaf(cv[i], h, acc[i]);
         }
-        p += __shfl_xor_sync(0xffffffffu, p, 1);
-        p += __shfl_xor_sync(0xffffffffu, p, 2);
-        if (q == 0) sy[t * ct + cl] = p;
       }
-      __syncthreads();  // sy
-      const int64_t row0 = b * a.seq + int64_t(k) * kTC;
-      for (int i = tid; i < kTC * ct; i += threads) {
+    }
+    if constexpr (!CHUNKS) {
+      store_lane(fy, cl, p, ct, acc);
+      __syncthreads();  // y
+      const int64_t row0 = b * a.seq + int64_t(k) * kT;
+      for (int i = tid; i < kT * ct; i += threads) {
         const int t = i / ct, j = i % ct;
         if (t >= valid || j >= ncv) continue;
-        float o = sy[i] + sd[j] * to_float(raw[l.u + i]);
+        float o = fy[lane_index(t & (kL - 1), j, t / kL, ct)] + sd[j] * to_float(raw[l.u + i]);
         if (need_z) {
           const float zz = to_float(raw[l.z + i]);
           o *= zz * sigmoid(zz);
@@ -320,12 +441,11 @@ __global__ void __launch_bounds__(scan_detail::kMaxCt* scan_detail::kLanes)
       }
     }
   }
-  if (st != nullptr)
-#pragma unroll
-    for (int j = 0; j < 4; ++j) st[j] = h[j];
+  __syncwarp();
+  if (st != nullptr) store_state(st, hcs, p);
 }
 
-// One step (seq = 1): four lanes per (batch row, channel); blocks of 256 threads.
+// One step (seq = 1): four lanes per (batch row, channel), 4 states each; blocks of 256 threads.
 template <class T>
 __global__ void __launch_bounds__(256)
     selective_scan_step_kernel(T* __restrict__ y, const scan_detail::Args<T> a,
@@ -386,65 +506,122 @@ struct Grads {
   bool accumulate;
 };
 
+// One halving step: the lane pair `mask` apart adds its first (hi = false) or second HALF values;
+// each lane keeps those sums in v[0, HALF).
+template <int HALF>
+__device__ __forceinline__ void halve_step(float (&v)[kL], bool hi, int mask) {
+#pragma unroll
+  for (int j = 0; j < HALF; ++j) {
+    const float r = __shfl_xor_sync(kFull, hi ? v[j] : v[j + HALF], mask);
+    v[j] = (hi ? v[j + HALF] : v[j]) + r;
+  }
+}
+
+// Sums v over the warp's channels cl with equal cl >> lev (lev <= 2), halving the values at each
+// level: afterwards this lane holds kL >> lev sums, of tokens i = first + j, j < kL >> lev.
+__device__ __forceinline__ int halve_sum(float (&v)[kL], int lev, int lane) {
+  int first = 0;
+  if (lev >= 1) {  // channel bit 0 = lane bit 3
+    const bool hi = lane & 8;
+    halve_step<kL / 2>(v, hi, 8);
+    first = hi ? kL / 2 : 0;
+  }
+  if (lev >= 2) {  // channel bit 1 = lane bit 4
+    const bool hi = lane & 16;
+    halve_step<kL / 4>(v, hi, 16);
+    first += hi ? kL / 4 : 0;
+  }
+  return first;
+}
+
+__device__ __forceinline__ int partial_index(int slot, int t, int nn) {
+  return slot * kPStride + t * kFlush + nn + t / kL;
+}
+
+// Writes the sums this lane holds after halve_sum to the partials of state nn.
+__device__ __forceinline__ void put_partials(float* part, const float (&v)[kL], int lev, int first,
+                                             int slot, int p, int nn) {
+#pragma unroll
+  for (int j = 0; j < kL; ++j)
+    if (j < (kL >> lev)) part[partial_index(slot, p * kL + first + j, nn)] = v[j];
+}
+
+// Adds the partials of states [n0, n0 + kFlush) over the slots of each unit of `unit` channels and
+// stores dB (or dC) rows: to dst when a unit is a whole group, else to part_out (group sums later).
+template <class T>
+__device__ __forceinline__ void flush_partials(const float* part, int lev, int unit, int ncv,
+                                               int valid, int64_t row0, int64_t c0, int n0,
+                                               T* dst, float* part_out, int64_t stride,
+                                               int64_t channels, bool accumulate, int ct, int tid,
+                                               int threads) {
+  const int units = ct / unit, spu = unit >> lev;
+  for (int idx = tid; idx < units * kT * kFlush; idx += threads) {
+    const int nn = idx % kFlush, t = idx / kFlush % kT, u = idx / (kFlush * kT);
+    if (t >= valid || u * unit >= ncv) continue;
+    float acc = 0.f;
+    for (int s = 0; s < spu; ++s) acc += part[partial_index(u * spu + s, t, nn)];
+    const int64_t row = row0 + t, unit_g = (c0 + int64_t(u) * unit) / unit;
+    if (part_out == nullptr) put(dst + row * stride + unit_g * kN + n0 + nn, acc, accumulate);
+    else part_out[(row * (channels / unit) + unit_g) * kN + n0 + nn] = acc;
+  }
+}
+
 }  // namespace scan_detail
 
-// grid (tiles, batch), ct * 4 threads, layout(ct, nbg, ncg, true).bytes of shared memory.
+// grid (tiles, batch), ct * kP threads, layout(a, true).bytes of shared memory.
 // dB (and likewise dC) per token and state is a sum over units of unit_b consecutive channels of a
 // tile: with unit_b == gb the sum goes to dB (=|+=); else to dB_part[(row * channels / unit_b +
 // unit) * 16 + n] for the group-sum kernel.
-template <class T, bool ASYNC>
-__global__ void __launch_bounds__(scan_detail::kMaxCt* scan_detail::kLanes, scan_detail::kBwdBlocks)
+template <class T, int CT, bool ASYNC>
+__global__ void __launch_bounds__(CT* scan_detail::kP, 48 / CT)
     selective_scan_backward_kernel(const scan_detail::Grads<T> o,
                                    const float* __restrict__ chunk_states,
                                    const scan_detail::Args<T> a) {
   using namespace scan_detail;
   extern __shared__ __align__(16) unsigned char scan_bwd_smem[];
-  const int ct = a.ct, threads = ct * kLanes;
-  const int tid = int(threadIdx.x), cl = tid >> 2, q = tid & 3;
+  constexpr int ct = CT, threads = ct * kP;
+  const int tid = int(threadIdx.x), lane = tid & 31, p = tid & (kP - 1), cl = tid / kP;
   const int64_t b = blockIdx.y, c0 = int64_t(blockIdx.x) * ct, c = c0 + cl;
   const bool cvalid = c < a.channels;
   const int ncv = int(std::min<int64_t>(ct, a.channels - c0));
-  const Layout l = layout<T>(ct, a.nbg, a.ncg, true);
+  const Layout l = layout(a, true);
   T* raw0 = reinterpret_cast<T*>(scan_bwd_smem);
   float* f = reinterpret_cast<float*>(scan_bwd_smem + l.f32);
-  float *sdt = f + l.a0, *sdtu = f + l.a1, *sdy = f + l.a2, *sd = f + l.sd, *sbias = f + l.sbias;
-  float4* sh = reinterpret_cast<float4*>(f + l.sh);  // [kR][threads]: h after each step
-  float4* sg = reinterpret_cast<float4*>(f + l.sg);  // [kR][threads]: G
+  float *fdt = f + l.dt, *fdtu = f + l.du, *fdy = f + l.dy, *fb = f + l.fb, *fc = f + l.fc;
+  float *pb = f + l.pb, *pc = f + l.pc, *fs1 = f + l.s1, *fs4 = f + l.s4, *fyss = f + l.yss;
+  float *sd = f + l.sd, *sbias = f + l.sbias, *sa2 = f + l.a2, *sdA = f + l.sdA, *sKc = f + l.skc;
   const bool has_z = a.z != nullptr, need_dz = has_z && o.dz != nullptr;
-  const int jb = cvalid ? int(c / a.gb - c0 / a.gb) : 0;
-  const int jc = cvalid ? int(c / a.gc - c0 / a.gc) : 0;
+  const bool want_b = o.dB != nullptr || o.dB_part != nullptr;
+  const bool want_c = o.dC != nullptr || o.dC_part != nullptr;
+  const int jb = cvalid ? int(c / a.gb - c0 / a.gb) * kN : 0;
+  const int jc = cvalid ? int(c / a.gc - c0 / a.gc) * kN : 0;
   const int bw = a.nbg * kN, cw = a.ncg * kN;
+  const int slot_b = cl >> a.lev_b, slot_c = cl >> a.lev_c;
 
   load_channel_params(sd, sbias, a, c0, tid, threads);
-  float a2[4], an[4], G[4], dA[4], dcarry[4];
-#pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    an[j] = cvalid ? -expf(to_float(a.A_log[c * kN + 4 * q + j])) : 0.f;
-    a2[j] = an[j] * kLog2e;
-    G[j] = dA[j] = 0.f;
-    dcarry[j] = 1.f;
-  }
-  float dD_sum = 0.f, dbias_sum = 0.f;  // lane 0 of the channel
+  // a log2(e) per channel and state (shared memory: registers are scarce here); per lane and
+  // state the sums of dt G t1 (dA, times a at the end).
+  load_decay_rates(sa2, a, c0, ct, tid, threads);
+  // Per lane and state: the sums of dt G t1 (dA, times a at the end), and the adjoint flowing into
+  // the last token of the chunk from the next one (equal in the channel's lanes).
+  for (int n = 0; n < kN; ++n) sdA[n * threads + tid] = sKc[n * threads + tid] = 0.f;
+  float dD_sum = 0.f, dbias_sum = 0.f;  // of channel tid % ct (the copy-out's channel)
 
-  const int chunks = int((a.seq + kTC - 1) / kTC);
-  issue_chunk<T, ASYNC>(raw0 + ((chunks - 1) & 1) * l.buffer, l, a, b, c0, ncv, chunks - 1, true,
-                        has_z, true, tid, threads);
+  const int chunks = int((a.seq + kT - 1) / kT);
+  const TileColumns tc = tile_columns(a, c0, ncv);
+  issue_chunk<T, ASYNC, CT>(raw0 + ((chunks - 1) & 1) * l.buffer, l, a, tc, b, c0, ncv, chunks - 1,
+                            true, has_z, true, tid, threads);
   for (int k = chunks - 1; k >= 0; --k) {
     T* raw = raw0 + (k & 1) * l.buffer;
-    const int valid = int(std::min<int64_t>(kTC, a.seq - int64_t(k) * kTC));
-    const int64_t row0 = b * a.seq + int64_t(k) * kTC;
-    float h[4] = {0.f, 0.f, 0.f, 0.f};
-    if (cvalid) {
-      const float4 v = *reinterpret_cast<const float4*>(
-          chunk_states + ((b * chunks + k) * a.channels + c) * kN + 4 * q);
-      h[0] = v.x, h[1] = v.y, h[2] = v.z, h[3] = v.w;
-    }
+    const int valid = int(std::min<int64_t>(kT, a.seq - int64_t(k) * kT));
+    const int64_t row0 = b * a.seq + int64_t(k) * kT;
+    const float* hstart = chunk_states + ((b * chunks + k) * a.channels + (cvalid ? c : 0)) * kN;
     if constexpr (ASYNC) cp_async_wait_all();
     __syncthreads();  // chunk k in shared memory; everyone is done with chunk k + 1
     if (k > 0)
-      issue_chunk<T, ASYNC>(raw0 + ((k - 1) & 1) * l.buffer, l, a, b, c0, ncv, k - 1, true, has_z,
-                            true, tid, threads);
-    for (int i = tid; i < kTC * ct; i += threads) {
+      issue_chunk<T, ASYNC, CT>(raw0 + ((k - 1) & 1) * l.buffer, l, a, tc, b, c0, ncv, k - 1,
+                                true, has_z, true, tid, threads);
+    for (int i = tid; i < kT * ct; i += threads) {
       const int t = i / ct, j = i % ct;
       float dt = 0.f, dtu = 0.f, dy = 0.f;
       if (t < valid && j < ncv) {
@@ -456,140 +633,134 @@ __global__ void __launch_bounds__(scan_detail::kMaxCt* scan_detail::kLanes, scan
           dy *= zz * sigmoid(zz);
         }
       }
-      sdt[i] = dt, sdtu[i] = dtu, sdy[i] = dy;
+      const int e = lane_index(t & (kL - 1), j, t / kL, ct);
+      fdt[e] = dt, fdtu[e] = dtu, fdy[e] = dy;
     }
-    __syncthreads();  // dt, dt u, dy
+    columns_to_lanes(fb, raw + l.b, a.nbg, tid, threads);
+    columns_to_lanes(fc, raw + l.c, a.ncg, tid, threads);
+    __syncthreads();  // lane-major arrays
 
-    const T* Bt = raw + l.b + jb * kN + 4 * q;
-    const T* Ct = raw + l.c + jc * kN + 4 * q;
-    const int subs = (valid + kR - 1) / kR;
-    // States at the sub-chunk starts (steps past `valid` have dt = 0: no change).
-    float hb[kSub][4];
+    float dt[kL], dtu[kL], dy[kL], s1[kL], s4[kL], yss[kL], dt_sum = 0.f;
+    load_lane(fdt, cl, p, ct, dt);
+    load_lane(fdtu, cl, p, ct, dtu);
+    load_lane(fdy, cl, p, ct, dy);
 #pragma unroll
-    for (int s = 0; s < kSub; ++s) {
+    for (int i = 0; i < kL; ++i) s1[i] = s4[i] = yss[i] = 0.f, dt_sum += dt[i];
+#pragma unroll 2
+    for (int n = 0; n < kN; ++n) {
+      float bb[kL], cv[kL], dA[kL], h[kL], t1[kL];
+      const float a2 = sa2[cl * (kN + 1) + n];
+      load_lane(fb, jb + n, p, bw, bb);
+      load_lane(fc, jc + n, p, cw, cv);
+      // Forward: decays, the segment map, the state at the segment start, the 8 states.
+      float B = 0.f;
 #pragma unroll
-      for (int j = 0; j < 4; ++j) hb[s][j] = h[j];
-      if (s + 1 < subs) {
+      for (int i = 0; i < kL; ++i) {
+        dA[i] = ex2(dt[i] * a2);
+        B = fmaf(dA[i], B, dtu[i] * bb[i]);
+      }
+      const float prod = ex2(dt_sum * a2);
+      float A = prod;
+      scan_maps<true>(A, B, p);
+      const float h0 = cvalid ? hstart[n] : 0.f;
+      const float Ae = __shfl_up_sync(kFull, A, 1, kP), Be = __shfl_up_sync(kFull, B, 1, kP);
+      float hp = p == 0 ? h0 : fmaf(Ae, h0, Be);
 #pragma unroll
-        for (int i = 0; i < kR; ++i) {
-          const int t = s * kR + i;
-          const float dt = sdt[t * ct + cl], dtu = sdtu[t * ct + cl];
-          float bb[4];
-          load4(Bt + t * bw, bb);
+      for (int i = 0; i < kL; ++i) {
+        t1[i] = dA[i] * hp;
+        hp = h[i] = fmaf(dtu[i], bb[i], t1[i]);
+      }
+      // Backward: the segment map cin -> cout (G_i = dy C + cin or e^(dt a) G_(i+1); cout = e^(dt
+      // a) G_0), scanned from the last lane; Kc carries it into the previous chunk.
+      float Ar = prod, Br = 0.f;
 #pragma unroll
-          for (int j = 0; j < 4; ++j) h[j] = fmaf(ex2(dt * a2[j]), h[j], dtu * bb[j]);
-        }
+      for (int i = kL - 1; i >= 0; --i) Br = dA[i] * fmaf(dy[i], cv[i], Br);
+      scan_maps<false>(Ar, Br, p);
+      const float An = __shfl_down_sync(kFull, Ar, 1, kP), Bn = __shfl_down_sync(kFull, Br, 1, kP);
+      const float A0 = __shfl_sync(kFull, Ar, 0, kP), B0 = __shfl_sync(kFull, Br, 0, kP);
+      float& Kc = sKc[n * threads + tid];
+      float x = p == kP - 1 ? Kc : fmaf(An, Kc, Bn);
+      Kc = fmaf(A0, Kc, B0);
+      // vb = dt u G (dB before the sum over channels) takes t1's registers, vc = dy h (dC) h's.
+      float(&vb)[kL] = t1;
+      float(&vc)[kL] = h;
+      float dAn = 0.f;
+#pragma unroll
+      for (int i = kL - 1; i >= 0; --i) {
+        const float G = fmaf(dy[i], cv[i], x);
+        x = dA[i] * G;
+        const float pg = G * t1[i];
+        s1[i] = fmaf(G, bb[i], s1[i]);
+        s4[i] = fmaf(a2, pg, s4[i]);
+        dAn = fmaf(dt[i], pg, dAn);
+        yss[i] = fmaf(cv[i], h[i], yss[i]);
+        vb[i] = dtu[i] * G;
+        vc[i] = dy[i] * h[i];
+      }
+      sdA[n * threads + tid] += dAn;
+      const int nn = n % kFlush;
+      if (want_b) {
+        const int first = halve_sum(vb, a.lev_b, lane);
+        put_partials(pb, vb, a.lev_b, first, slot_b, p, nn);
+      }
+      if (want_c) {
+        const int first = halve_sum(vc, a.lev_c, lane);
+        put_partials(pc, vc, a.lev_c, first, slot_c, p, nn);
+      }
+      if (nn == kFlush - 1) {
+        __syncthreads();  // partials of kFlush states
+        if (want_b)
+          flush_partials(pb, a.lev_b, o.unit_b, ncv, valid, row0, c0, n - nn, o.dB, o.dB_part,
+                         a.bs, a.channels, o.accumulate, ct, tid, threads);
+        if (want_c)
+          flush_partials(pc, a.lev_c, o.unit_c, ncv, valid, row0, c0, n - nn, o.dC, o.dC_part,
+                         a.cs, a.channels, o.accumulate, ct, tid, threads);
+        __syncthreads();  // before the partials are rewritten (or S1, S4, C.h take their place)
       }
     }
-#pragma unroll
-    for (int s = kSub - 1; s >= 0; --s) {
-      if (s >= subs) continue;  // uniform
-      // Recompute the sub-chunk: decays in registers, states in shared memory (this lane's own
-      // entries: read back below without a barrier; the dC sums read them after one).
-      float dec[kR][4];
-#pragma unroll
-      for (int j = 0; j < 4; ++j) h[j] = hb[s][j];
-#pragma unroll
-      for (int i = 0; i < kR; ++i) {
-        const int t = s * kR + i;
-        const float dt = sdt[t * ct + cl], dtu = sdtu[t * ct + cl];
-        float bb[4];
-        load4(Bt + t * bw, bb);
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          dec[i][j] = ex2(dt * a2[j]);
-          h[j] = fmaf(dec[i][j], h[j], dtu * bb[j]);
-        }
-        sh[i * threads + tid] = make_float4(h[0], h[1], h[2], h[3]);
-        if (need_dz) {  // dz = dout (C.h + D u) silu'(z)
-          float cc[4];
-          load4(Ct + t * cw, cc);
-          float p = 0.f;
-#pragma unroll
-          for (int j = 0; j < 4; ++j) p = fmaf(cc[j], h[j], p);
-          p += __shfl_xor_sync(0xffffffffu, p, 1);
-          p += __shfl_xor_sync(0xffffffffu, p, 2);
-          if (q == 0 && cvalid && t < valid) {
-            const int e = t * ct + cl;
-            const float zz = to_float(raw[l.z + e]), sz = sigmoid(zz);
-            const float ssm = p + sd[cl] * to_float(raw[l.u + e]);
-            put(o.dz + (row0 + t) * a.zs + c,
-                to_float(raw[l.g + e]) * ssm * sz * (1.f + zz * (1.f - sz)), o.accumulate);
-          }
-        }
+    store_lane(fs1, cl, p, ct, s1);
+    store_lane(fs4, cl, p, ct, s4);
+    store_lane(fyss, cl, p, ct, yss);
+    __syncthreads();  // S1, S4, C.h
+    for (int i = tid; i < kT * ct; i += threads) {
+      const int t = i / ct, j = i % ct;
+      if (t >= valid || j >= ncv) continue;
+      const int e = lane_index(t & (kL - 1), j, t / kL, ct);
+      const float u = to_float(raw[l.u + i]), dy1 = fdy[e], S1 = fs1[e];
+      const float draw = fmaf(u, S1, fs4[e] * (1.f / kLog2e)) *
+                         sigmoid(to_float(raw[l.dl + i]) + sbias[j]);  // d(delta)
+      const int64_t row = row0 + t, cc = c0 + j;
+      if (o.du != nullptr) put(o.du + row * a.us + cc, fmaf(sd[j], dy1, fdt[e] * S1), o.accumulate);
+      if (o.ddelta != nullptr) put(o.ddelta + row * a.ds + cc, draw, o.accumulate);
+      if (need_dz) {  // dz = dout (C.h + D u) silu'(z)
+        const float zz = to_float(raw[l.z + i]), sz = sigmoid(zz);
+        put(o.dz + row * a.zs + cc,
+            to_float(raw[l.g + i]) * fmaf(sd[j], u, fyss[e]) * sz * (1.f + zz * (1.f - sz)),
+            o.accumulate);
       }
-      // Walk the sub-chunk backwards.
-#pragma unroll
-      for (int i = kR - 1; i >= 0; --i) {
-        const int t = s * kR + i, e = t * ct + cl;
-        const float dy = sdy[e], dt = sdt[e], dtu = sdtu[e];
-        float bb[4], cc[4];
-        load4(Bt + t * bw, bb);
-        load4(Ct + t * cw, cc);
-        const float4 hv = sh[i * threads + tid];
-        const float hr[4] = {hv.x, hv.y, hv.z, hv.w};
-        float s1 = 0.f, s4 = 0.f;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const float dn = i == kR - 1 ? dcarry[j] : dec[i + 1][j];
-          G[j] = fmaf(G[j], dn, dy * cc[j]);
-          const float t1 = fmaf(-dtu, bb[j], hr[j]);
-          const float pg = G[j] * t1;
-          s1 = fmaf(G[j], bb[j], s1);
-          s4 = fmaf(an[j], pg, s4);
-          dA[j] = fmaf(dt, pg, dA[j]);
-        }
-        sg[i * threads + tid] = make_float4(G[0], G[1], G[2], G[3]);
-        s1 += __shfl_xor_sync(0xffffffffu, s1, 1);
-        s4 += __shfl_xor_sync(0xffffffffu, s4, 1);
-        s1 += __shfl_xor_sync(0xffffffffu, s1, 2);
-        s4 += __shfl_xor_sync(0xffffffffu, s4, 2);
-        if (q == 0 && cvalid && t < valid) {
-          const float u = to_float(raw[l.u + e]);
-          const float draw =
-              (u * s1 + s4) * sigmoid(to_float(raw[l.dl + e]) + sbias[cl]);  // d(delta)
-          if (o.du != nullptr) put(o.du + (row0 + t) * a.us + c, sd[cl] * dy + dt * s1, o.accumulate);
-          if (o.ddelta != nullptr) put(o.ddelta + (row0 + t) * a.ds + c, draw, o.accumulate);
-          dD_sum = fmaf(dy, u, dD_sum);
-          dbias_sum += draw;
-        }
-      }
-#pragma unroll
-      for (int j = 0; j < 4; ++j) dcarry[j] = dec[0][j];
-      __syncthreads();  // sh, sg of the sub-chunk
-
-      // dC = sum over a unit's channels of dy h; dB = sum of dt u G.
-      const int nuc = o.dC != nullptr || o.dC_part != nullptr ? ct / o.unit_c : 0;
-      const int nub = o.dB != nullptr || o.dB_part != nullptr ? ct / o.unit_b : 0;
-      const float* shf = reinterpret_cast<const float*>(sh);
-      const float* sgf = reinterpret_cast<const float*>(sg);
-      for (int idx = tid; idx < kR * (nuc + nub) * kN; idx += threads) {
-        const int n = idx % kN, rest = idx / kN, unit = rest % (nuc + nub), i = rest / (nuc + nub);
-        const int t = s * kR + i;
-        const bool is_c = unit < nuc;
-        const int size = is_c ? o.unit_c : o.unit_b, first = (is_c ? unit : unit - nuc) * size;
-        if (t >= valid || first >= ncv) continue;
-        const float* vals = (is_c ? shf : sgf) + i * threads * 4 + n;  // + lc * 16
-        const float* scale = (is_c ? sdy : sdtu) + t * ct;
-        float acc = 0.f;
-        for (int m = first; m < first + size; ++m) acc = fmaf(vals[m * kN], scale[m], acc);
-        const int64_t row = row0 + t, unit_g = (c0 + first) / size;
-        if (is_c) {
-          if (o.dC_part == nullptr) put(o.dC + row * a.cs + unit_g * kN + n, acc, o.accumulate);
-          else o.dC_part[(row * (a.channels / size) + unit_g) * kN + n] = acc;
-        } else {
-          if (o.dB_part == nullptr) put(o.dB + row * a.bs + unit_g * kN + n, acc, o.accumulate);
-          else o.dB_part[(row * (a.channels / size) + unit_g) * kN + n] = acc;
-        }
-      }
-      __syncthreads();  // before sh, sg are rewritten
+      dD_sum = fmaf(dy1, u, dD_sum);
+      dbias_sum += draw;
     }
   }
-  if (o.params != nullptr && cvalid) {
-    float* p = o.params + (b * a.channels + c) * kParams;
+  if (o.params == nullptr) return;  // uniform
+  // dA_log = a sum(dt G t1): over the channel's lanes by a butterfly; lane p stores states 2p, 2p+1.
+  float* prm = o.params + (b * a.channels + c) * kParams;
 #pragma unroll
-    for (int j = 0; j < 4; ++j) p[4 * q + j] = dA[j] * an[j];
-    if (q == 0) p[kN] = dD_sum, p[kN + 1] = a.bias_scale * dbias_sum;
+  for (int n = 0; n < kN; ++n) {
+    float v = sdA[n * threads + tid];
+#pragma unroll
+    for (int d = 1; d < kP; d *= 2) v += __shfl_xor_sync(kFull, v, d, kP);
+    if (cvalid && n / 2 == p) prm[n] = v * sa2[cl * (kN + 1) + n] * (1.f / kLog2e);
+  }
+  // dD and ddelta_bias: the copy-out's kP partials per channel, in order.
+  __syncthreads();  // the lane-major arrays are free
+  fdt[tid] = dD_sum, fdtu[tid] = dbias_sum;
+  __syncthreads();
+  if (tid < ncv) {
+    float sD = 0.f, sb = 0.f;
+    for (int m = 0; m < kP; ++m) sD += fdt[tid + m * ct], sb += fdtu[tid + m * ct];
+    float* q = o.params + (b * a.channels + c0 + tid) * kParams;
+    q[kN] = sD, q[kN + 1] = a.bias_scale * sb;
   }
 }
 
@@ -663,13 +834,19 @@ Args<T> make_args(const T* u, const T* delta, const T* delta_bias, const T* A_lo
 }
 
 // Picks the tile (16 channels, or 8 when the tiles' B / C rows would not fit) and its layout.
+// Shuffle levels of the backward's dB / dC sums: the warp's channels cl with equal cl >> lev are
+// in one unit of `unit` channels.
+inline int shuffle_levels(int unit) { return unit % 4 == 0 ? 2 : unit % 2 == 0 ? 1 : 0; }
+
 template <class T>
 Layout choose_tile(Args<T>& a, bool backward) {
   for (int ct : {16, 8}) {
     a.ct = ct;
     a.nbg = groups_per_tile(a.channels, a.gb, ct);
     a.ncg = groups_per_tile(a.channels, a.gc, ct);
-    const Layout l = layout<T>(ct, a.nbg, a.ncg, backward);
+    a.lev_b = shuffle_levels(int(std::gcd<int64_t>(ct, a.gb)));
+    a.lev_c = shuffle_levels(int(std::gcd<int64_t>(ct, a.gc)));
+    const Layout l = layout(a, backward);
     if (size_t(l.bytes) <= kMaxSmem) return l;
   }
   MIL_FAIL("selective_scan (CUDA): tiles exceed shared memory");  // unreachable: 8 groups at most
@@ -698,7 +875,7 @@ void launch_forward(T* y, float* chunk_states, Args<T> a, const SelectiveStates&
                     cudaStream_t stream) {
   const Layout l = choose_tile(a, false);
   const dim3 grid(unsigned((a.channels + a.ct - 1) / a.ct), unsigned(a.batch));
-  const unsigned threads = unsigned(a.ct * kLanes);
+  const unsigned threads = unsigned(a.ct * kP);
   const bool async = can_copy_async(a, chunk_states == nullptr, false);
   auto go = [&](auto kernel) {
     allow_smem(kernel, l.bytes);
@@ -706,13 +883,18 @@ void launch_forward(T* y, float* chunk_states, Args<T> a, const SelectiveStates&
                                                          states.slots, states.n_slots);
     MIL_CUDA_CHECK_LAUNCH("selective_scan_forward_kernel");
   };
-  if (chunk_states != nullptr) {
-    if (async) go(selective_scan_forward_kernel<T, true, true>);
-    else go(selective_scan_forward_kernel<T, false, true>);
-  } else {
-    if (async) go(selective_scan_forward_kernel<T, true, false>);
-    else go(selective_scan_forward_kernel<T, false, false>);
-  }
+  auto pick = [&](auto ct) {
+    constexpr int CT = decltype(ct)::value;
+    if (chunk_states != nullptr) {
+      if (async) go(selective_scan_forward_kernel<T, CT, true, true>);
+      else go(selective_scan_forward_kernel<T, CT, false, true>);
+    } else {
+      if (async) go(selective_scan_forward_kernel<T, CT, true, false>);
+      else go(selective_scan_forward_kernel<T, CT, false, false>);
+    }
+  };
+  if (a.ct == 16) pick(std::integral_constant<int, 16>{});
+  else pick(std::integral_constant<int, 8>{});
 }
 
 }  // namespace scan_detail
@@ -731,7 +913,7 @@ void selective_scan_forward(T* y, const T* u, const T* delta, const T* delta_bia
   if (s.batch == 0 || s.seq == 0) return;
   const Args<T> a = make_args(u, delta, delta_bias, A_log, B, C, D, z, static_cast<const T*>(nullptr), s);
   if (s.seq == 1) {
-    const int64_t threads = s.batch * s.channels * kLanes;
+    const int64_t threads = s.batch * s.channels * kStepLanes;
     selective_scan_step_kernel<T><<<unsigned((threads + 255) / 256), 256, 0, stream>>>(
         y, a, states.data, states.slots, states.n_slots);
     MIL_CUDA_CHECK_LAUNCH("selective_scan_step_kernel");
@@ -769,7 +951,7 @@ void selective_scan_backward(const SelectiveScanGrads<T>& gr, const T* dout, con
   Args<T> a = make_args(u, delta, delta_bias, A_log, B, C, D, z, dout, s);
 
   // 1. Chunk-start states.
-  const int64_t chunks = (s.seq + kTC - 1) / kTC;
+  const int64_t chunks = (s.seq + kT - 1) / kT;
   auto chunk_states = Tensor<float, Cuda>::empty(Shape{s.batch * chunks * s.channels * kN});
   launch_forward<T>(nullptr, chunk_states.data(), a, SelectiveStates{}, stream);
 
@@ -795,14 +977,20 @@ void selective_scan_backward(const SelectiveScanGrads<T>& gr, const T* dout, con
     o.params = params.data();
   }
   const dim3 grid(unsigned((a.channels + a.ct - 1) / a.ct), unsigned(a.batch));
-  const unsigned threads = unsigned(a.ct * kLanes);
+  const unsigned threads = unsigned(a.ct * kP);
   auto go = [&](auto kernel) {
     allow_smem(kernel, l.bytes);
     kernel<<<grid, threads, size_t(l.bytes), stream>>>(o, chunk_states.data(), a);
     MIL_CUDA_CHECK_LAUNCH("selective_scan_backward_kernel");
   };
-  if (can_copy_async(a, true, true)) go(selective_scan_backward_kernel<T, true>);
-  else go(selective_scan_backward_kernel<T, false>);
+  const bool async = can_copy_async(a, true, true);
+  if (a.ct == 16) {
+    if (async) go(selective_scan_backward_kernel<T, 16, true>);
+    else go(selective_scan_backward_kernel<T, 16, false>);
+  } else {
+    if (async) go(selective_scan_backward_kernel<T, 8, true>);
+    else go(selective_scan_backward_kernel<T, 8, false>);
+  }
 
   // 3. Group sums of partials, parameter sums over the batch.
   auto grid_for = [](int64_t n) {
