@@ -14,11 +14,14 @@
 // shuffles.
 // Memory: u, delta, z (and dout) and the B and C rows of the groups the tile touches are copied
 // into shared memory (cp.async, double-buffered, when sizes and pointers allow 16-byte copies;
-// plain loads otherwise); a pre-pass computes dt = softplus(delta + bias_scale bias) once per
-// (token, channel) and lays dt, dt u and the B / C columns out "lane-major" in fp32 (rows of
-// 8 lanes x 4 tokens + 4 floats of padding), so that the main loop reads 8 tokens with two
-// conflict-free 16-byte loads, and the pre-pass writes them with at most 2-way conflicts.
-// Forward: y = (C.h + D u) silu(z) is collected per lane, staged lane-major and stored coalesced.
+// plain loads otherwise), with 16 bytes of padding every 8 rows so that the 8 lanes of a channel
+// read their own tokens from distinct banks. Each lane converts its tokens of the B / C columns
+// to a "lane-major" fp32 layout (rows of 8 lanes x 4 tokens + 4 floats of padding): the state
+// loop then reads 8 tokens of a column with two conflict-free 16-byte loads.
+// Forward: each lane computes dt = softplus(delta + bias_scale bias) and dt u of its 8 tokens in
+// registers, and writes y = (C.h + D u) silu(z) in place of u; the tile is then stored coalesced.
+// The backward likewise computes dt, dt u and dy per lane, and stages du, d(delta) and dz
+// lane-major for coalesced stores.
 // With states: the chunk-start state of the first chunk is read from and the final one written to
 // the slot.
 // Decode (seq = 1): one kernel, four lanes per (batch row, channel), no shared memory.
@@ -146,7 +149,22 @@ __device__ __forceinline__ void store_state(float* dst, const float* h, int p) {
     for (int j = 0; j < 4; ++j) dst[4 * p + j] = h[4 * p + j];
 }
 
-// dst[kT][COLS] (row pitch `pitch`) <- rows r < valid_rows, columns < valid_cols of src (row r at
+// Raw tiles [kT tokens][width] have 16 bytes of padding after every kL rows, so that the lanes of a
+// channel (8 rows apart each) read their own tokens from distinct banks.
+template <class T>
+MIL_HOST_DEVICE constexpr int raw_pad() {
+  return 16 / int(sizeof(T));
+}
+template <class T>
+MIL_HOST_DEVICE constexpr int raw_at(int t, int col, int width) {
+  return t * width + t / kL * raw_pad<T>() + col;
+}
+template <class T>
+MIL_HOST_DEVICE constexpr int raw_size(int width) {
+  return kT * width + kP * raw_pad<T>();
+}
+
+// dst[kT][COLS] (row pitch `pitch`, padded) <- rows r < valid_rows, columns < valid_cols of src (row r at
 // src + r * stride); the rest zeros. ASYNC: 16-byte cp.async pieces (COLS, valid_cols, stride and
 // the pointers allow them); else element by element. COLS is a compile-time width: no divisions.
 template <class T, bool ASYNC, int COLS>
@@ -157,12 +175,13 @@ __device__ __forceinline__ void load_tile(T* dst, int pitch, const T* src, int64
     for (int i = tid; i < kT * pieces; i += threads) {
       const int r = i / pieces, q = i % pieces;
       const bool ok = r < valid_rows && q * V < valid_cols;
-      cp_async16(dst + r * pitch + q * V, ok ? src + r * stride + q * V : src, ok);
+      cp_async16(dst + raw_at<T>(r, q * V, pitch), ok ? src + r * stride + q * V : src, ok);
     }
   } else {
     for (int i = tid; i < kT * COLS; i += threads) {
       const int r = i / COLS, c = i % COLS;
-      dst[r * pitch + c] = r < valid_rows && c < valid_cols ? src[r * stride + c] : from_float<T>(0.f);
+      dst[raw_at<T>(r, c, pitch)] =
+          r < valid_rows && c < valid_cols ? src[r * stride + c] : from_float<T>(0.f);
     }
   }
 }
@@ -191,26 +210,26 @@ __device__ __forceinline__ TileColumns tile_columns(const Args<T>& a, int64_t c0
   return {gb0 * kN, gc0 * kN, int(last / a.gb - gb0 + 1) * kN, int(last / a.gc - gc0 + 1) * kN};
 }
 
-// Raw tiles per buffer (T elements): u, delta, z, dout [kT][ct], B [kT][nbg * 16], C [kT][ncg * 16];
-// two buffers. Then fp32, lane-major: dt, dt u (and dy) [ct rows]; D and the scaled bias [ct];
-// B and C columns; the forward's y; the backward's dB / dC partials [slots][kPStride], whose
-// region S1, S4 and C.h reuse after the state loop.
+// Raw tiles per buffer (T elements, padded rows, raw_at): u, delta, z, dout [kT][ct], B [kT][nbg *
+// 16], C [kT][ncg * 16]; two buffers. Then fp32: a log2(e) [ct][17]; the forward's chunk-start
+// states [ct][17], or the backward's dA sums and adjoint carries [ct][17]; lane-major B and C
+// columns; the backward's dB / dC partials [slots][kPStride], whose region the lane-major du,
+// d(delta) and dz reuse after the state loop.
 struct Layout {
   int u, dl, z, g, b, c, buffer;   // offsets / size in T elements
   int f32;                         // byte offset of the fp32 part
-  int dt, du, dy, sd, sbias, a2, hc, sdA, skc, fb, fc, y, pb, pc, s1, s4, yss;  // float offsets
+  int a2, hc, sdA, skc, fb, fc, pb, pc, s1, s4, yss;  // float offsets in the fp32 part
   int bytes;
 };
 template <class T>
 MIL_HOST_DEVICE inline Layout layout(int ct, int nbg, int ncg, int lev_b, int lev_c,
                                      bool backward) {
   Layout l{};
-  const int tile = kT * ct;
+  const int tile = raw_size<T>(ct);  // a multiple of 16 bytes, like every raw tile
   l.u = 0, l.dl = tile, l.z = 2 * tile, l.g = 3 * tile;
   l.b = (backward ? 4 : 3) * tile;
-  l.c = l.b + kT * nbg * kN;
-  l.buffer = l.c + kT * ncg * kN;
-  l.buffer = (l.buffer * int(sizeof(T)) + 15) / 16 * 16 / int(sizeof(T));
+  l.c = l.b + raw_size<T>(nbg * kN);
+  l.buffer = l.c + raw_size<T>(ncg * kN);
   l.f32 = 2 * l.buffer * int(sizeof(T));
   auto lanes = [](int rows) { return 2 * rows * kRow; };  // floats of a lane-major array
   int n = 0;
@@ -219,11 +238,8 @@ MIL_HOST_DEVICE inline Layout layout(int ct, int nbg, int ncg, int lev_b, int le
     n += (floats + 3) / 4 * 4;
     return at;
   };
-  l.dt = take(lanes(ct)), l.du = take(lanes(ct));
-  if (backward) l.dy = take(lanes(ct));
-  l.sd = take(ct), l.sbias = take(ct);
   l.a2 = take(ct * (kN + 1));
-  if (backward) l.sdA = take(kN * ct * kP), l.skc = take(kN * ct * kP);
+  if (backward) l.sdA = take(ct * (kN + 1)), l.skc = take(ct * (kN + 1));
   else l.hc = take(ct * (kN + 1));
   const int shared_at = n;  // B / C columns, then y or the partials
   l.fb = take(lanes(nbg * kN)), l.fc = take(lanes(ncg * kN));
@@ -233,8 +249,6 @@ MIL_HOST_DEVICE inline Layout layout(int ct, int nbg, int ncg, int lev_b, int le
     n = shared_at;
     l.s1 = take(lanes(ct)), l.s4 = take(lanes(ct)), l.yss = take(lanes(ct));
     n = std::max(n, end);
-  } else {
-    l.y = take(lanes(ct));
   }
   l.bytes = l.f32 + n * 4;
   return l;
@@ -282,18 +296,6 @@ __device__ __forceinline__ void issue_chunk(T* raw, const Layout& l, const Args<
   if constexpr (ASYNC) cp_async_commit();
 }
 
-// Per-channel D and bias_scale * delta_bias of the tile into shared memory.
-template <class T>
-__device__ __forceinline__ void load_channel_params(float* sd, float* sbias, const Args<T>& a,
-                                                    int64_t c0, int tid, int threads) {
-  for (int i = tid; i < a.ct; i += threads) {
-    const int64_t c = c0 + i;
-    const bool ok = c < a.channels;
-    sd[i] = ok && a.D != nullptr ? to_float(a.D[c]) : 0.f;
-    sbias[i] = ok && a.delta_bias != nullptr ? a.bias_scale * to_float(a.delta_bias[c]) : 0.f;
-  }
-}
-
 // a log2(e) of the tile's channels: [ct][kN + 1] (padded: the channels of a warp read distinct
 // banks).
 template <class T>
@@ -307,16 +309,18 @@ __device__ __forceinline__ void load_decay_rates(float* sa2, const Args<T>& a, i
 }
 
 // A raw [kT][groups * 16] tile of B or C columns (zeros past the valid tokens) -> fp32 lane-major
-// columns (a loop per group of 16 columns: no divisions).
-template <class T>
-__device__ __forceinline__ void columns_to_lanes(float* dst, const T* raw, int groups, int tid,
-                                                 int threads) {
+// columns: lane p of channel cl converts its own 8 tokens of columns cl, cl + ct, ...
+template <class T, int CT>
+__device__ __forceinline__ void columns_to_lanes(float* dst, const T* raw, int groups, int cl,
+                                                 int p) {
   const int cols = groups * kN;
-  for (int g = 0; g < groups; ++g)
-    for (int i = tid; i < kT * kN; i += threads) {
-      const int t = i / kN, col = g * kN + i % kN;
-      dst[lane_index(t % kL, col, t / kL, cols)] = to_float(raw[t * cols + col]);
-    }
+  for (int col = cl; col < cols; col += CT) {
+    const T* src = raw + raw_at<T>(kL * p, col, cols);  // token 8p + i at src[i * cols]
+    float v[kL];
+#pragma unroll
+    for (int i = 0; i < kL; ++i) v[i] = to_float(src[i * cols]);
+    store_lane(dst, col, p, cols, v);
+  }
 }
 
 }  // namespace scan_detail
@@ -341,14 +345,17 @@ __global__ void __launch_bounds__(CT* scan_detail::kP, 80 / CT)
   const Layout l = layout(a, false);
   T* raw0 = reinterpret_cast<T*>(scan_fwd_smem);
   float* f = reinterpret_cast<float*>(scan_fwd_smem + l.f32);
-  float *fdt = f + l.dt, *fdu = f + l.du, *fy = f + l.y, *fb = f + l.fb, *fc = f + l.fc;
-  float *sd = f + l.sd, *sbias = f + l.sbias, *sa2 = f + l.a2, *shc = f + l.hc;
+  float *fb = f + l.fb, *fc = f + l.fc, *sa2 = f + l.a2, *shc = f + l.hc;
   const bool need_z = !CHUNKS && a.z != nullptr;
   const int jb = cvalid ? int(c / a.gb - c0 / a.gb) * kN : 0;  // first B / C column of the channel
   const int jc = cvalid ? int(c / a.gc - c0 / a.gc) * kN : 0;
   const int bw = a.nbg * kN, cw = a.ncg * kN;
+  // The lane's own tokens 8p + i of its channel in a raw [kT][ct] tile: at own + i * ct.
+  const int own = raw_at<T>(kL * p, cl, ct);
+  const float bias =
+      cvalid && a.delta_bias != nullptr ? a.bias_scale * to_float(a.delta_bias[c]) : 0.f;
+  const float d_skip = cvalid && a.D != nullptr ? to_float(a.D[c]) : 0.f;
 
-  load_channel_params(sd, sbias, a, c0, tid, threads);
   load_decay_rates(sa2, a, c0, ct, tid, threads);
   float* st = nullptr;
   if (!CHUNKS && states != nullptr && cvalid) {
@@ -372,28 +379,21 @@ __global__ void __launch_bounds__(CT* scan_detail::kP, 80 / CT)
     if (k + 1 < chunks)
       issue_chunk<T, ASYNC, CT>(raw0 + ((k + 1) & 1) * l.buffer, l, a, tc, b, c0, ncv, k + 1,
                                 !CHUNKS, need_z, false, tid, threads);
-    // Pre-pass: dt and dt u (zero past the valid tokens and channels), B and C columns.
-    for (int i = tid; i < kT * ct; i += threads) {
-      const int t = i / ct, j = i % ct;
-      float dt = 0.f, du = 0.f;
-      if (t < valid && j < ncv) {
-        dt = softplus(to_float(raw[l.dl + i]) + sbias[j]);
-        du = dt * to_float(raw[l.u + i]);
-      }
-      const int e = lane_index(t & (kL - 1), j, t / kL, ct);
-      fdt[e] = dt, fdu[e] = du;
-    }
-    columns_to_lanes(fb, raw + l.b, a.nbg, tid, threads);
-    if (!CHUNKS) columns_to_lanes(fc, raw + l.c, a.ncg, tid, threads);
+    // B and C columns to lane-major fp32; dt and dt u of the lane's own tokens (zero past the
+    // valid tokens and channels).
+    columns_to_lanes<T, CT>(fb, raw + l.b, a.nbg, cl, p);
+    if (!CHUNKS) columns_to_lanes<T, CT>(fc, raw + l.c, a.ncg, cl, p);
     if (CHUNKS && cvalid)
       store_state(chunk_states + ((b * chunks + k) * a.channels + c) * kN, hcs, p);
-    __syncthreads();  // lane-major arrays
-
     float dt[kL], du[kL], acc[kL], dt_sum = 0.f;
-    load_lane(fdt, cl, p, ct, dt);
-    load_lane(fdu, cl, p, ct, du);
 #pragma unroll
-    for (int i = 0; i < kL; ++i) acc[i] = 0.f, dt_sum += dt[i];
+    for (int i = 0; i < kL; ++i) {
+      const bool ok = cvalid && kL * p + i < valid;
+      dt[i] = ok ? softplus(to_float(raw[l.dl + own + i * ct]) + bias) : 0.f;
+      du[i] = dt[i] * to_float(raw[l.u + own + i * ct]);
+      acc[i] = 0.f, dt_sum += dt[i];
+    }
+    __syncthreads();  // lane-major B and C
 #pragma unroll 1
     for (int n = 0; n < kN; ++n) {
       float bv[kL], dA[kL];
@@ -426,18 +426,22 @@ __global__ void __launch_bounds__(CT* scan_detail::kP, 80 / CT)
       }
     }
     if constexpr (!CHUNKS) {
-      store_lane(fy, cl, p, ct, acc);
+      // y = (C.h + D u) silu(z) of the lane's tokens, in place of u; then stored coalesced.
+#pragma unroll
+      for (int i = 0; i < kL; ++i) {
+        T* ut = raw + l.u + own + i * ct;
+        float o = fmaf(d_skip, to_float(*ut), acc[i]);
+        if (need_z) {
+          const float zz = to_float(raw[l.z + own + i * ct]);
+          o *= zz * sigmoid(zz);
+        }
+        *ut = from_float<T>(o);
+      }
       __syncthreads();  // y
       const int64_t row0 = b * a.seq + int64_t(k) * kT;
       for (int i = tid; i < kT * ct; i += threads) {
         const int t = i / ct, j = i % ct;
-        if (t >= valid || j >= ncv) continue;
-        float o = fy[lane_index(t & (kL - 1), j, t / kL, ct)] + sd[j] * to_float(raw[l.u + i]);
-        if (need_z) {
-          const float zz = to_float(raw[l.z + i]);
-          o *= zz * sigmoid(zz);
-        }
-        y[(row0 + t) * a.ys + c0 + j] = from_float<T>(o);
+        if (t < valid && j < ncv) y[(row0 + t) * a.ys + c0 + j] = raw[l.u + raw_at<T>(t, j, ct)];
       }
     }
   }
@@ -572,8 +576,10 @@ __device__ __forceinline__ void flush_partials(const float* part, int lev, int u
 // dB (and likewise dC) per token and state is a sum over units of unit_b consecutive channels of a
 // tile: with unit_b == gb the sum goes to dB (=|+=); else to dB_part[(row * channels / unit_b +
 // unit) * 16 + n] for the group-sum kernel.
+// 4 blocks of 16 channels per SM (128 registers; a few bytes spill): 15% faster at L than 3
+// blocks with 150 registers, 3% slower at S.
 template <class T, int CT, bool ASYNC>
-__global__ void __launch_bounds__(CT* scan_detail::kP, 48 / CT)
+__global__ void __launch_bounds__(CT* scan_detail::kP, 64 / CT)
     selective_scan_backward_kernel(const scan_detail::Grads<T> o,
                                    const float* __restrict__ chunk_states,
                                    const scan_detail::Args<T> a) {
@@ -587,9 +593,8 @@ __global__ void __launch_bounds__(CT* scan_detail::kP, 48 / CT)
   const Layout l = layout(a, true);
   T* raw0 = reinterpret_cast<T*>(scan_bwd_smem);
   float* f = reinterpret_cast<float*>(scan_bwd_smem + l.f32);
-  float *fdt = f + l.dt, *fdtu = f + l.du, *fdy = f + l.dy, *fb = f + l.fb, *fc = f + l.fc;
-  float *pb = f + l.pb, *pc = f + l.pc, *fs1 = f + l.s1, *fs4 = f + l.s4, *fyss = f + l.yss;
-  float *sd = f + l.sd, *sbias = f + l.sbias, *sa2 = f + l.a2, *sdA = f + l.sdA, *sKc = f + l.skc;
+  float *fb = f + l.fb, *fc = f + l.fc, *pb = f + l.pb, *pc = f + l.pc;
+  float *fdu = f + l.s1, *fdd = f + l.s4, *fdz = f + l.yss, *sa2 = f + l.a2;
   const bool has_z = a.z != nullptr, need_dz = has_z && o.dz != nullptr;
   const bool want_b = o.dB != nullptr || o.dB_part != nullptr;
   const bool want_c = o.dC != nullptr || o.dC_part != nullptr;
@@ -597,15 +602,20 @@ __global__ void __launch_bounds__(CT* scan_detail::kP, 48 / CT)
   const int jc = cvalid ? int(c / a.gc - c0 / a.gc) * kN : 0;
   const int bw = a.nbg * kN, cw = a.ncg * kN;
   const int slot_b = cl >> a.lev_b, slot_c = cl >> a.lev_c;
+  const int own = raw_at<T>(kL * p, cl, ct);  // the lane's token 8p + i at own + i * ct
+  const float bias =
+      cvalid && a.delta_bias != nullptr ? a.bias_scale * to_float(a.delta_bias[c]) : 0.f;
+  const float d_skip = cvalid && a.D != nullptr ? to_float(a.D[c]) : 0.f;
 
-  load_channel_params(sd, sbias, a, c0, tid, threads);
-  // a log2(e) per channel and state (shared memory: registers are scarce here); per lane and
-  // state the sums of dt G t1 (dA, times a at the end).
+  // a log2(e) per channel and state (shared memory: registers are scarce here). Per channel and
+  // state [ct][17]: the sums of dt G t1 (dA, times a at the end), and the adjoint flowing into the
+  // last token of the chunk from the next one; lane 0 of the channel updates both.
   load_decay_rates(sa2, a, c0, ct, tid, threads);
-  // Per lane and state: the sums of dt G t1 (dA, times a at the end), and the adjoint flowing into
-  // the last token of the chunk from the next one (equal in the channel's lanes).
-  for (int n = 0; n < kN; ++n) sdA[n * threads + tid] = sKc[n * threads + tid] = 0.f;
-  float dD_sum = 0.f, dbias_sum = 0.f;  // of channel tid % ct (the copy-out's channel)
+  float* dAs = f + l.sdA + cl * (kN + 1);
+  float* kcs = f + l.skc + cl * (kN + 1);
+  if (p == 0)
+    for (int n = 0; n < kN; ++n) dAs[n] = kcs[n] = 0.f;
+  float dD_sum = 0.f, dbias_sum = 0.f;  // of the lane's tokens
 
   const int chunks = int((a.seq + kT - 1) / kT);
   const TileColumns tc = tile_columns(a, c0, ncv);
@@ -621,31 +631,24 @@ __global__ void __launch_bounds__(CT* scan_detail::kP, 48 / CT)
     if (k > 0)
       issue_chunk<T, ASYNC, CT>(raw0 + ((k - 1) & 1) * l.buffer, l, a, tc, b, c0, ncv, k - 1,
                                 true, has_z, true, tid, threads);
-    for (int i = tid; i < kT * ct; i += threads) {
-      const int t = i / ct, j = i % ct;
-      float dt = 0.f, dtu = 0.f, dy = 0.f;
-      if (t < valid && j < ncv) {
-        dt = softplus(to_float(raw[l.dl + i]) + sbias[j]);
-        dtu = dt * to_float(raw[l.u + i]);
-        dy = to_float(raw[l.g + i]);
-        if (has_z) {
-          const float zz = to_float(raw[l.z + i]);
-          dy *= zz * sigmoid(zz);
-        }
-      }
-      const int e = lane_index(t & (kL - 1), j, t / kL, ct);
-      fdt[e] = dt, fdtu[e] = dtu, fdy[e] = dy;
-    }
-    columns_to_lanes(fb, raw + l.b, a.nbg, tid, threads);
-    columns_to_lanes(fc, raw + l.c, a.ncg, tid, threads);
-    __syncthreads();  // lane-major arrays
-
+    columns_to_lanes<T, CT>(fb, raw + l.b, a.nbg, cl, p);
+    columns_to_lanes<T, CT>(fc, raw + l.c, a.ncg, cl, p);
+    // dt, dt u and dy = dout silu(z) of the lane's tokens (zero past the valid ones).
     float dt[kL], dtu[kL], dy[kL], s1[kL], s4[kL], yss[kL], dt_sum = 0.f;
-    load_lane(fdt, cl, p, ct, dt);
-    load_lane(fdtu, cl, p, ct, dtu);
-    load_lane(fdy, cl, p, ct, dy);
 #pragma unroll
-    for (int i = 0; i < kL; ++i) s1[i] = s4[i] = yss[i] = 0.f, dt_sum += dt[i];
+    for (int i = 0; i < kL; ++i) {
+      const int r = own + i * ct;
+      const bool ok = cvalid && kL * p + i < valid;
+      dt[i] = ok ? softplus(to_float(raw[l.dl + r]) + bias) : 0.f;
+      dtu[i] = dt[i] * to_float(raw[l.u + r]);
+      dy[i] = ok ? to_float(raw[l.g + r]) : 0.f;
+      if (has_z) {
+        const float zz = to_float(raw[l.z + r]);
+        dy[i] *= zz * sigmoid(zz);
+      }
+      s1[i] = s4[i] = yss[i] = 0.f, dt_sum += dt[i];
+    }
+    __syncthreads();  // lane-major B and C
 #pragma unroll 2
     for (int n = 0; n < kN; ++n) {
       float bb[kL], cv[kL], dA[kL], h[kL], t1[kL];
@@ -678,9 +681,8 @@ __global__ void __launch_bounds__(CT* scan_detail::kP, 48 / CT)
       scan_maps<false>(Ar, Br, p);
       const float An = __shfl_down_sync(kFull, Ar, 1, kP), Bn = __shfl_down_sync(kFull, Br, 1, kP);
       const float A0 = __shfl_sync(kFull, Ar, 0, kP), B0 = __shfl_sync(kFull, Br, 0, kP);
-      float& Kc = sKc[n * threads + tid];
+      const float Kc = kcs[n];
       float x = p == kP - 1 ? Kc : fmaf(An, Kc, Bn);
-      Kc = fmaf(A0, Kc, B0);
       // vb = dt u G (dB before the sum over channels) takes t1's registers, vc = dy h (dC) h's.
       float(&vb)[kL] = t1;
       float(&vc)[kL] = h;
@@ -697,7 +699,10 @@ __global__ void __launch_bounds__(CT* scan_detail::kP, 48 / CT)
         vb[i] = dtu[i] * G;
         vc[i] = dy[i] * h[i];
       }
-      sdA[n * threads + tid] += dAn;
+#pragma unroll
+      for (int d = 1; d < kP; d *= 2) dAn += __shfl_xor_sync(kFull, dAn, d, kP);
+      __syncwarp();
+      if (p == 0) kcs[n] = fmaf(A0, Kc, B0), dAs[n] += dAn;
       const int nn = n % kFlush;
       if (want_b) {
         const int first = halve_sum(vb, a.lev_b, lane);
@@ -718,50 +723,49 @@ __global__ void __launch_bounds__(CT* scan_detail::kP, 48 / CT)
         __syncthreads();  // before the partials are rewritten (or S1, S4, C.h take their place)
       }
     }
-    store_lane(fs1, cl, p, ct, s1);
-    store_lane(fs4, cl, p, ct, s4);
-    store_lane(fyss, cl, p, ct, yss);
-    __syncthreads();  // S1, S4, C.h
+    // du, d(delta) and dz of the lane's tokens (in the registers of S1, S4 and C.h), staged
+    // lane-major for coalesced stores.
+#pragma unroll
+    for (int i = 0; i < kL; ++i) {
+      const int r = own + i * ct;
+      const bool ok = cvalid && kL * p + i < valid;
+      const float u = to_float(raw[l.u + r]);
+      const float draw = fmaf(u, s1[i], s4[i] * (1.f / kLog2e)) *
+                         sigmoid(to_float(raw[l.dl + r]) + bias);  // d(delta)
+      if (ok) dD_sum = fmaf(dy[i], u, dD_sum), dbias_sum += draw;
+      s1[i] = fmaf(d_skip, dy[i], dt[i] * s1[i]);  // du
+      s4[i] = draw;
+      if (need_dz) {  // dz = dout (C.h + D u) silu'(z)
+        const float zz = to_float(raw[l.z + r]), sz = sigmoid(zz);
+        yss[i] = to_float(raw[l.g + r]) * fmaf(d_skip, u, yss[i]) * sz * (1.f + zz * (1.f - sz));
+      }
+    }
+    store_lane(fdu, cl, p, ct, s1);
+    store_lane(fdd, cl, p, ct, s4);
+    store_lane(fdz, cl, p, ct, yss);
+    __syncthreads();  // du, d(delta), dz
     for (int i = tid; i < kT * ct; i += threads) {
       const int t = i / ct, j = i % ct;
       if (t >= valid || j >= ncv) continue;
       const int e = lane_index(t & (kL - 1), j, t / kL, ct);
-      const float u = to_float(raw[l.u + i]), dy1 = fdy[e], S1 = fs1[e];
-      const float draw = fmaf(u, S1, fs4[e] * (1.f / kLog2e)) *
-                         sigmoid(to_float(raw[l.dl + i]) + sbias[j]);  // d(delta)
       const int64_t row = row0 + t, cc = c0 + j;
-      if (o.du != nullptr) put(o.du + row * a.us + cc, fmaf(sd[j], dy1, fdt[e] * S1), o.accumulate);
-      if (o.ddelta != nullptr) put(o.ddelta + row * a.ds + cc, draw, o.accumulate);
-      if (need_dz) {  // dz = dout (C.h + D u) silu'(z)
-        const float zz = to_float(raw[l.z + i]), sz = sigmoid(zz);
-        put(o.dz + row * a.zs + cc,
-            to_float(raw[l.g + i]) * fmaf(sd[j], u, fyss[e]) * sz * (1.f + zz * (1.f - sz)),
-            o.accumulate);
-      }
-      dD_sum = fmaf(dy1, u, dD_sum);
-      dbias_sum += draw;
+      if (o.du != nullptr) put(o.du + row * a.us + cc, fdu[e], o.accumulate);
+      if (o.ddelta != nullptr) put(o.ddelta + row * a.ds + cc, fdd[e], o.accumulate);
+      if (need_dz) put(o.dz + row * a.zs + cc, fdz[e], o.accumulate);
     }
   }
   if (o.params == nullptr) return;  // uniform
-  // dA_log = a sum(dt G t1): over the channel's lanes by a butterfly; lane p stores states 2p, 2p+1.
+  // dA_log = a sum(dt G t1); dD and ddelta_bias summed over the channel's lanes by a butterfly.
+#pragma unroll
+  for (int d = 1; d < kP; d *= 2) {
+    dD_sum += __shfl_xor_sync(kFull, dD_sum, d, kP);
+    dbias_sum += __shfl_xor_sync(kFull, dbias_sum, d, kP);
+  }
+  __syncwarp();  // lane 0's last dA sums
+  if (!cvalid) return;
   float* prm = o.params + (b * a.channels + c) * kParams;
-#pragma unroll
-  for (int n = 0; n < kN; ++n) {
-    float v = sdA[n * threads + tid];
-#pragma unroll
-    for (int d = 1; d < kP; d *= 2) v += __shfl_xor_sync(kFull, v, d, kP);
-    if (cvalid && n / 2 == p) prm[n] = v * sa2[cl * (kN + 1) + n] * (1.f / kLog2e);
-  }
-  // dD and ddelta_bias: the copy-out's kP partials per channel, in order.
-  __syncthreads();  // the lane-major arrays are free
-  fdt[tid] = dD_sum, fdtu[tid] = dbias_sum;
-  __syncthreads();
-  if (tid < ncv) {
-    float sD = 0.f, sb = 0.f;
-    for (int m = 0; m < kP; ++m) sD += fdt[tid + m * ct], sb += fdtu[tid + m * ct];
-    float* q = o.params + (b * a.channels + c0 + tid) * kParams;
-    q[kN] = sD, q[kN + 1] = a.bias_scale * sb;
-  }
+  for (int n = 2 * p; n < 2 * p + 2; ++n) prm[n] = dAs[n] * sa2[cl * (kN + 1) + n] * (1.f / kLog2e);
+  if (p == 0) prm[kN] = dD_sum, prm[kN + 1] = a.bias_scale * dbias_sum;
 }
 
 // dst[row, g * 16 + n] (=|+=) the sum over the `per` units of group g of part[row, unit, n].
