@@ -116,13 +116,15 @@ __device__ __forceinline__ void put(T* dst, float v, bool accumulate) {
 __device__ __forceinline__ int lane_index(int i, int r, int p, int rows) {
   return ((i >> 2) * rows + r) * kRow + p * 4 + (i & 3);
 }
-__device__ __forceinline__ void load_lane(const float* arr, int r, int p, int rows, float (&v)[kL]) {
+__device__ __forceinline__ void load_lane(const float* arr, int r, int p, int rows,
+                                          float (&v)[kL]) {
   const float4 lo = *reinterpret_cast<const float4*>(arr + r * kRow + p * 4);
   const float4 hi = *reinterpret_cast<const float4*>(arr + (rows + r) * kRow + p * 4);
   v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w, v[4] = hi.x, v[5] = hi.y, v[6] = hi.z,
   v[7] = hi.w;
 }
-__device__ __forceinline__ void store_lane(float* arr, int r, int p, int rows, const float (&v)[kL]) {
+__device__ __forceinline__ void store_lane(float* arr, int r, int p, int rows,
+                                           const float (&v)[kL]) {
   *reinterpret_cast<float4*>(arr + r * kRow + p * 4) = make_float4(v[0], v[1], v[2], v[3]);
   *reinterpret_cast<float4*>(arr + (rows + r) * kRow + p * 4) = make_float4(v[4], v[5], v[6], v[7]);
 }
@@ -164,9 +166,10 @@ MIL_HOST_DEVICE constexpr int raw_size(int width) {
   return kT * width + kP * raw_pad<T>();
 }
 
-// dst[kT][COLS] (row pitch `pitch`, padded) <- rows r < valid_rows, columns < valid_cols of src (row r at
-// src + r * stride); the rest zeros. ASYNC: 16-byte cp.async pieces (COLS, valid_cols, stride and
-// the pointers allow them); else element by element. COLS is a compile-time width: no divisions.
+// dst[kT][COLS] (row pitch `pitch`, padded) <- rows r < valid_rows, columns < valid_cols of src
+// (row r at src + r * stride); the rest zeros. ASYNC: 16-byte cp.async pieces (COLS, valid_cols,
+// stride and the pointers allow them); else element by element. COLS is a compile-time width, so
+// the loop has no divisions.
 template <class T, bool ASYNC, int COLS>
 __device__ __forceinline__ void load_tile(T* dst, int pitch, const T* src, int64_t stride,
                                           int valid_rows, int valid_cols, int tid, int threads) {
@@ -195,7 +198,9 @@ struct Args {
   int64_t us, ds, bs, cs, zs, ys;
   float bias_scale;
   int ct, nbg, ncg;  // channels per block; B / C groups a tile touches at most
-  int lev_b, lev_c;  // backward: channels summed by shuffles per dB / dC value = 1 << lev
+  // Backward: a block sums dB (dC) over units of unit_b (unit_c) channels, 1 << lev_b (lev_c) of
+  // them by shuffles within a warp.
+  int unit_b, unit_c, lev_b, lev_c;
 };
 
 // What a block's tile reads of B and C (fixed for the whole sequence): the first column and the
@@ -506,7 +511,6 @@ struct Grads {
   T *du, *ddelta, *dz, *dB, *dC;  // dB / dC: written directly when the tile holds whole groups
   float *dB_part, *dC_part;       // else partials per unit of channels (see the kernel)
   float* params;                  // [batch, channels, kParams] or null
-  int unit_b, unit_c;             // channels summed per dB / dC value in a block
   bool accumulate;
 };
 
@@ -715,10 +719,10 @@ __global__ void __launch_bounds__(CT* scan_detail::kP, 64 / CT)
       if (nn == kFlush - 1) {
         __syncthreads();  // partials of kFlush states
         if (want_b)
-          flush_partials(pb, a.lev_b, o.unit_b, ncv, valid, row0, c0, n - nn, o.dB, o.dB_part,
+          flush_partials(pb, a.lev_b, a.unit_b, ncv, valid, row0, c0, n - nn, o.dB, o.dB_part,
                          a.bs, a.channels, o.accumulate, ct, tid, threads);
         if (want_c)
-          flush_partials(pc, a.lev_c, o.unit_c, ncv, valid, row0, c0, n - nn, o.dC, o.dC_part,
+          flush_partials(pc, a.lev_c, a.unit_c, ncv, valid, row0, c0, n - nn, o.dC, o.dC_part,
                          a.cs, a.channels, o.accumulate, ct, tid, threads);
         __syncthreads();  // before the partials are rewritten (or S1, S4, C.h take their place)
       }
@@ -837,19 +841,19 @@ Args<T> make_args(const T* u, const T* delta, const T* delta_bias, const T* A_lo
   return a;
 }
 
-// Picks the tile (16 channels, or 8 when the tiles' B / C rows would not fit) and its layout.
 // Shuffle levels of the backward's dB / dC sums: the warp's channels cl with equal cl >> lev are
 // in one unit of `unit` channels.
 inline int shuffle_levels(int unit) { return unit % 4 == 0 ? 2 : unit % 2 == 0 ? 1 : 0; }
 
+// Picks the tile (16 channels, or 8 when the tiles' B / C rows would not fit) and its layout.
 template <class T>
 Layout choose_tile(Args<T>& a, bool backward) {
   for (int ct : {16, 8}) {
     a.ct = ct;
     a.nbg = groups_per_tile(a.channels, a.gb, ct);
     a.ncg = groups_per_tile(a.channels, a.gc, ct);
-    a.lev_b = shuffle_levels(int(std::gcd<int64_t>(ct, a.gb)));
-    a.lev_c = shuffle_levels(int(std::gcd<int64_t>(ct, a.gc)));
+    a.unit_b = int(std::gcd<int64_t>(ct, a.gb)), a.unit_c = int(std::gcd<int64_t>(ct, a.gc));
+    a.lev_b = shuffle_levels(a.unit_b), a.lev_c = shuffle_levels(a.unit_c);
     const Layout l = layout(a, backward);
     if (size_t(l.bytes) <= kMaxSmem) return l;
   }
@@ -865,6 +869,13 @@ bool can_copy_async(const Args<T>& a, bool z, bool dout) {
   if (z && a.z != nullptr) ok = ok && aligned16(a.z) && a.zs % V == 0;
   if (dout) ok = ok && aligned16(a.dout) && a.ys % V == 0;
   return ok;
+}
+
+// Calls f(std::integral_constant<int, ct>) for the tile width the kernels are instantiated for.
+template <class F>
+void with_tile_width(int ct, F&& f) {
+  if (ct == 16) f(std::integral_constant<int, 16>{});
+  else f(std::integral_constant<int, 8>{});
 }
 
 template <class Kernel>
@@ -887,7 +898,7 @@ void launch_forward(T* y, float* chunk_states, Args<T> a, const SelectiveStates&
                                                          states.slots, states.n_slots);
     MIL_CUDA_CHECK_LAUNCH("selective_scan_forward_kernel");
   };
-  auto pick = [&](auto ct) {
+  with_tile_width(a.ct, [&](auto ct) {
     constexpr int CT = decltype(ct)::value;
     if (chunk_states != nullptr) {
       if (async) go(selective_scan_forward_kernel<T, CT, true, true>);
@@ -896,9 +907,7 @@ void launch_forward(T* y, float* chunk_states, Args<T> a, const SelectiveStates&
       if (async) go(selective_scan_forward_kernel<T, CT, true, false>);
       else go(selective_scan_forward_kernel<T, CT, false, false>);
     }
-  };
-  if (a.ct == 16) pick(std::integral_constant<int, 16>{});
-  else pick(std::integral_constant<int, 8>{});
+  });
 }
 
 }  // namespace scan_detail
@@ -964,16 +973,14 @@ void selective_scan_backward(const SelectiveScanGrads<T>& gr, const T* dout, con
   Grads<T> o{};
   o.du = gr.du, o.ddelta = gr.ddelta, o.dz = z != nullptr ? gr.dz : nullptr;
   o.dB = gr.dB, o.dC = gr.dC;
-  o.unit_b = int(std::gcd<int64_t>(a.ct, a.gb));
-  o.unit_c = int(std::gcd<int64_t>(a.ct, a.gc));
   o.accumulate = gr.accumulate_inputs;
   Tensor<float, Cuda> dB_part, dC_part, params;
-  if (gr.dB && o.unit_b != a.gb) {
-    dB_part = Tensor<float, Cuda>::empty(Shape{rows * (s.channels / o.unit_b) * kN});
+  if (gr.dB && a.unit_b != a.gb) {
+    dB_part = Tensor<float, Cuda>::empty(Shape{rows * (s.channels / a.unit_b) * kN});
     o.dB_part = dB_part.data();
   }
-  if (gr.dC && o.unit_c != a.gc) {
-    dC_part = Tensor<float, Cuda>::empty(Shape{rows * (s.channels / o.unit_c) * kN});
+  if (gr.dC && a.unit_c != a.gc) {
+    dC_part = Tensor<float, Cuda>::empty(Shape{rows * (s.channels / a.unit_c) * kN});
     o.dC_part = dC_part.data();
   }
   if (any_param) {
@@ -988,13 +995,11 @@ void selective_scan_backward(const SelectiveScanGrads<T>& gr, const T* dout, con
     MIL_CUDA_CHECK_LAUNCH("selective_scan_backward_kernel");
   };
   const bool async = can_copy_async(a, true, true);
-  if (a.ct == 16) {
-    if (async) go(selective_scan_backward_kernel<T, 16, true>);
-    else go(selective_scan_backward_kernel<T, 16, false>);
-  } else {
-    if (async) go(selective_scan_backward_kernel<T, 8, true>);
-    else go(selective_scan_backward_kernel<T, 8, false>);
-  }
+  with_tile_width(a.ct, [&](auto ct) {
+    constexpr int CT = decltype(ct)::value;
+    if (async) go(selective_scan_backward_kernel<T, CT, true>);
+    else go(selective_scan_backward_kernel<T, CT, false>);
+  });
 
   // 3. Group sums of partials, parameter sums over the batch.
   auto grid_for = [](int64_t n) {
@@ -1002,12 +1007,12 @@ void selective_scan_backward(const SelectiveScanGrads<T>& gr, const T* dout, con
   };
   if (o.dB_part != nullptr) {
     selective_scan_group_sum_kernel<T><<<grid_for(rows * s.b_groups * kN), 256, 0, stream>>>(
-        gr.dB, o.dB_part, rows, s.b_groups, a.gb / o.unit_b, s.bs(), gr.accumulate_inputs);
+        gr.dB, o.dB_part, rows, s.b_groups, a.gb / a.unit_b, s.bs(), gr.accumulate_inputs);
     MIL_CUDA_CHECK_LAUNCH("selective_scan_group_sum_kernel (dB)");
   }
   if (o.dC_part != nullptr) {
     selective_scan_group_sum_kernel<T><<<grid_for(rows * s.c_groups * kN), 256, 0, stream>>>(
-        gr.dC, o.dC_part, rows, s.c_groups, a.gc / o.unit_c, s.cs(), gr.accumulate_inputs);
+        gr.dC, o.dC_part, rows, s.c_groups, a.gc / a.unit_c, s.cs(), gr.accumulate_inputs);
     MIL_CUDA_CHECK_LAUNCH("selective_scan_group_sum_kernel (dC)");
   }
   if (any_param) {
