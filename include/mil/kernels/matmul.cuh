@@ -306,4 +306,13 @@ void matmul(const GemmShape& s, T* c, const T* a, const T* b, cudaStream_t strea
   detail::cublas_fallback_gemm(s, c, a, b, key.device, stream);
 }
 
+// The inference product of cpu::linear_rows: y = x W^T (+ y when accumulate), W [out, in].
+template <class T>
+void linear_rows(T* y, const T* x, const T* w, int64_t rows, int64_t out, int64_t in,
+                 bool accumulate, cudaStream_t stream) {
+  GemmShape s{rows, out, in, false, true};
+  s.beta = accumulate ? 1.f : 0.f;
+  matmul(s, y, x, w, stream);
+}
+
 }  // namespace mil::cuda
