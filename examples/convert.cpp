@@ -15,7 +15,7 @@
 
 #include <mil/distill/init_from_attention.hpp>
 #include <mil/nn/hybrid_checkpoint.hpp>
-#include <mil/nn/llama_load.hpp>
+#include <mil/nn/model_load.hpp>
 #include <mil/text/hf_tokenizer_writer.hpp>
 #include <mil/util/progress.hpp>
 
@@ -70,8 +70,10 @@ int main(int argc, char** argv) {
     MIL_CHECK(layers_opt->count() || layout_opt->count(),
               "say which layers keep attention: --attn-layers 1,3,5 or --layout 50%");
     util::ProgressBar progress("[mil-convert]", 4);
-    auto teacher = nn::load_llama(teacher_path);
-    const auto& tc = teacher.model.config();
+    auto teacher = nn::load_model(teacher_path);
+    MIL_CHECK(teacher.model.config().n_mamba_layers() == 0, "'", teacher_path, "' is already a ",
+              "hybrid: --teacher takes a Transformer (GGUF file or Hugging Face folder)");
+    const auto& tc = teacher.model.config().llama;
     progress.update(1, "teacher loaded");
 
     nn::HybridConfig cfg;
@@ -87,7 +89,7 @@ int main(int argc, char** argv) {
 
     nn::HybridSaveOptions save;
     save.hf.dtype = dtype;
-    nn::save_hybrid(out_dir, cfg, hybrid.params(), save);
+    nn::save_hybrid(out_dir, hybrid, save);
     progress.update(3, "weights written");
     text::save_hf_tokenizer(out_dir, teacher.tokenizer.data(), teacher.chat_template);
     progress.update(4, "tokenizer written");

@@ -8,7 +8,7 @@
 #include <iterator>
 #include <sstream>
 
-#include <mil/nn/llama.hpp>
+#include <mil/nn/hybrid.hpp>
 #include <mil/optim/adamw.hpp>
 #include <mil/optim/schedule.hpp>
 #include <mil/util/progress.hpp>
@@ -44,7 +44,7 @@ void sample_batch(const std::string& text, uint64_t seed, uint64_t step, int64_t
 }
 
 // Mean loss (nats per byte) over consecutive windows of the held-out text.
-double heldout_loss(const nn::LlamaModel<float, Cpu>& model, const std::string& text, int64_t seq) {
+double heldout_loss(const nn::HybridModel<float, Cpu>& model, const std::string& text, int64_t seq) {
   ag::Tape tape;
   ag::NoGrad no_grad(tape);
   int64_t windows = std::min<int64_t>(16, (int64_t(text.size()) - 1) / seq);
@@ -60,7 +60,7 @@ double heldout_loss(const nn::LlamaModel<float, Cpu>& model, const std::string& 
 }
 
 // Samples `n` bytes after `prompt` at temperature `temp` (no KV cache yet: recomputes the window).
-std::string sample_text(const nn::LlamaModel<float, Cpu>& model, std::string prompt, int n, float temp,
+std::string sample_text(const nn::HybridModel<float, Cpu>& model, std::string prompt, int n, float temp,
                         int64_t seq, uint64_t seed) {
   ag::Tape tape;
   ag::NoGrad no_grad(tape);
@@ -125,7 +125,7 @@ int main(int argc, char** argv) {
     cfg.n_kv_heads = cfg.n_heads % 2 == 0 ? cfg.n_heads / 2 : cfg.n_heads;  // GQA where it divides
     cfg.d_ff = 3 * d_model;
     cfg.rope_theta = 10000.f;
-    nn::LlamaModel<float, Cpu> model(cfg);
+    nn::HybridModel<float, Cpu> model(nn::all_attention(cfg));
     model.init_random(seed);
     std::printf("mil-demo: %lld-byte corpus (%zu train / %zu held out), Llama %d layers x %lld wide, "
                 "%lld heads (%lld KV), %.2fM parameters\n",

@@ -6,7 +6,7 @@
 #include <filesystem>
 
 #include <mil/nn/decoder.hpp>
-#include <mil/nn/llama_load.hpp>
+#include <mil/nn/model_load.hpp>
 
 #include "common/bench.hpp"
 
@@ -16,9 +16,9 @@ namespace {
 
 const char* kTeacher = MIL_BENCH_SOURCE_DIR "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
-const nn::LlamaModel<float, Cpu>& smollm2_cpu() {
+const nn::HybridModel<float, Cpu>& smollm2_cpu() {
   static const auto* model = [] {
-    auto* m = new nn::LlamaModel<float, Cpu>(nn::LlamaConfig::smollm2_135m());
+    auto* m = new nn::HybridModel<float, Cpu>(nn::all_attention(nn::LlamaConfig::smollm2_135m()));
     m->init_random(1);
     return m;
   }();
@@ -30,7 +30,7 @@ void BM_teacher_load(benchmark::State& state) {
     state.SkipWithError("teacher model not found (scripts/setup.sh downloads it)");
     return;
   }
-  for (auto _ : state) benchmark::DoNotOptimize(nn::load_llama_gguf(kTeacher));
+  for (auto _ : state) benchmark::DoNotOptimize(nn::load_model(kTeacher));
 }
 
 void BM_llama135m_cpu_prefill(benchmark::State& state) {
@@ -38,7 +38,7 @@ void BM_llama135m_cpu_prefill(benchmark::State& state) {
   const auto& model = smollm2_cpu();
   nn::DecoderOptions o;
   o.max_seq = len;
-  o.max_chunk = len;
+  o.max_tokens = len;
   nn::Decoder<float, Cpu> dec(model, o);
   std::vector<int32_t> prompt(static_cast<size_t>(len));
   for (int64_t i = 0; i < len; ++i) prompt[size_t(i)] = int32_t((i * 7919) % 49152);

@@ -102,7 +102,7 @@ void BM_llama135m_prefill(benchmark::State& state) {
   state.SetLabel(model_name(which));
   nn::DecoderOptions o;
   o.max_seq = len;
-  o.max_chunk = len;
+  o.max_tokens = len;
   nn::Decoder<bf16, Cuda> dec(model, o);
   const auto prompt = random_tokens(len, cfg.vocab, 3);
   dec.prefill(0, prompt);

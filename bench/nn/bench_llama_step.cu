@@ -4,7 +4,7 @@
 // plus attention, at the bf16 tensor-core peak.
 #include <benchmark/benchmark.h>
 
-#include <mil/nn/llama.hpp>
+#include <mil/nn/hybrid.hpp>
 #include <mil/optim/adamw.hpp>
 
 #include "common/bench.hpp"
@@ -21,7 +21,7 @@ void BM_llama135m_train_step(benchmark::State& state) {
   }
   const int64_t batch = state.range(0), seq = state.range(1);
   auto cfg = nn::LlamaConfig::smollm2_135m();
-  nn::LlamaModel<bf16, Cuda> model(cfg);
+  nn::HybridModel<bf16, Cuda> model(nn::all_attention(cfg));
   model.init_random(1);
   optim::AdamW<bf16, Cuda> opt(model.params(), {.weight_decay = 0.01f, .max_grad_norm = 1.0f});
   std::vector<int32_t> ids(size_t(batch * seq)), targets(ids.size());

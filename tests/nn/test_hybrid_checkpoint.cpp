@@ -65,15 +65,24 @@ nn::HybridConfig small_config(nn::MixerKind mixer, int64_t every, bool tied) {
   return c;
 }
 
-nn::ParameterStore<float, Cpu> random_store(const nn::HybridConfig& c, uint64_t seed) {
-  nn::ParameterStore<float, Cpu> w(c.parameter_specs());
-  for (int64_t i = 0; i < w.numel(); ++i)
-    w.values()[i] = rng::uniform(seed, 0, uint64_t(i), -1.f, 1.f);
-  return w;
+// A model of configuration c whose every parameter is uniform(-1, 1) (seeded).
+nn::HybridModel<float, Cpu> random_model(const nn::HybridConfig& c, uint64_t seed) {
+  nn::HybridModel<float, Cpu> m(c);
+  auto& values = m.params().values();
+  for (int64_t i = 0; i < values.numel(); ++i)
+    values[i] = rng::uniform(seed, 0, uint64_t(i), -1.f, 1.f);
+  return m;
 }
 
-const float* param(const nn::ParameterStore<float, Cpu>& w, const std::string& name) {
-  return w[name].value().data();
+const float* param(const nn::HybridModel<float, Cpu>& m, const std::string& name) {
+  return m.param(name).value().data();
+}
+
+// The model of configuration c loaded from dir.
+nn::HybridModel<float, Cpu> loaded(const fs::path& dir, const nn::HybridConfig& c) {
+  nn::HybridModel<float, Cpu> m(c);
+  nn::load_hybrid_weights(dir, m);
+  return m;
 }
 
 json read_json(const fs::path& p) {
@@ -136,22 +145,21 @@ TEST_CASE("hybrid checkpoint: save and load round trips for both mixers and layo
           CAPTURE(every);
           CAPTURE(tied);
           CAPTURE(dtype);
-          const auto w = random_store(c, 11 + every + tied);
+          const auto w = random_model(c, 11 + every + tied);
           const fs::path dir = scratch("roundtrip");
           nn::HybridSaveOptions o;
           o.hf.dtype = dtype;
-          nn::save_hybrid(dir, c, w, o);
+          nn::save_hybrid(dir, w, o);
           CHECK(nn::is_hybrid_checkpoint(dir));
           const nn::HybridConfig back = nn::hybrid_config_from_files(dir);
           check_same_config(back, c);
-          nn::ParameterStore<float, Cpu> w2(back.parameter_specs());
-          nn::load_hybrid_weights(dir, back, w2);
-          REQUIRE(w2.numel() == w.numel());
+          const auto w2 = loaded(dir, back);
+          REQUIRE(w2.params().numel() == w.params().numel());
           int64_t bad = 0;
-          for (int64_t i = 0; i < w.numel(); ++i) {
-            const float want = std::string(dtype) == "float32" ? w.values()[i]
-                                                               : float(bf16(w.values()[i]));
-            bad += std::memcmp(&want, &w2.values()[i], 4) != 0;
+          const auto& a = w.params().values();
+          for (int64_t i = 0; i < a.numel(); ++i) {
+            const float want = std::string(dtype) == "float32" ? a[i] : float(bf16(a[i]));
+            bad += std::memcmp(&want, &w2.params().values()[i], 4) != 0;
           }
           CHECK(bad == 0);
           // The tied model also stores lm_head.weight for the reference's strict loading.
@@ -163,27 +171,27 @@ TEST_CASE("hybrid checkpoint: save and load round trips for both mixers and layo
 
 TEST_CASE("hybrid checkpoint: shards and an index round trip exactly") {
   const nn::HybridConfig c = small_config(nn::MixerKind::mamba2, 2, false);
-  const auto w = random_store(c, 5);
+  const auto w = random_model(c, 5);
   const fs::path dir = scratch("shards");
   nn::HybridSaveOptions o;
   o.hf.dtype = "float32";
   o.hf.max_shard_bytes = 60'000;
-  nn::save_hybrid(dir, c, w, o);
+  nn::save_hybrid(dir, w, o);
   CHECK(fs::exists(dir / "model.safetensors.index.json"));
   CHECK_FALSE(fs::exists(dir / "model.safetensors"));
-  nn::ParameterStore<float, Cpu> w2(c.parameter_specs());
-  nn::load_hybrid_weights(dir, nn::hybrid_config_from_files(dir), w2);
-  CHECK(std::memcmp(w.values().data(), w2.values().data(), size_t(w.numel()) * 4) == 0);
+  const auto w2 = loaded(dir, nn::hybrid_config_from_files(dir));
+  CHECK(std::memcmp(w.params().values().data(), w2.params().values().data(),
+                    size_t(w.params().numel()) * 4) == 0);
   fs::remove_all(dir);
 }
 
 TEST_CASE("hybrid checkpoint: Mamba-2 tensors have the reference's names shapes and row blocks") {
   const nn::HybridConfig c = small_config(nn::MixerKind::mamba2, 2, true);
-  const auto w = random_store(c, 7);
+  const auto w = random_model(c, 7);
   const fs::path dir = scratch("names2");
   nn::HybridSaveOptions o;
   o.hf.dtype = "float32";
-  nn::save_hybrid(dir, c, w, o);
+  nn::save_hybrid(dir, w, o);
   const auto t = read_all(dir);
   std::map<std::string, std::vector<int64_t>> layer0, layer1;
   for (const auto& [name, s] : t) {
@@ -225,11 +233,11 @@ TEST_CASE("hybrid checkpoint: Mamba-2 tensors have the reference's names shapes 
 
 TEST_CASE("hybrid checkpoint: Mamba-1 projections and the doubled dt bias") {
   nn::HybridConfig c = small_config(nn::MixerKind::mamba1, 2, false);
-  const auto w = random_store(c, 9);
+  const auto w = random_model(c, 9);
   const fs::path dir = scratch("names1");
   nn::HybridSaveOptions o;
   o.hf.dtype = "float32";
-  nn::save_hybrid(dir, c, w, o);
+  nn::save_hybrid(dir, w, o);
   auto t = read_all(dir);
   std::map<std::string, std::vector<int64_t>> layer0;
   for (const auto& [name, s] : t)
@@ -263,18 +271,17 @@ TEST_CASE("hybrid checkpoint: Mamba-1 projections and the doubled dt bias") {
   // The same folder read into a model that adds the bias twice: the stored values as they are.
   nn::HybridConfig twice = c;
   twice.mamba1_double_dt_bias = true;
-  nn::ParameterStore<float, Cpu> w2(twice.parameter_specs());
-  nn::load_hybrid_weights(dir, twice, w2);
+  auto w2 = loaded(dir, twice);
   for (int i = 0; i < 64; ++i) CHECK(param(w2, "layers.0.dt_bias")[i] == bias[size_t(i)]);
 
   // reference_dt_bias = false: mil's values, marked "once".
   o.reference_dt_bias = false;
-  nn::save_hybrid(dir, c, w, o);
+  nn::save_hybrid(dir, w, o);
   t = read_all(dir);
   for (int i = 0; i < 64; ++i)
     CHECK(t.at("model.layers.0.mamba.dt_proj.bias").data[size_t(i)] == mine[i]);
   CHECK(io::SafetensorsCheckpoint::open(dir).metadata().at("mil_mamba1_dt_bias_added") == "once");
-  nn::load_hybrid_weights(dir, twice, w2);
+  w2 = loaded(dir, twice);
   for (int i = 0; i < 64; ++i) CHECK(param(w2, "layers.0.dt_bias")[i] == mine[i] / 2);
 
   // A folder as the reference writes it: no metadata key (the bias is added twice) and a
@@ -285,14 +292,13 @@ TEST_CASE("hybrid checkpoint: Mamba-1 projections and the doubled dt bias") {
   write_text(dir / "config.json", cfg.dump(2));
   const nn::HybridConfig ref = nn::hybrid_config_from_files(dir);
   CHECK(ref.mamba1_double_dt_bias);
-  nn::ParameterStore<float, Cpu> w3(ref.parameter_specs());
-  nn::load_hybrid_weights(dir, ref, w3);
+  auto w3 = loaded(dir, ref);
   for (int i = 0; i < 64; ++i) CHECK(param(w3, "layers.0.dt_bias")[i] == mine[i]);
-  nn::load_hybrid_weights(dir, c, w3);  // into a model that adds it once: doubled
+  w3 = loaded(dir, c);  // into a model that adds it once: doubled
   for (int i = 0; i < 64; ++i) CHECK(param(w3, "layers.0.dt_bias")[i] == 2 * mine[i]);
 
   rewrite(dir, t, {{"format", "pt"}, {"mil_mamba1_dt_bias_added", "thrice"}});
-  CHECK(error_of([&] { nn::load_hybrid_weights(dir, c, w3); })
+  CHECK(error_of([&] { nn::load_hybrid_weights(dir, w3); })
             .find("expected \"once\" or \"twice\"") != std::string::npos);
   fs::remove_all(dir);
 }
@@ -322,7 +328,7 @@ TEST_CASE("hybrid checkpoint: mamba_config.json has exactly the reference's fiel
   const fs::path dir = scratch("json");
   nn::HybridSaveOptions o;
   o.teacher_name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct";
-  nn::save_hybrid(dir, c2, random_store(c2, 1), o);
+  nn::save_hybrid(dir, random_model(c2, 1), o);
   const json cfg = read_json(dir / "config.json");
   CHECK(cfg.at("_name_or_path") == "HuggingFaceTB/SmolLM2-135M-Instruct");
   CHECK(cfg.at("architectures") == json::array({"LlamaForCausalLM"}));
@@ -331,7 +337,7 @@ TEST_CASE("hybrid checkpoint: mamba_config.json has exactly the reference's fiel
   CHECK(cfg.at("torch_dtype") == "bfloat16");
   CHECK_FALSE(cfg.contains("mil_mamba1_double_dt_bias"));  // Mamba-2 has no such quirk
   CHECK(read_json(dir / "mamba_config.json") == j2);
-  nn::save_hybrid(dir, c2, random_store(c2, 1), {});
+  nn::save_hybrid(dir, random_model(c2, 1), {});
   CHECK(fs::path(read_json(dir / "config.json").at("_name_or_path").get<std::string>()) ==
         fs::absolute(dir).lexically_normal());
   fs::remove_all(dir);
@@ -343,7 +349,7 @@ TEST_CASE("hybrid checkpoint: a 7-layer model with its attention layers listed o
   c.llama.n_layers = 7;
   c.attn_layers = {2, 5};
   const fs::path dir = scratch("order");
-  nn::save_hybrid(dir, c, random_store(c, 3), {});
+  nn::save_hybrid(dir, random_model(c, 3), {});
   json mj = read_json(dir / "mamba_config.json");
   mj["attn_layers"] = {5, 2};
   mj["vocab_size"] = nullptr;  // as the reference's scripts leave it
@@ -354,9 +360,9 @@ TEST_CASE("hybrid checkpoint: a 7-layer model with its attention layers listed o
 
 TEST_CASE("hybrid checkpoint: bad folders and files each give their own error") {
   const nn::HybridConfig c = small_config(nn::MixerKind::mamba2, 2, true);
-  const auto w = random_store(c, 21);
+  const auto w = random_model(c, 21);
   const fs::path dir = scratch("bad");
-  nn::save_hybrid(dir, c, w, {});
+  nn::save_hybrid(dir, w, {});
   const json good_m = read_json(dir / "mamba_config.json");
   const json good_c = read_json(dir / "config.json");
   const auto good_t = read_all(dir);
@@ -366,8 +372,8 @@ TEST_CASE("hybrid checkpoint: bad folders and files each give their own error") 
     CHECK(s.find(part) != std::string::npos);
   };
   auto config_error = [&] { return error_of([&] { nn::hybrid_config_from_files(dir); }); };
-  nn::ParameterStore<float, Cpu> w2(c.parameter_specs());
-  auto load_error = [&] { return error_of([&] { nn::load_hybrid_weights(dir, c, w2); }); };
+  nn::HybridModel<float, Cpu> w2(c);
+  auto load_error = [&] { return error_of([&] { nn::load_hybrid_weights(dir, w2); }); };
   CHECK(load_error() == "<no error>");
 
   // Missing files.
@@ -397,24 +403,17 @@ TEST_CASE("hybrid checkpoint: bad folders and files each give their own error") 
   rewrite(dir, good_t);
   nn::HybridConfig other = c;
   other.mixer = nn::MixerKind::mamba1;
-  nn::ParameterStore<float, Cpu> w1(other.parameter_specs());
-  contains(error_of([&] { nn::load_hybrid_weights(dir, other, w1); }),
+  nn::HybridModel<float, Cpu> w1(other);
+  contains(error_of([&] { nn::load_hybrid_weights(dir, w1); }),
            "is missing (the checkpoint has a Mamba-2 layer there)");
   nn::HybridConfig all_attention = c;
   all_attention.attn_layers = {0, 1, 2, 3};
-  nn::ParameterStore<float, Cpu> wa(all_attention.parameter_specs());
-  contains(error_of([&] { nn::load_hybrid_weights(dir, all_attention, wa); }),
+  nn::HybridModel<float, Cpu> wa(all_attention);
+  contains(error_of([&] { nn::load_hybrid_weights(dir, wa); }),
            "'model.layers.0.self_attn.q_proj.weight' is missing (the checkpoint has a Mamba-2");
-  contains(error_of([&] { nn::load_hybrid_weights(dir, other, w2); }),
-           "load_hybrid_weights: the parameter store has 38 parameters, the hybrid config 40");
-  nn::ParameterStore<float, Cpu> renamed(
-      {{"tok_embeddings", Shape{300, 64}}, {"x", Shape{1}}});
-  contains(error_of([&] { nn::save_hybrid(dir, c, renamed, {}); }),
-           "save_hybrid: the parameter store has 2 parameters");
-  contains(error_of([&] { nn::save_hybrid(dir, other, w2, {}); }), "save_hybrid");
   nn::HybridSaveOptions f16;
   f16.hf.dtype = "float16";
-  contains(error_of([&] { nn::save_hybrid(dir, c, w, f16); }), "is not bfloat16 or float32");
+  contains(error_of([&] { nn::save_hybrid(dir, w, f16); }), "is not bfloat16 or float32");
 
   // mamba_config.json fields, one bad value at a time.
   struct Case {
@@ -521,7 +520,7 @@ TEST_CASE("hybrid reference: logits equal the numpy reference forward of the sav
     if (write_dir) {
       nn::HybridSaveOptions o;
       o.hf.dtype = "float32";
-      nn::save_hybrid(std::filesystem::path(write_dir) / v.name, c, m.params(), o);
+      nn::save_hybrid(std::filesystem::path(write_dir) / v.name, m, o);
       continue;
     }
     const int64_t T = int64_t(ids.size());
@@ -581,7 +580,7 @@ TEST_CASE("hybrid checkpoint: save then load_model gives bitwise identical logit
                      ("mil_hybrid_roundtrip_" + std::to_string(::getpid()) + nn::mixer_name(mixer));
     nn::HybridSaveOptions o;
     o.hf.dtype = "float32";
-    nn::save_hybrid(dir, c, m.params(), o);
+    nn::save_hybrid(dir, m, o);
     text::save_hf_tokenizer(dir, td, "");
     auto loaded = nn::load_model(dir.string());
     std::filesystem::remove_all(dir);

@@ -40,7 +40,7 @@ struct Pair {
 };
 Pair make_pair(nn::MixerKind kind, uint64_t seed) {
   const auto h = gpu_hybrid(kind);
-  nn::LlamaModel<float, Cpu> teacher(h.llama);
+  nn::HybridModel<float, Cpu> teacher(nn::all_attention(h.llama));
   teacher.init_random(seed, 0.05f);
   auto m = distill::init_from_attention(teacher, h, seed + 1);
   auto gpu = nn::convert_model<bf16, Cuda>(m);
@@ -94,7 +94,7 @@ TEST_CASE("hybrid cuda: decoder prefill and batched decode follow the float CPU 
     nn::DecoderOptions o;
     o.slots = 3;
     o.max_seq = 200;
-    o.max_chunk = 48;  // the 100-token prompt runs in 3 chunks
+    o.max_tokens = 48;  // the 100-token prompt runs in 3 chunks
     nn::Decoder<float, Cpu> ref(cpu_model, o);
     nn::Decoder<bf16, Cuda> dec(gpu_model, o);
     const std::vector<int32_t> slots = {0, 1, 2};

@@ -2,7 +2,7 @@
 // initial weights: logits, loss and every parameter gradient.
 #include <doctest/doctest.h>
 
-#include <mil/nn/llama.hpp>
+#include <mil/nn/hybrid.hpp>
 #include <mil/optim/adamw.hpp>
 
 #include "common/compare.hpp"
@@ -27,8 +27,8 @@ nn::LlamaConfig gpu_config() {
 TEST_CASE("llama cuda: bf16 forward and backward agree with the float CPU model") {
   MIL_REQUIRE_GPU();
   auto cfg = gpu_config();
-  nn::LlamaModel<float, Cpu> cpu_model(cfg);
-  nn::LlamaModel<bf16, Cuda> gpu_model(cfg);
+  nn::HybridModel<float, Cpu> cpu_model(nn::all_attention(cfg));
+  nn::HybridModel<bf16, Cuda> gpu_model(nn::all_attention(cfg));
   cpu_model.init_random(11, 0.05f);
   gpu_model.init_random(11, 0.05f);
   // The CPU model uses the bf16-rounded weights, so only the arithmetic differs.

@@ -2,7 +2,7 @@
 // the loss: proves every op's backward and the gradient write modes compose correctly.
 #include <doctest/doctest.h>
 
-#include <mil/nn/llama.hpp>
+#include <mil/nn/hybrid.hpp>
 
 #include "common/compare.hpp"
 #include "common/random.hpp"
@@ -28,7 +28,7 @@ TEST_CASE("llama: gradient of the loss matches central differences (double - tie
   for (bool tied : {true, false}) {
     auto cfg = tiny_config();
     cfg.tied_embeddings = tied;
-    nn::LlamaModel<double, Cpu> model(cfg);
+    nn::HybridModel<double, Cpu> model(nn::all_attention(cfg));
     model.init_random(7, 0.5f);
     // Norm weights away from 1 so their gradients are exercised non-trivially.
     auto& values = model.params().values();
@@ -69,7 +69,7 @@ TEST_CASE("llama: gradient of the loss matches central differences (double - tie
 
 TEST_CASE("llama: frozen parameters get no gradient and a zero slot in the flat buffer") {
   auto cfg = tiny_config();
-  nn::LlamaModel<double, Cpu> model(cfg);
+  nn::HybridModel<double, Cpu> model(nn::all_attention(cfg));
   model.init_random(3);
   for (const auto& e : model.params().entries())
     if (e.name.find("w_gate_up") != std::string::npos || e.name.find("w_down") != std::string::npos)

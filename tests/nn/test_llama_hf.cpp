@@ -93,9 +93,9 @@ void check_same_config(const nn::LlamaConfig& a, const nn::LlamaConfig& b) {
   }
 }
 
-std::vector<float> logits(const nn::LlamaModel<float, Cpu>& m, int64_t seq) {
+std::vector<float> logits(const nn::HybridModel<float, Cpu>& m, int64_t seq) {
   std::vector<int32_t> ids(static_cast<size_t>(seq));
-  for (int64_t i = 0; i < seq; ++i) ids[size_t(i)] = int32_t((i * 17 + 5) % m.config().vocab);
+  for (int64_t i = 0; i < seq; ++i) ids[size_t(i)] = int32_t((i * 17 + 5) % m.config().llama.vocab);
   auto t = Tensor<int32_t, Cpu>::from(Shape{seq}, ids);
   ag::Tape tape;
   ag::NoGrad ng(tape);
@@ -317,7 +317,7 @@ TEST_CASE("llama hf: save then load gives the same parameters and logits") {
                         Case{"qwen2 bias tied", true, true, true, int64_t(1) << 30}}) {
     INFO(std::string(k.what));
     const auto cfg = small_config(k.tied, k.bias, k.llama3);
-    nn::LlamaModel<float, Cpu> model(cfg);
+    nn::HybridModel<float, Cpu> model(nn::all_attention(cfg));
     model.init_random(42, 0.3f);
     // Norm weights and biases away from their init values, so a mix-up would show.
     for (auto& e : model.params().entries())
@@ -364,7 +364,7 @@ TEST_CASE("llama hf: save then load gives the same parameters and logits") {
 
 TEST_CASE("llama hf: weights that do not match the config are clear errors") {
   const auto cfg = small_config(false, true, false);
-  nn::LlamaModel<float, Cpu> model(cfg);
+  nn::HybridModel<float, Cpu> model(nn::all_attention(cfg));
   model.init_random(7);
   const auto slots = nn::llama_hf_tensor_slots(cfg);
   auto entries_of = [&](const std::function<bool(io::SafetensorsEntry&)>& edit) {
@@ -372,7 +372,7 @@ TEST_CASE("llama hf: weights that do not match the config are clear errors") {
     for (const auto& s : slots) {
       int64_t n = 1;
       for (int64_t d : s.shape) n *= d;
-      const float* p = model.params()[s.param].value().data() + s.offset;
+      const float* p = nn::slot_data(model.weights(), s);
       io::SafetensorsEntry e{s.hf_name, io::SafetensorsDtype::F32, s.shape,
                              {reinterpret_cast<const uint8_t*>(p), size_t(n) * 4}};
       if (edit(e)) out.push_back(e);

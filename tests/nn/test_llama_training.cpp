@@ -4,7 +4,7 @@
 
 #include <cstring>
 
-#include <mil/nn/llama.hpp>
+#include <mil/nn/hybrid.hpp>
 #include <mil/optim/adamw.hpp>
 #include <mil/optim/schedule.hpp>
 
@@ -42,7 +42,7 @@ std::vector<float> train(uint64_t seed, int steps) {
   cfg.n_kv_heads = 2;
   cfg.head_dim = 16;
   cfg.d_ff = 128;
-  nn::LlamaModel<float, Cpu> model(cfg);
+  nn::HybridModel<float, Cpu> model(nn::all_attention(cfg));
   model.init_random(seed);
   optim::AdamW<float, Cpu> opt(model.params(), {.weight_decay = 0.01f, .max_grad_norm = 1.0f});
   optim::CosineSchedule schedule{3e-3f, 5, steps, 3e-4f};

@@ -54,7 +54,7 @@ const nlohmann::json& golden() {
 }
 
 struct Teacher {
-  nn::LlamaModel<float, Cpu> model;
+  nn::HybridModel<float, Cpu> model;
   text::Tokenizer tokenizer;
 };
 
@@ -65,10 +65,7 @@ const Teacher* teacher() {
     const fs::path path = repo_root() / "models/SmolLM2-135M-Instruct.Q4_1.gguf";
     if (!fs::exists(path)) return std::nullopt;
     const auto f = io::GgufFile::open(path.string());
-    Teacher out{nn::LlamaModel<float, Cpu>(nn::llama_config_from_gguf(f)),
-                text::Tokenizer(text::tokenizer_data_from_gguf(f))};
-    nn::load_llama_weights(f, out.model);
-    return out;
+    return Teacher{nn::load_gguf_model(f), text::Tokenizer(text::tokenizer_data_from_gguf(f))};
   }();
   if (!t)
     std::printf("[mil] teacher model not found: test skipped (%s; run scripts/setup.sh)\n",
@@ -77,7 +74,7 @@ const Teacher* teacher() {
 }
 
 // Logits [ids.size(), vocab] of one sequence through the training forward, without a tape.
-std::vector<float> forward_logits(const nn::LlamaModel<float, Cpu>& model,
+std::vector<float> forward_logits(const nn::HybridModel<float, Cpu>& model,
                                   const std::vector<int32_t>& ids) {
   const int64_t seq = int64_t(ids.size());
   ag::Tape tape;
@@ -225,7 +222,7 @@ LogitStats compare_logits(const nlohmann::json& run, const std::vector<std::vect
 TEST_CASE("oracle: SmolLM2 logits match llama.cpp at every position") {
   const Teacher* t = teacher();
   if (!t) return;
-  const int64_t vocab = t->model.config().vocab;
+  const int64_t vocab = t->model.config().llama.vocab;
   const auto& runs = golden().at("runs");
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<std::vector<float>> mil;
@@ -267,7 +264,7 @@ size_t common_prefix(const std::vector<int32_t>& a, const std::vector<int32_t>& 
 TEST_CASE("oracle: SmolLM2 greedy continuations match llama.cpp") {
   const Teacher* t = teacher();
   if (!t) return;
-  const int64_t vocab = t->model.config().vocab;
+  const int64_t vocab = t->model.config().llama.vocab;
   const int32_t eos = golden().at("eos").get<int32_t>();
   const int64_t max_new = golden().at("new_tokens").get<int64_t>();
   const auto& f32_runs = golden().at("runs").at("f32").at("greedy");

@@ -1,126 +1,125 @@
 #pragma once
-// Inference for a LlamaModel or a HybridModel: prefill and incremental decode, on the CPU or the
-// GPU, for a batch of sequences ("slots") that each have their own length.
+// Inference for any model (a Transformer is the all-attention hybrid): one step plan, on the CPU
+// or the GPU, for a batch of sequences ("slots") that each have their own length.
+//
+// A step is a list of rows, each some tokens of one slot from a given position (like
+// llama.cpp's llama_batch): a prefill of several prompts, a batched decode (one token per slot)
+// and the verification of k drafted tokens on n slots are all one call, with logits for the rows
+// the caller asks for (the last token of a row, all of its tokens, or none).
 //
 // Everything a step touches is allocated once, in the constructor: for attention layers the KV
 // cache [attention layers, slots, max_seq, kv_heads * head_dim] for keys and for values; for Mamba
-// layers a conv ring of the last inputs [slots, kernel - 1, channels] and the fp32 SSM state per
-// slot (a prefill hands both to decode); activations for `max_chunk` tokens (a longer prompt is
-// run in chunks). A Mamba layer keeps no past tokens, so a hybrid's sequence can be reset but not
-// truncated to a shorter non-empty prefix (can_rewind() says which). A step calls the kernels directly, not
-// the autograd, and fuses what the training graph keeps apart: q and k are rotated by one RoPE
-// launch, the residual adds ride on the output projections (GEMM beta = 1), and only the rows that
-// need logits go through the final norm and the LM head.
+// layers a conv ring of the last inputs [slots, ring_len, channels] and the fp32 SSM state per
+// slot; activations for `max_tokens` tokens (prefill() runs a longer prompt in chunks); logits for
+// `max_logits` rows; and, per slot, `snapshots` saved copies of the Mamba states, which
+// save_state / restore_state copy on the device (no transfer to the host), so a caller can try
+// tokens and go back (speculative decoding). A Mamba layer keeps no past tokens, so without a
+// snapshot a hybrid's sequence can be reset but not truncated to a shorter non-empty prefix
+// (can_rewind()). The conv ring holds kernel - 1 + max_rollback inputs: enough to roll the conv
+// back by max_rollback tokens by position alone.
 //
-// On the GPU the decoder runs on its own stream. A decode step of n sequences is captured as a
-// CUDA graph the first time n is seen (after one eager run that creates the cuBLASLt plans) and
-// replayed after that: token ids, slots and positions go into fixed device buffers from pinned
-// host memory, the kernels read them on the device, and the greedy argmax comes back in the graph.
-// A fresh prompt (empty cache) uses the flash-attention kernel; later chunks and decode use
-// attention_kv_cache.
+// The blocks are nn/blocks.hpp's step-plan forms. On the CPU every product is row-invariant
+// (cpu::linear_rows), so verifying k tokens in one step gives bitwise the logits of k decode steps.
+// On the GPU the decoder runs on its own stream. A step whose rows all continue their sequences
+// with the same number of tokens (decode, verification) is captured as a CUDA graph the first time
+// its shape is seen (after one eager run that creates the cuBLASLt plans) and replayed after that:
+// token ids, slots and positions go into fixed device buffers from pinned host memory, the
+// kernels read them on the device, and the greedy argmax comes back in the graph.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <span>
 #include <string>
+#include <tuple>
 #include <vector>
 
-#include "../autograd/ops.hpp"
-#include "../kernels/argmax.hpp"
-#include "../kernels/kv_attention.hpp"
-#if defined(__CUDACC__)
-#include "../kernels/argmax.cuh"
-#include "../kernels/kv_attention.cuh"
-#endif
 #include "hybrid.hpp"
-#include "llama.hpp"
 
 namespace mil::nn {
 
 struct DecoderOptions {
-  int64_t slots = 1;        // sequences held at once
-  int64_t max_seq = 2048;   // tokens per sequence (prompt + generated)
-  int64_t max_chunk = 512;  // tokens per prefill step; longer prompts run in chunks
-  bool cuda_graphs = true;  // capture decode steps (GPU)
+  int64_t slots = 1;         // sequences held at once
+  int64_t max_seq = 2048;    // tokens per sequence (prompt + generated)
+  int64_t max_tokens = 512;  // tokens per step (at least `slots`); prefill() runs longer prompts
+                             // in chunks of this
+  int64_t max_logits = 0;    // logit rows per step; 0: one per slot (decode). Verification of
+                             // k tokens on n slots needs n * (k + 1); evaluation max_tokens
+  int64_t snapshots = 0;     // saved Mamba states per slot (save_state / restore_state)
+  int64_t max_rollback = 0;  // extra conv-ring rows: the conv rolls back this far by position
+  bool cuda_graphs = true;   // capture uniform steps (GPU)
 };
 
-// An all-attention HybridConfig: a Llama model seen as a hybrid.
-inline HybridConfig all_attention(const LlamaConfig& c) {
-  HybridConfig h;
-  h.llama = c;
-  for (int64_t l = 0; l < c.n_layers; ++l) h.attn_layers.push_back(l);
-  return h;
-}
+// Which logits a row of a step asks for.
+enum class RowLogits { none, last, all };
+
+struct StepRow {
+  int32_t slot = 0;
+  std::span<const int32_t> ids;
+  int64_t start = -1;  // position of the first token; -1: the slot's length (continue it);
+                       // 0 starts the sequence afresh
+  RowLogits logits = RowLogits::last;
+};
 
 template <Element T, Device D>
 class Decoder {
  public:
-  Decoder(const LlamaModel<T, D>& model, DecoderOptions o = {})
-      : Decoder(model.params(), all_attention(model.config()), o) {}
   Decoder(const HybridModel<T, D>& model, DecoderOptions o = {})
-      : Decoder(model.params(), model.config(), o) {}
-
-  Decoder(const ParameterStore<T, D>& weights, const HybridConfig& hybrid, DecoderOptions o)
-      : weights_(weights), hybrid_(hybrid), cfg_(hybrid.llama), opt_(o) {
-    MIL_CHECK(o.slots >= 1 && o.max_seq >= 1 && o.max_chunk >= 1, "Decoder: slots (", o.slots,
-              "), max_seq (", o.max_seq, ") and max_chunk (", o.max_chunk, ") must be >= 1");
-    hybrid_.validate();
+      : weights_(model.weights()), hybrid_(model.config()), cfg_(hybrid_.llama), opt_(o) {
+    MIL_CHECK(o.slots >= 1 && o.max_seq >= 1 && o.max_tokens >= 1 && o.max_logits >= 0 &&
+                  o.snapshots >= 0 && o.max_rollback >= 0,
+              "Decoder: slots (", o.slots, "), max_seq (", o.max_seq, ") and max_tokens (",
+              o.max_tokens, ") must be >= 1, max_logits (", o.max_logits, "), snapshots (",
+              o.snapshots, ") and max_rollback (", o.max_rollback, ") >= 0");
+    MIL_CHECK(o.slots <= (int64_t(1) << 20) && o.max_seq <= (int64_t(1) << 30),
+              "Decoder: ", o.slots, " slots of ", o.max_seq, " tokens is beyond any use");
     StreamScope scope(*this);
+    tokens_cap_ = std::max(o.max_tokens, o.slots);
+    logits_cap_ = std::min(o.max_logits > 0 ? o.max_logits : o.slots, tokens_cap_);
     const int64_t kvw = cfg_.n_kv_heads * cfg_.head_dim;
-    const int64_t rows = std::max(o.max_chunk, o.slots);
-    rows_ = rows;
     for (int64_t l = 0; l < cfg_.n_layers; ++l)
       state_index_.push_back(hybrid_.is_attention(l) ? n_attention_++ : n_mamba_++);
     Shape cache{std::max<int64_t>(n_attention_, 1), o.slots, n_attention_ ? o.max_seq : 1, kvw};
     k_cache_ = Tensor<T, D>::zeros(cache);
     v_cache_ = Tensor<T, D>::zeros(cache);
-    x_ = Tensor<T, D>::empty(Shape{rows, cfg_.d_model});
-    h_ = Tensor<T, D>::empty(Shape{rows, cfg_.d_model});
-    qkv_ = Tensor<T, D>::empty(Shape{rows, cfg_.qkv_layout().width()});
-    att_ = Tensor<T, D>::empty(Shape{rows, cfg_.n_heads * cfg_.head_dim});
-    gate_up_ = Tensor<T, D>::empty(Shape{rows, 2 * cfg_.d_ff});
-    mlp_ = Tensor<T, D>::empty(Shape{rows, cfg_.d_ff});
+    x_ = Tensor<T, D>::empty(Shape{tokens_cap_, cfg_.d_model});
+    logit_x_ = Tensor<T, D>::empty(Shape{logits_cap_, cfg_.d_model});
+    scratch_ = StepScratch<T, D>(hybrid_, tokens_cap_);
     if (n_mamba_) {
-      const bool m2 = hybrid_.mixer == MixerKind::mamba2;
-      ring_len_ = hybrid_.conv_kernel - 1;
+      ring_len_ = hybrid_.conv_kernel - 1 + o.max_rollback;
+      state_size_ = hybrid_.mixer == MixerKind::mamba2
+                        ? mamba2_dims(hybrid_, 1, 1).ssd().state_size()
+                        : hybrid_.d_inner() * hybrid_.mamba1_d_state;
       conv_ring_ = Tensor<T, D>::zeros(Shape{n_mamba_ * o.slots, ring_len_, hybrid_.conv_channels()});
-      const int64_t state = m2 ? ag::Mamba2Dims{1, 1, cfg_.n_heads, cfg_.n_kv_heads, cfg_.head_dim}.ssd().state_size()
-                               : hybrid_.d_inner() * hybrid_.mamba1_d_state;
-      ssm_state_ = Tensor<float, D>::zeros(Shape{n_mamba_ * o.slots, state});
-      proj_ = Tensor<T, D>::empty(Shape{rows, hybrid_.in_proj_rows()});
-      conv_out_ = Tensor<T, D>::empty(Shape{rows, hybrid_.conv_channels()});
-      ssm_y_ = Tensor<T, D>::empty(Shape{rows, hybrid_.d_inner()});
-      if (!m2) {
-        expanded_ = Tensor<T, D>::empty(Shape{rows, hybrid_.d_inner()});
-        dt_low_ = Tensor<T, D>::empty(Shape{rows, hybrid_.dt_rank()});
-        dt_ = Tensor<T, D>::empty(Shape{rows, hybrid_.d_inner()});
+      ssm_state_ = Tensor<float, D>::zeros(Shape{n_mamba_ * o.slots, state_size_});
+      if (o.snapshots) {
+        ring_snap_ = Tensor<T, D>::zeros(
+            Shape{o.snapshots * n_mamba_ * o.slots, ring_len_, hybrid_.conv_channels()});
+        ssm_snap_ = Tensor<float, D>::zeros(Shape{o.snapshots * n_mamba_ * o.slots, state_size_});
       }
     }
-    logits_ = Tensor<T, D>::empty(Shape{o.slots, cfg_.vocab});
-    tokens_ = Tensor<int32_t, D>::empty(Shape{3, rows});  // ids | slots | positions
-    argmax_ = Tensor<int32_t, D>::empty(Shape{o.slots});
+    snap_lengths_.assign(size_t(o.snapshots * o.slots), -1);
+    logits_ = Tensor<T, D>::empty(Shape{logits_cap_, cfg_.vocab});
+    // ids | slots | positions (per token) | logit rows | row slots | row starts
+    token_words_ = 3 * tokens_cap_ + logits_cap_ + 2 * o.slots;
+    tokens_ = Tensor<int32_t, D>::empty(Shape{token_words_});
+    argmax_ = Tensor<int32_t, D>::empty(Shape{logits_cap_});
     lengths_.assign(size_t(o.slots), 0);
-#if defined(__CUDACC__)
-    if constexpr (std::is_same_v<D, Cuda>) {
-      // The split-key attention's workspace for the largest step of any row count.
-      int64_t floats = 0;
-      for (int64_t n = 1; n <= rows; ++n)
-        floats = std::max(floats, cuda::kv_attention_workspace(KvAttentionShape{
-                                      n, cfg_.n_heads, cfg_.n_kv_heads, cfg_.head_dim,
-                                      cfg_.qkv_layout().width(), o.slots, o.max_seq, 1.f}));
-      workspace_ = Tensor<float, D>::empty(Shape{std::max<int64_t>(floats, 1)});
-      MIL_CUDA_CHECK(cudaMallocHost(&pinned_tokens_, size_t(3 * rows) * sizeof(int32_t)));
-      MIL_CUDA_CHECK(cudaMallocHost(&pinned_argmax_, size_t(o.slots) * sizeof(int32_t)));
-    }
-#endif
     if constexpr (std::is_same_v<D, Cpu>) {
       host_tokens_ = tokens_.data();
       host_argmax_ = argmax_.data();
     }
 #if defined(__CUDACC__)
     if constexpr (std::is_same_v<D, Cuda>) {
-      host_tokens_ = pinned_tokens_;
-      host_argmax_ = pinned_argmax_;
+      // The split-key attention's workspace for the largest step of any row count.
+      int64_t floats = 0;
+      for (int64_t n = 1; n <= tokens_cap_; ++n)
+        floats = std::max(floats, cuda::kv_attention_workspace(KvAttentionShape{
+                                      n, cfg_.n_heads, cfg_.n_kv_heads, cfg_.head_dim,
+                                      cfg_.qkv_layout().width(), o.slots, o.max_seq, 1.f}));
+      workspace_ = Tensor<float, D>::empty(Shape{std::max<int64_t>(floats, 1)});
+      MIL_CUDA_CHECK(cudaMallocHost(&host_tokens_, size_t(token_words_) * sizeof(int32_t)));
+      MIL_CUDA_CHECK(cudaMallocHost(&host_argmax_, size_t(logits_cap_) * sizeof(int32_t)));
     }
 #endif
   }
@@ -130,14 +129,13 @@ class Decoder {
 #if defined(__CUDACC__)
     if constexpr (std::is_same_v<D, Cuda>) {
       cudaStreamSynchronize(stream_);
-      for (auto& [n, g] : graphs_) cudaGraphExecDestroy(g);
-      cudaFreeHost(pinned_tokens_);
-      cudaFreeHost(pinned_argmax_);
+      for (auto& [key, g] : graphs_) cudaGraphExecDestroy(g);
+      cudaFreeHost(host_tokens_);
+      cudaFreeHost(host_argmax_);
       // The tensors go back to the caching allocator; nothing runs on the stream any more.
-      k_cache_ = {}, v_cache_ = {}, x_ = {}, h_ = {}, qkv_ = {}, att_ = {}, gate_up_ = {};
-      mlp_ = {}, logits_ = {}, tokens_ = {}, argmax_ = {}, workspace_ = {};
-      conv_ring_ = {}, proj_ = {}, conv_out_ = {}, ssm_y_ = {}, expanded_ = {}, dt_low_ = {};
-      dt_ = {}, ssm_state_ = {};
+      k_cache_ = {}, v_cache_ = {}, x_ = {}, logit_x_ = {}, logits_ = {}, tokens_ = {};
+      argmax_ = {}, workspace_ = {}, conv_ring_ = {}, ring_snap_ = {}, ssm_state_ = {};
+      ssm_snap_ = {}, scratch_ = {};
       if (stream_) cudaStreamDestroy(stream_);
     }
 #endif
@@ -146,84 +144,80 @@ class Decoder {
   const LlamaConfig& config() const { return cfg_; }
   const HybridConfig& hybrid_config() const { return hybrid_; }
   const DecoderOptions& options() const { return opt_; }
-  int64_t length(int64_t slot) const { return lengths_.at(check_slot(slot)); }
+  int64_t max_tokens() const { return tokens_cap_; }
+  int64_t max_logits() const { return logits_cap_; }
+  int64_t length(int64_t slot) const { return lengths_.at(size_t(check_slot(slot))); }
   void reset(int64_t slot) { truncate(slot, 0); }
   // Whether truncate() can keep a non-empty prefix: only without Mamba layers, whose state holds
-  // no past tokens to go back to.
+  // no past tokens to go back to (restore_state() goes back to a saved state instead).
   bool can_rewind() const { return n_mamba_ == 0; }
   // Forgets all but the first n tokens of a sequence (a chat turn that is re-rendered differently).
   void truncate(int64_t slot, int64_t n) {
-    MIL_CHECK(n >= 0 && n <= lengths_.at(size_t(check_slot(slot))), "Decoder::truncate: ",
-              n, " tokens of a sequence of ", lengths_[size_t(slot)]);
-    MIL_CHECK(n == 0 || n == lengths_[size_t(slot)] || can_rewind(), "Decoder::truncate: a hybrid ",
-              "with Mamba layers cannot go back to ", n, " of ", lengths_[size_t(slot)],
-              " tokens (its state keeps no past tokens); reset the sequence and prefill again");
+    const int64_t len = length(slot);
+    MIL_CHECK(n >= 0 && n <= len, "Decoder::truncate: ", n, " tokens of a sequence of ", len);
+    MIL_CHECK(n == 0 || n == len || can_rewind(), "Decoder::truncate: a hybrid ",
+              "with Mamba layers cannot go back to ", n, " of ", len,
+              " tokens (its state keeps no past tokens); reset the sequence and prefill again, ",
+              "or restore a saved state");
     lengths_[size_t(slot)] = n;
   }
 
-  // Appends `ids` to sequence `slot`; afterwards logits row 0 (and argmax()[0]) is the
-  // prediction after its last token.
+  // Saves the Mamba states (conv ring and SSM state of every Mamba layer) and the length of
+  // `slot` into snapshot `snapshot`; restore_state puts them back. The KV cache needs no copy: a
+  // later step only writes positions past the saved length. Device-side copies on the decoder's
+  // stream.
+  void save_state(int64_t slot, int64_t snapshot = 0) { copy_state(slot, snapshot, true); }
+  void restore_state(int64_t slot, int64_t snapshot = 0) { copy_state(slot, snapshot, false); }
+
+  // Runs one step. Each row appends its tokens to its slot from position `start` (the slot's
+  // length by default; 0 starts the sequence afresh; an all-attention model may also go back to
+  // any earlier position). Slots are distinct within a step. Afterwards the logits rows are, in
+  // row order, the predictions after the tokens each row asked for (logit_offset(i) is row i's
+  // first); argmax() holds their greedy choices.
+  void step(std::span<const StepRow> rows) {
+    plan(rows);
+    StreamScope scope(*this);
+    for (const StepRow& r : rows)  // a fresh sequence starts from zero SSM states
+      if (resolved_start(r) == 0) zero_state(r.slot);
+    upload_tokens();
+    run();
+    for (const StepRow& r : rows) lengths_[size_t(r.slot)] = resolved_start(r) + int64_t(r.ids.size());
+    finish();
+  }
+
+  // Appends `ids` to sequence `slot` in steps of at most max_tokens tokens; afterwards logits
+  // row 0 (and argmax()[0]) is the prediction after its last token.
   void prefill(int64_t slot, std::span<const int32_t> ids) {
     check_slot(slot);
     MIL_CHECK(!ids.empty(), "Decoder::prefill: no tokens");
-    check_room(slot, int64_t(ids.size()));
+    check_room(slot, length(slot), int64_t(ids.size()));
     check_ids(ids);
-    StreamScope scope(*this);
-    if (lengths_[size_t(slot)] == 0)  // a fresh sequence starts from zero SSM states
-      for (int64_t m = 0; m < n_mamba_; ++m) {
-        const int64_t row = m * opt_.slots + slot;
-        ssm_state_.slice(row, row + 1).zero_();
-      }
-    for (size_t first = 0; first < ids.size(); first += size_t(opt_.max_chunk)) {
-      const int64_t n = std::min<int64_t>(opt_.max_chunk, int64_t(ids.size() - first));
-      const int64_t start = lengths_[slot];
-      for (int64_t i = 0; i < n; ++i) {
-        host_tokens_[i] = ids[first + size_t(i)];
-        host_tokens_[rows_ + i] = int32_t(slot);
-        host_tokens_[2 * rows_ + i] = int32_t(start + i);
-      }
-      upload_tokens();
-      forward(n, start == 0, n - 1, 1, /*prefill=*/true);
-      lengths_[slot] += n;
+    for (size_t first = 0; first < ids.size(); first += size_t(tokens_cap_)) {
+      const size_t n = std::min(size_t(tokens_cap_), ids.size() - first);
+      const bool last = first + n == ids.size();
+      const StepRow row{int32_t(slot), ids.subspan(first, n), -1,
+                        last ? RowLogits::last : RowLogits::none};
+      step(std::span(&row, 1));
     }
-    logit_rows_ = 1;
-    finish();
   }
 
   // One token per sequence: ids[i] is appended to slot slots[i] (distinct slots); afterwards
   // logits row i is the prediction for slots[i].
   void decode(std::span<const int32_t> slots, std::span<const int32_t> ids) {
-    const int64_t n = int64_t(ids.size());
-    MIL_CHECK(n >= 1 && slots.size() == ids.size(), "Decoder::decode: ", slots.size(),
+    MIL_CHECK(!ids.empty() && slots.size() == ids.size(), "Decoder::decode: ", slots.size(),
               " slots for ", ids.size(), " tokens");
-    MIL_CHECK(n <= opt_.slots, "Decoder::decode: ", n, " sequences, the decoder holds ",
-              opt_.slots);
-    std::vector<bool> seen(size_t(opt_.slots), false);
-    for (int32_t s : slots) {
-      check_slot(s);
-      MIL_CHECK(!seen[size_t(s)], "Decoder::decode: slot ", s, " appears twice");
-      seen[size_t(s)] = true;
-      check_room(s, 1);
-    }
-    check_ids(ids);
-    StreamScope scope(*this);
-    for (int64_t i = 0; i < n; ++i) {
-      host_tokens_[i] = ids[size_t(i)];
-      host_tokens_[rows_ + i] = slots[size_t(i)];
-      host_tokens_[2 * rows_ + i] = int32_t(lengths_[size_t(slots[size_t(i)])]);
-    }
-    upload_tokens();
-    run_decode_step(n);
-    for (int32_t s : slots) ++lengths_[size_t(s)];
-    logit_rows_ = n;
-    finish();
+    std::vector<StepRow> rows(ids.size());
+    for (size_t i = 0; i < ids.size(); ++i) rows[i] = {slots[i], ids.subspan(i, 1)};
+    step(rows);
   }
 
-  // Logits of the last prefill (1 row) or decode (one row per sequence): [rows, vocab] on D.
+  // Logits of the last step: [logit_rows(), vocab] on D.
   Tensor<T, D> logits() const { return logits_.slice(0, logit_rows_); }
   int64_t logit_rows() const { return logit_rows_; }
+  // The first logits row of row i of the last step.
+  int64_t logit_offset(size_t row) const { return logit_offsets_.at(row); }
 
-  // The same, as floats on the host.
+  // The logits as floats on the host.
   std::vector<float> logits_host() const {
     const int64_t n = logit_rows_ * cfg_.vocab;
     std::vector<float> out(static_cast<size_t>(n));
@@ -263,24 +257,109 @@ class Decoder {
     MIL_CHECK(slot >= 0 && slot < opt_.slots, "Decoder: slot ", slot, " of ", opt_.slots);
     return slot;
   }
-  void check_room(int64_t slot, int64_t n) const {
-    MIL_CHECK(lengths_[size_t(slot)] + n <= opt_.max_seq, "Decoder: sequence ", slot, " has ",
-              lengths_[size_t(slot)], " tokens; ", n, " more exceed the context of ", opt_.max_seq);
+  void check_room(int64_t slot, int64_t start, int64_t n) const {
+    MIL_CHECK(start + n <= opt_.max_seq, "Decoder: sequence ", slot, " has ", start, " tokens; ",
+              n, " more exceed the context of ", opt_.max_seq);
   }
   void check_ids(std::span<const int32_t> ids) const {
     for (size_t i = 0; i < ids.size(); ++i)
       MIL_CHECK(ids[i] >= 0 && ids[i] < cfg_.vocab, "Decoder: token id ", ids[i],
                 " at position ", i, " is outside the vocabulary [0, ", cfg_.vocab, ")");
   }
+  int64_t resolved_start(const StepRow& r) const {
+    return r.start < 0 ? lengths_[size_t(r.slot)] : r.start;
+  }
 
-  const T* weight(const std::string& name) const { return weights_[name].value().data(); }
+  // Validates a step and writes its token, row and logit arrays into the host staging buffer.
+  void plan(std::span<const StepRow> rows) {
+    MIL_CHECK(!rows.empty(), "Decoder::step: no rows");
+    MIL_CHECK(int64_t(rows.size()) <= opt_.slots, "Decoder::step: ", rows.size(),
+              " rows, the decoder holds ", opt_.slots, " sequences");
+    std::vector<bool> seen(size_t(opt_.slots), false);
+    int64_t tokens = 0, logit_rows = 0;
+    for (const StepRow& r : rows) {
+      check_slot(r.slot);
+      MIL_CHECK(!seen[size_t(r.slot)], "Decoder::step: slot ", r.slot, " appears twice");
+      seen[size_t(r.slot)] = true;
+      MIL_CHECK(!r.ids.empty(), "Decoder::step: no tokens for slot ", r.slot);
+      const int64_t len = lengths_[size_t(r.slot)], start = resolved_start(r);
+      MIL_CHECK(start >= 0 && start <= len, "Decoder::step: slot ", r.slot, " has ", len,
+                " tokens; a row cannot start at position ", start);
+      MIL_CHECK(start == len || start == 0 || can_rewind(), "Decoder::step: slot ", r.slot,
+                " has ", len, " tokens; a hybrid with Mamba layers continues a sequence or ",
+                "starts it afresh, not at position ", start, " (restore a saved state instead)");
+      check_room(r.slot, start, int64_t(r.ids.size()));
+      check_ids(r.ids);
+      tokens += int64_t(r.ids.size());
+      logit_rows += r.logits == RowLogits::all ? int64_t(r.ids.size())
+                    : r.logits == RowLogits::last ? 1 : 0;
+    }
+    MIL_CHECK(tokens <= tokens_cap_, "Decoder::step: ", tokens, " tokens, a step holds at most ",
+              tokens_cap_, " (DecoderOptions::max_tokens)");
+    MIL_CHECK(logit_rows <= logits_cap_, "Decoder::step: ", logit_rows, " logit rows, a step ",
+              "gives at most ", logits_cap_, " (DecoderOptions::max_logits)");
+
+    int32_t* ids = host_tokens_;
+    int32_t* slots = ids + tokens_cap_;
+    int32_t* positions = slots + tokens_cap_;
+    int32_t* logit_index = positions + tokens_cap_;
+    int32_t* row_slots = logit_index + logits_cap_;
+    int32_t* row_starts = row_slots + opt_.slots;
+    step_.count = tokens;
+    step_.groups.clear();
+    logit_offsets_.clear();
+    int64_t t = 0, l = 0;
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const StepRow& r = rows[i];
+      const int64_t n = int64_t(r.ids.size()), start = resolved_start(r);
+      row_slots[i] = r.slot;
+      row_starts[i] = int32_t(start);
+      logit_offsets_.push_back(l);
+      for (int64_t j = 0; j < n; ++j) {
+        ids[t + j] = r.ids[size_t(j)];
+        slots[t + j] = r.slot;
+        positions[t + j] = int32_t(start + j);
+        if (r.logits == RowLogits::all || (r.logits == RowLogits::last && j == n - 1))
+          logit_index[l++] = int32_t(t + j);
+      }
+      if (!step_.groups.empty() && step_.groups.back().seq == n)
+        ++step_.groups.back().batch;
+      else
+        step_.groups.push_back({t, int64_t(i), 1, n});
+      t += n;
+    }
+    logit_rows_ = l;
+    step_.fresh_single_row = rows.size() == 1 && resolved_start(rows[0]) == 0;
+    // Logits rows that are consecutive tokens are read in place; others are gathered first.
+    logits_in_place_ = l == 0 || logit_index[l - 1] - logit_index[0] == l - 1;
+    logits_first_ = l ? logit_index[0] : 0;
+    // CUDA graphs for steps whose host-side decisions depend only on (rows, tokens per row,
+    // logits): every row continues its sequence with the same number of tokens.
+    graph_key_ = {0, 0, 0};
+    bool uniform = step_.groups.size() == 1;
+    for (const StepRow& r : rows)
+      uniform = uniform && resolved_start(r) > 0 && r.logits == rows[0].logits;
+    if (uniform)
+      graph_key_ = {int64_t(rows.size()), int64_t(rows[0].ids.size()), int(rows[0].logits)};
+  }
+
+  // Device pointers of the staged arrays.
+  StepTokens device_tokens() {
+    StepTokens t = step_;
+    t.ids = tokens_.data();
+    t.slots = t.ids + tokens_cap_;
+    t.positions = t.slots + tokens_cap_;
+    t.row_slots = t.positions + tokens_cap_ + logits_cap_;
+    t.row_starts = t.row_slots + opt_.slots;
+    return t;
+  }
 
   void upload_tokens() {
 #if defined(__CUDACC__)
     if constexpr (std::is_same_v<D, Cuda>)
-      MIL_CUDA_CHECK(cudaMemcpyAsync(tokens_.data(), pinned_tokens_,
-                                     size_t(3 * rows_) * sizeof(int32_t), cudaMemcpyHostToDevice,
-                                     stream_));
+      MIL_CUDA_CHECK(cudaMemcpyAsync(tokens_.data(), host_tokens_,
+                                     size_t(token_words_) * sizeof(int32_t),
+                                     cudaMemcpyHostToDevice, stream_));
 #endif
   }
 
@@ -291,20 +370,73 @@ class Decoder {
 #endif
   }
 
-  void run_decode_step(int64_t n) {
+  // Copies `count` blocks of `elems` elements between strided places on the decoder's device.
+  template <class E>
+  void copy_blocks(E* dst, const E* src, int64_t count, int64_t elems, int64_t dst_stride,
+                   int64_t src_stride) {
+    if constexpr (std::is_same_v<D, Cpu>) {
+      for (int64_t i = 0; i < count; ++i)
+        std::memcpy(dst + i * dst_stride, src + i * src_stride, size_t(elems) * sizeof(E));
+    } else {
+#if defined(__CUDACC__)
+      MIL_CUDA_CHECK(cudaMemcpy2DAsync(dst, size_t(dst_stride) * sizeof(E), src,
+                                       size_t(src_stride) * sizeof(E), size_t(elems) * sizeof(E),
+                                       size_t(count), cudaMemcpyDeviceToDevice, stream_));
+#endif
+    }
+  }
+
+  void zero_state(int64_t slot) {
+    for (int64_t m = 0; m < n_mamba_; ++m) {
+      const int64_t row = m * opt_.slots + slot;
+      ssm_state_.slice(row, row + 1).zero_();
+    }
+  }
+
+  void copy_state(int64_t slot, int64_t snapshot, bool save) {
+    check_slot(slot);
+    MIL_CHECK(snapshot >= 0 && snapshot < opt_.snapshots, "Decoder: snapshot ", snapshot, " of ",
+              opt_.snapshots, " (DecoderOptions::snapshots)");
+    int64_t& saved = snap_lengths_[size_t(snapshot * opt_.slots + slot)];
+    if (save) {
+      saved = lengths_[size_t(slot)];
+    } else {
+      MIL_CHECK(saved >= 0, "Decoder::restore_state: snapshot ", snapshot, " of slot ", slot,
+                " was never saved");
+      lengths_[size_t(slot)] = saved;
+    }
+    if (!n_mamba_) return;
+    StreamScope scope(*this);
+    const int64_t ring = ring_len_ * hybrid_.conv_channels();
+    const int64_t stride_ring = opt_.slots * ring, stride_ssm = opt_.slots * state_size_;
+    T* live_ring = conv_ring_.data() + slot * ring;
+    T* snap_ring = ring_snap_.data() + (snapshot * n_mamba_ * opt_.slots + slot) * ring;
+    float* live_ssm = ssm_state_.data() + slot * state_size_;
+    float* snap_ssm = ssm_snap_.data() + (snapshot * n_mamba_ * opt_.slots + slot) * state_size_;
+    if (save) {
+      copy_blocks(snap_ring, live_ring, n_mamba_, ring, stride_ring, stride_ring);
+      copy_blocks(snap_ssm, live_ssm, n_mamba_, state_size_, stride_ssm, stride_ssm);
+    } else {
+      copy_blocks(live_ring, snap_ring, n_mamba_, ring, stride_ring, stride_ring);
+      copy_blocks(live_ssm, snap_ssm, n_mamba_, state_size_, stride_ssm, stride_ssm);
+    }
+    finish();
+  }
+
+  void run() {
 #if defined(__CUDACC__)
     if constexpr (std::is_same_v<D, Cuda>) {
-      if (opt_.cuda_graphs) {
-        auto it = graphs_.find(n);
+      if (opt_.cuda_graphs && std::get<0>(graph_key_) > 0) {
+        auto it = graphs_.find(graph_key_);
         if (it != graphs_.end()) {
           MIL_CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
           return;
         }
-        forward(n, false, 0, n);  // eager: creates the GEMM plans and workspaces
+        forward();  // eager: creates the GEMM plans and workspaces
         cudaGraph_t graph{};
         MIL_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
         try {
-          forward(n, false, 0, n);
+          forward();
         } catch (...) {
           cudaStreamEndCapture(stream_, &graph);
           if (graph) cudaGraphDestroy(graph);
@@ -314,151 +446,80 @@ class Decoder {
         cudaGraphExec_t exec{};
         MIL_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
         cudaGraphDestroy(graph);
-        graphs_[n] = exec;
+        graphs_[graph_key_] = exec;
         return;
       }
     }
 #endif
-    forward(n, false, 0, n);
+    forward();
   }
 
-  static GemmShape residual_gemm(int64_t m, int64_t n, int64_t k) {
-    GemmShape s{m, n, k, false, true};
-    s.beta = 1.f;  // x += a W^T
-    return s;
-  }
-
-  void mlp(const std::string& p, int64_t rows) {
-    const LlamaConfig& c = cfg_;
-    const int64_t d = c.d_model, ff = c.d_ff;
-    T *x = x_.data(), *h = h_.data(), *gu = gate_up_.data(), *m = mlp_.data();
-    MIL_RUN(D, rmsnorm_forward, h, nullptr, x, weight(p + "mlp_norm"), rows, d, c.norm_eps);
-    MIL_RUN(D, matmul, GemmShape{rows, 2 * ff, d, false, true}, gu, h, weight(p + "w_gate_up"));
-    MIL_RUN(D, swiglu_forward, m, gu, gu + ff, rows, ff, 2 * ff);
-    MIL_RUN(D, matmul, residual_gemm(rows, d, ff), x, m, weight(p + "w_down"));
-  }
-
-  // x += mixer(rmsnorm(x)) for Mamba layer number `index` (among the Mamba layers), on batch x seq
-  // staged tokens; its conv ring and SSM state carry the sequences across calls.
-  void mamba_layer(const std::string& p, int64_t index, int64_t batch, int64_t seq,
-                   const int32_t* slots, const int32_t* pos) {
-    const LlamaConfig& c = cfg_;
-    const int64_t rows = batch * seq, d = c.d_model, di = hybrid_.d_inner();
-    const int64_t width = hybrid_.in_proj_rows(), channels = hybrid_.conv_channels();
-    T *x = x_.data(), *h = h_.data(), *proj = proj_.data(), *y = ssm_y_.data();
-    T* ring = conv_ring_.data() + index * opt_.slots * ring_len_ * channels;
-    float* state = ssm_state_.data() + index * opt_.slots * ssm_state_.size(1);
-    const Conv1dRing<T> conv_ring{ring, ring_len_, opt_.slots, slots, pos};
-    MIL_RUN(D, rmsnorm_forward, h, nullptr, x, weight(p + "attn_norm"), rows, d, c.norm_eps);
-    MIL_RUN(D, matmul, GemmShape{rows, width, d, false, true}, proj, h, weight(p + "in_proj"));
-    if (hybrid_.mixer == MixerKind::mamba2) {
-      const ag::Mamba2Dims m = mamba2_dims(hybrid_, batch, seq);
-      T* xbc = conv_out_.data();
-      MIL_RUN(D, conv1d_forward, xbc, proj + di, weight(p + "conv_w"), weight(p + "conv_b"),
-              m.conv(), conv_ring);
-      MIL_RUN(D, ssd_scan_forward, y, xbc, xbc + m.d_xb(), xbc + 2 * m.d_xb(),
-              proj + m.dt_offset(), weight(p + "dt_bias"), weight(p + "A_log"), weight(p + "D"),
-              m.ssd(), SsdStates{state, opt_.slots, slots});
-      // The gated norm's output reuses the attention output buffer ([rows, d_inner]).
-      MIL_RUN(D, gated_rmsnorm_forward, att_.data(), nullptr, y, proj, weight(p + "ssm_norm"),
-              m.norm());
-      MIL_RUN(D, matmul, residual_gemm(rows, d, di), x, att_.data(), weight(p + "out_proj"));
-    } else {
-      const ag::Mamba1Dims m = mamba1_dims(hybrid_, batch, seq);
-      const int64_t rank = hybrid_.dt_rank();
-      MIL_RUN(D, matmul, GemmShape{rows, rank, d, false, true}, dt_low_.data(), h, weight(p + "dt_down"));
-      MIL_RUN(D, matmul, GemmShape{rows, di, rank, false, true}, dt_.data(), dt_low_.data(),
-              weight(p + "dt_proj"));
-      MIL_RUN(D, repeat_groups_forward, expanded_.data(), proj, m.repeat());
-      MIL_RUN(D, conv1d_forward, conv_out_.data(), expanded_.data(), weight(p + "conv_w"),
-              weight(p + "conv_b"), m.conv(), conv_ring);
-      MIL_RUN(D, selective_scan_forward, y, conv_out_.data(), dt_.data(), weight(p + "dt_bias"),
-              weight(p + "A_log"), proj + m.b_offset(), proj + m.c_offset(), weight(p + "D"),
-              proj + m.z_offset(), m.scan(), SelectiveStates{state, opt_.slots, slots});
-      MIL_RUN(D, matmul, residual_gemm(rows, d, di), x, y, weight(p + "out_proj"));
-    }
-  }
-
-  // One step over `rows` staged tokens: a prefill chunk of one sequence (batch 1 x rows tokens) or
-  // a decode step (rows sequences x 1 token); logits for rows [first, first + n_logits).
-  void forward(int64_t rows, bool fresh, int64_t first, int64_t n_logits, bool prefill = false) {
-    const LlamaConfig& c = cfg_;
-    const int64_t d = c.d_model, hd = c.head_dim, H = c.n_heads, Hkv = c.n_kv_heads;
-    const int64_t qkvw = c.qkv_layout().width(), kvw = Hkv * hd;
-    const int32_t* ids = tokens_.data();
-    const int32_t* slots = ids + rows_;
-    const int32_t* pos = ids + 2 * rows_;
-    T *x = x_.data(), *h = h_.data(), *qkv = qkv_.data(), *att = att_.data();
-    const RopeConfig rope = c.rope();
-    const KvAttentionShape ks{rows, H, Hkv, hd, qkvw, opt_.slots, opt_.max_seq,
-                              float(1.0 / std::sqrt(double(hd)))};
-    const int64_t layer_cache = opt_.slots * opt_.max_seq * kvw;
-
-    MIL_RUN(D, embedding_forward, x, weight("tok_embeddings"), ids, rows, d, c.vocab);
-    for (int64_t l = 0; l < c.n_layers; ++l) {
-      const std::string p = "layers." + std::to_string(l) + ".";
-      if (!hybrid_.is_attention(l)) {
-        mamba_layer(p, state_index_[size_t(l)], prefill ? 1 : rows, prefill ? rows : 1, slots, pos);
-        mlp(p, rows);
-        continue;
+  // The staged step through every layer, then the logits of the rows asked for.
+  void forward() {
+    const StepTokens t = device_tokens();
+    const int64_t d = cfg_.d_model, layer_cache = opt_.slots * opt_.max_seq * cfg_.n_kv_heads * cfg_.head_dim;
+    T* x = x_.data();
+    MIL_RUN(D, embedding_forward, x, weights_.tok_embeddings.value().data(), t.ids, t.count, d,
+            cfg_.vocab);
+    for (int64_t l = 0; l < cfg_.n_layers; ++l) {
+      const LayerWeights<T, D>& w = weights_.layers[size_t(l)];
+      const int64_t i = state_index_[size_t(l)];
+      if (w.kind == LayerKind::attention) {
+        const KvLayer<T> cache{k_cache_.data() + i * layer_cache, v_cache_.data() + i * layer_cache,
+                               opt_.slots, opt_.max_seq};
+        attention_step(x, scratch_, w, cfg_, t, cache, workspace_.data());
+      } else {
+        const int64_t ring = ring_len_ * hybrid_.conv_channels();
+        const MambaLayerState<T> st{conv_ring_.data() + i * opt_.slots * ring, ring_len_,
+                                    ssm_state_.data() + i * opt_.slots * state_size_, opt_.slots};
+        mamba_step(x, scratch_, w, hybrid_, t, st);
       }
-      const int64_t a = state_index_[size_t(l)];
-      T* kc = k_cache_.data() + a * layer_cache;
-      T* vc = v_cache_.data() + a * layer_cache;
-      MIL_RUN(D, rmsnorm_forward, h, nullptr, x, weight(p + "attn_norm"), rows, d, c.norm_eps);
-      MIL_RUN(D, matmul, GemmShape{rows, qkvw, d, false, true}, qkv, h, weight(p + "wqkv"));
-      if (c.attention_bias) MIL_RUN(D, bias_add, qkv, weight(p + "bqkv"), rows, qkvw);
-      // q and k heads are adjacent in a row: one launch rotates both.
-      MIL_RUN(D, rope_apply, qkv, qkv, pos, rows, H + Hkv, qkvw, rope, false);
-      MIL_RUN(D, kv_cache_append, kc, vc, qkv + H * hd, qkv + (H + Hkv) * hd, qkvw, slots, pos,
-              rows, kvw, opt_.slots, opt_.max_seq);
-      // The GPU flash-attention kernel (bf16, head_dim 64 or 128) runs a fresh prompt faster;
-      // everything else reads the cache.
-      bool flash = false;
-      if constexpr (std::is_same_v<D, Cuda> && std::is_same_v<T, bf16>) {
-        flash = fresh && (hd == 64 || hd == 128);
-        if (flash)
-          MIL_RUN(D, attention_forward, att, nullptr, qkv, qkv + H * hd, qkv + (H + Hkv) * hd,
-                  attention_shape_fused(1, rows, H, Hkv, hd));
-      }
-      if (!flash) MIL_RUN(D, attention_kv_cache, att, qkv, kc, vc, slots, pos, ks, workspace_.data());
-      MIL_RUN(D, matmul, residual_gemm(rows, d, H * hd), x, att, weight(p + "wo"));
-      mlp(p, rows);
+      mlp_step(x, scratch_, w.mlp, cfg_, t.count);
     }
-    MIL_RUN(D, rmsnorm_forward, h, nullptr, x + first * d, weight("norm"), n_logits, d, c.norm_eps);
-    const T* head = weight(c.tied_embeddings ? "tok_embeddings" : "lm_head");
-    MIL_RUN(D, matmul, GemmShape{n_logits, c.vocab, d, false, true}, logits_.data(), h, head);
-    MIL_RUN(D, argmax_rows, argmax_.data(), logits_.data(), n_logits, c.vocab);
+    if (logit_rows_ == 0) return;
+    const T* rows = x + logits_first_ * d;
+    if (!logits_in_place_) {  // gather the rows asked for (an embedding lookup into x)
+      const int32_t* index = t.positions + tokens_cap_;
+      MIL_RUN(D, embedding_forward, logit_x_.data(), x, index, logit_rows_, d, t.count);
+      rows = logit_x_.data();
+    }
+    logits_step(logits_.data(), argmax_.data(), rows, scratch_, weights_, cfg_, logit_rows_);
 #if defined(__CUDACC__)
     if constexpr (std::is_same_v<D, Cuda>)
-      MIL_CUDA_CHECK(cudaMemcpyAsync(pinned_argmax_, argmax_.data(),
-                                     size_t(n_logits) * sizeof(int32_t), cudaMemcpyDeviceToHost,
-                                     stream_));
+      MIL_CUDA_CHECK(cudaMemcpyAsync(host_argmax_, argmax_.data(),
+                                     size_t(logit_rows_) * sizeof(int32_t),
+                                     cudaMemcpyDeviceToHost, stream_));
 #endif
   }
 
-  const ParameterStore<T, D>& weights_;
+  ModelWeights<T, D> weights_;  // views: the model's tensors, shared
   HybridConfig hybrid_;
   LlamaConfig cfg_;
   DecoderOptions opt_;
-  int64_t rows_ = 0, logit_rows_ = 0;
-  Tensor<T, D> k_cache_, v_cache_, x_, h_, qkv_, att_, gate_up_, mlp_, logits_;
+  int64_t tokens_cap_ = 0, logits_cap_ = 0, token_words_ = 0, logit_rows_ = 0;
+  Tensor<T, D> k_cache_, v_cache_, x_, logit_x_, logits_;
+  StepScratch<T, D> scratch_;
   // Mamba layers: conv rings [mamba layers * slots, ring_len, channels], fp32 SSM states
-  // [mamba layers * slots, state], and the mixer's activations.
-  Tensor<T, D> conv_ring_, proj_, conv_out_, ssm_y_, expanded_, dt_low_, dt_;
-  Tensor<float, D> ssm_state_;
-  int64_t n_attention_ = 0, n_mamba_ = 0, ring_len_ = 0;
+  // [mamba layers * slots, state]; snapshots of both [snapshots * mamba layers * slots, ...].
+  Tensor<T, D> conv_ring_, ring_snap_;
+  Tensor<float, D> ssm_state_, ssm_snap_;
+  int64_t n_attention_ = 0, n_mamba_ = 0, ring_len_ = 0, state_size_ = 0;
   std::vector<int64_t> state_index_;  // per layer: its index among the attention or Mamba layers
+  std::vector<int64_t> snap_lengths_;  // [snapshot, slot]: saved length, -1 = never saved
   Tensor<int32_t, D> tokens_, argmax_;
   Tensor<float, D> workspace_;  // GPU attention_kv_cache's (empty on the CPU)
   std::vector<int64_t> lengths_;
-  int32_t* host_tokens_ = nullptr;
+  // The step being run (host side).
+  StepTokens step_;
+  std::vector<int64_t> logit_offsets_;
+  bool logits_in_place_ = true;
+  int64_t logits_first_ = 0;
+  std::tuple<int64_t, int64_t, int> graph_key_{0, 0, 0};
+  int32_t* host_tokens_ = nullptr;  // staging of tokens_ (pinned on the GPU)
   int32_t* host_argmax_ = nullptr;
 #if defined(__CUDACC__)
   cudaStream_t stream_ = nullptr;
-  int32_t* pinned_tokens_ = nullptr;
-  int32_t* pinned_argmax_ = nullptr;
-  std::map<int64_t, cudaGraphExec_t> graphs_;
+  std::map<std::tuple<int64_t, int64_t, int>, cudaGraphExec_t> graphs_;
 #endif
 };
 

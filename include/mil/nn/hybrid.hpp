@@ -1,48 +1,17 @@
 #pragma once
-// HybridModel: a Llama-family decoder in which the layers outside config.attn_layers use a Mamba-2
-// or Mamba-1 mixer instead of attention (METHOD.md §1-3), built from autograd ops, on the CPU or
-// the GPU. Attention layers, MLPs, norms, embeddings and the LM head are the Llama model's own
-// blocks (nn/llama.hpp), with the same parameter names, so a hybrid with every layer attention
-// holds exactly a LlamaModel's parameters.
-//
-//   Mamba-2 mixer:  out_proj · mamba2_core(in_proj · u)          (autograd/mamba_ops.hpp)
-//   Mamba-1 mixer:  out_proj · mamba1_core(in_proj · u, dt_proj · (dt_down · u))
-// Mamba layers take no positions (no RoPE).
+// The model: a Llama-family decoder in which the layers outside config.attn_layers use a Mamba-2
+// or Mamba-1 mixer instead of attention (docs/METHOD.md), built from the blocks of nn/blocks.hpp,
+// on the CPU or the GPU. A Llama-family Transformer (the teacher) is the hybrid whose every layer
+// is attention: HybridModel(all_attention(llama_config)). One class, one parameter table, one
+// initialisation, one conversion and one loader (nn/model_load.hpp) serve both.
 #include <cmath>
+#include <functional>
 #include <string>
+#include <unordered_map>
 
-#include "../autograd/mamba_ops.hpp"
-#include "hybrid_config.hpp"
-#include "llama.hpp"
+#include "blocks.hpp"
 
 namespace mil::nn {
-
-inline ag::Mamba2Dims mamba2_dims(const HybridConfig& c, int64_t batch, int64_t seq) {
-  return {batch, seq, c.llama.n_heads, c.llama.n_kv_heads, c.llama.head_dim, c.conv_kernel,
-          c.ssm_norm_eps};
-}
-inline ag::Mamba1Dims mamba1_dims(const HybridConfig& c, int64_t batch, int64_t seq) {
-  return {batch,        seq, c.d_inner(), c.d_xb(), c.mamba1_d_state, c.conv_kernel,
-          c.mamba1_double_dt_bias ? 2.f : 1.f};
-}
-
-// x + mixer(rmsnorm(x)) for the Mamba layer with parameter prefix p.
-template <Element T, Device D>
-ag::Var<T, D> mamba_block(ag::Tape& tape, const ag::Var<T, D>& x, const ParameterStore<T, D>& w,
-                          const std::string& p, const HybridConfig& c, int64_t batch, int64_t seq) {
-  auto h = ag::rmsnorm(tape, x, w[p + "attn_norm"], c.llama.norm_eps);
-  auto proj = ag::linear(tape, h, w[p + "in_proj"]);
-  ag::Var<T, D> y;
-  if (c.mixer == MixerKind::mamba2) {
-    y = ag::mamba2_core(tape, proj, w[p + "conv_w"], w[p + "conv_b"], w[p + "dt_bias"],
-                        w[p + "A_log"], w[p + "D"], w[p + "ssm_norm"], mamba2_dims(c, batch, seq));
-  } else {
-    auto dt = ag::linear(tape, ag::linear(tape, h, w[p + "dt_down"]), w[p + "dt_proj"]);
-    y = ag::mamba1_core(tape, proj, dt, w[p + "conv_w"], w[p + "conv_b"], w[p + "dt_bias"],
-                        w[p + "A_log"], w[p + "D"], mamba1_dims(c, batch, seq));
-  }
-  return ag::add(tape, x, ag::linear(tape, y, w[p + "out_proj"]));
-}
 
 // Fresh values of a Mamba layer's own parameters (METHOD.md §4), from Philox streams of `seed`
 // (one stream per layer and parameter, so a layer's values do not depend on the others):
@@ -50,67 +19,91 @@ ag::Var<T, D> mamba_block(ag::Tape& tape, const ag::Var<T, D>& x, const Paramete
 // attention are overwritten by the teacher's weights afterwards), conv uniform(±1/sqrt(kernel)),
 // dt_bias = softplus^-1(dt) with dt = exp(U[ln 1e-3, ln 1e-1]) clamped to >= 1e-4, A_log = log U(1, 16)
 // per head (Mamba-2) or log n for n = 1..N (Mamba-1), D = 1, norm weight 1. out_proj uniform too.
-inline void init_mamba_layer(ParameterStore<float, Cpu>& w, const HybridConfig& c, int64_t layer,
+inline void init_mamba_layer(LayerWeights<float, Cpu>& w, const HybridConfig& c, int64_t layer,
                              uint64_t seed) {
-  const std::string p = "layers." + std::to_string(layer) + ".";
+  MIL_CHECK(w.kind != LayerKind::attention, "init_mamba_layer: layer ", layer, " is attention");
+  const bool m2 = w.kind == LayerKind::mamba2;
   const uint64_t base = uint64_t(layer) * 16 + 1000;
-  auto uniform = [&](const std::string& name, int k, float bound) {
-    auto t = w[p + name].value();
-    for (int64_t i = 0; i < t.numel(); ++i)
-      t.data()[i] = rng::uniform(seed, base + uint64_t(k), uint64_t(i), -bound, bound);
+  auto uniform = [&](const ag::Var<float, Cpu>& v, int k, float bound) {
+    float* t = v.value().data();
+    for (int64_t i = 0; i < v.numel(); ++i)
+      t[i] = rng::uniform(seed, base + uint64_t(k), uint64_t(i), -bound, bound);
   };
-  auto fill = [&](const std::string& name, float v) {
-    auto t = w[p + name].value();
-    for (int64_t i = 0; i < t.numel(); ++i) t.data()[i] = v;
+  auto fill = [](const ag::Var<float, Cpu>& v, float value) {
+    std::fill_n(v.value().data(), v.numel(), value);
   };
+  const auto& in_proj = m2 ? w.mamba2.in_proj : w.mamba1.in_proj;
+  const auto& out_proj = m2 ? w.mamba2.out_proj : w.mamba1.out_proj;
+  const auto& conv_w = m2 ? w.mamba2.conv_w : w.mamba1.conv_w;
+  const auto& conv_b = m2 ? w.mamba2.conv_b : w.mamba1.conv_b;
+  const auto& dt_bias = m2 ? w.mamba2.dt_bias : w.mamba1.dt_bias;
+  const auto& a_log = m2 ? w.mamba2.A_log : w.mamba1.A_log;
   const float d = float(c.llama.d_model);
-  uniform("in_proj", 0, 1.f / std::sqrt(d));
-  uniform("out_proj", 1, 1.f / std::sqrt(float(c.d_inner())));
-  uniform("conv_w", 2, 1.f / std::sqrt(float(c.conv_kernel)));
-  uniform("conv_b", 3, 1.f / std::sqrt(float(c.conv_kernel)));
-  auto dt_bias = w[p + "dt_bias"].value();
+  uniform(in_proj, 0, 1.f / std::sqrt(d));
+  uniform(out_proj, 1, 1.f / std::sqrt(float(c.d_inner())));
+  uniform(conv_w, 2, 1.f / std::sqrt(float(c.conv_kernel)));
+  uniform(conv_b, 3, 1.f / std::sqrt(float(c.conv_kernel)));
   for (int64_t i = 0; i < dt_bias.numel(); ++i) {
     const double u = rng::uniform(seed, base + 4, uint64_t(i), 0.f, 1.f);
     const double dt = std::max(std::exp(std::log(1e-3) + u * (std::log(1e-1) - std::log(1e-3))), 1e-4);
-    dt_bias.data()[i] = float(dt + std::log(-std::expm1(-dt)));  // softplus^-1(dt)
+    dt_bias.value().data()[i] = float(dt + std::log(-std::expm1(-dt)));  // softplus^-1(dt)
   }
-  auto a_log = w[p + "A_log"].value();
-  if (c.mixer == MixerKind::mamba2) {
+  float* a = a_log.value().data();
+  if (m2) {
     for (int64_t i = 0; i < a_log.numel(); ++i)
-      a_log.data()[i] = std::log(rng::uniform(seed, base + 5, uint64_t(i), 1.f, 16.f));
-    fill("ssm_norm", 1.f);
+      a[i] = std::log(rng::uniform(seed, base + 5, uint64_t(i), 1.f, 16.f));
+    fill(w.mamba2.ssm_norm, 1.f);
+    fill(w.mamba2.D_skip, 1.f);
   } else {
     const int64_t N = c.mamba1_d_state;
-    for (int64_t i = 0; i < a_log.numel(); ++i) a_log.data()[i] = std::log(float(i % N + 1));
-    uniform("dt_down", 6, 1.f / std::sqrt(d));
-    uniform("dt_proj", 7, 1.f / std::sqrt(float(c.dt_rank())));
+    for (int64_t i = 0; i < a_log.numel(); ++i) a[i] = std::log(float(i % N + 1));
+    uniform(w.mamba1.dt_down, 6, 1.f / std::sqrt(d));
+    uniform(w.mamba1.dt_proj, 7, 1.f / std::sqrt(float(c.dt_rank())));
+    fill(w.mamba1.D_skip, 1.f);
   }
-  fill("D", 1.f);
 }
 
 template <Element T, Device D>
 class HybridModel {
  public:
   using Var = ag::Var<T, D>;
+  using Borrow = std::function<bool(const ParamSlot&)>;
 
-  explicit HybridModel(const HybridConfig& cfg) : cfg_(cfg), params_(cfg.parameter_specs()) {}
+  explicit HybridModel(const HybridConfig& cfg)
+      : cfg_(cfg), params_(parameter_specs(cfg)), weights_(bind_weights(cfg_, params_)) {}
+
+  // A model whose parameters for which borrow(slot) is true are `lender`'s tensors, shared and
+  // frozen (a student keeps its teacher's MLPs, embeddings and norms without copying them); its
+  // own store, gradients and optimizer moments cover the rest. The lender must have those
+  // parameters with the same shapes.
+  HybridModel(const HybridConfig& cfg, const HybridModel& lender, const Borrow& borrow)
+      : cfg_(cfg), params_(borrowing_store(cfg, lender, borrow)),
+        weights_(bind_weights(cfg_, params_)) {}
+
+  HybridModel(HybridModel&& o) noexcept = default;
+  HybridModel& operator=(HybridModel&& o) noexcept = default;
 
   const HybridConfig& config() const { return cfg_; }
   ParameterStore<T, D>& params() { return params_; }
   const ParameterStore<T, D>& params() const { return params_; }
-  const Var& param(const std::string& name) const { return params_[name]; }
+  const ModelWeights<T, D>& weights() const { return weights_; }
+  // A parameter by its key (nn::param_key); code inside mil reaches weights through weights().
+  const Var& param(const std::string& key) const { return params_[key]; }
 
   // Attention, MLP and embedding weights ~ N(0, std), norm weights 1, Mamba layers as
   // init_mamba_layer: drawn on the CPU, so CPU and GPU models start from the same numbers.
+  // Borrowed parameters are the lender's and keep their values.
   void init_random(uint64_t seed, float std = 0.02f) {
-    ParameterStore<float, Cpu> host(cfg_.parameter_specs());
-    rng::fill_normal(host.values(), 0.f, std, seed);
-    for (const auto& e : host.entries())
-      if (e.name.ends_with("norm"))
-        for (int64_t i = 0; i < e.var.numel(); ++i) host.values()[e.offset + i] = 1.f;
+    HybridModel<float, Cpu> host(cfg_);
+    rng::fill_normal(host.params().values(), 0.f, std, seed);
+    for (const auto& s : parameter_table(cfg_))
+      if (is_norm(s.param)) {
+        const auto& v = host.weights()[s];
+        std::fill_n(v.value().data(), v.numel(), 1.f);
+      }
     for (int64_t l = 0; l < cfg_.llama.n_layers; ++l)
-      if (!cfg_.is_attention(l)) init_mamba_layer(host, cfg_, l, seed);
-    copy_converted(params_, host);
+      if (!cfg_.is_attention(l)) init_mamba_layer(host.layer(l), cfg_, l, seed);
+    copy_owned_from(host);
   }
 
   // Logits [batch * seq, vocab] for token ids [batch * seq] at the given positions (used by the
@@ -120,25 +113,59 @@ class HybridModel {
     MIL_CHECK(ids.numel() == batch * seq, "HybridModel::forward: ", ids.numel(),
               " ids for batch ", batch, " x seq ", seq);
     const LlamaConfig& c = cfg_.llama;
-    Var x = ag::embedding(tape, param("tok_embeddings"), ids);
-    for (int64_t l = 0; l < c.n_layers; ++l) {
-      const std::string p = "layers." + std::to_string(l) + ".";
-      x = cfg_.is_attention(l) ? attention_block(tape, x, params_, p, c, positions, batch, seq)
-                               : mamba_block(tape, x, params_, p, cfg_, batch, seq);
-      x = mlp_block(tape, x, params_, p, c);
+    Var x = ag::embedding(tape, weights_.tok_embeddings, ids);
+    for (const auto& w : weights_.layers) {
+      x = w.kind == LayerKind::attention ? attention_block(tape, x, w, c, positions, batch, seq)
+                                         : mamba_block(tape, x, w, cfg_, batch, seq);
+      x = mlp_block(tape, x, w.mlp, c);
     }
-    return logits_block(tape, x, params_, c);
+    return logits_block(tape, x, weights_, c);
+  }
+
+  // Writable views for initialisation and loading (the tensors themselves are shared).
+  LayerWeights<T, D>& layer(int64_t l) { return weights_.layers.at(size_t(l)); }
+  ModelWeights<T, D>& mutable_weights() { return weights_; }
+
+  // This model's own parameters take the values of the same parameters of `src` (any element
+  // type or device; rounded once on the host). Borrowed parameters are not touched.
+  template <Element S, Device DS>
+  void copy_owned_from(const HybridModel<S, DS>& src) {
+    for (const auto& e : params_.entries()) {
+      if (!e.owned()) continue;
+      const auto& from = src.params()[e.name].value();
+      MIL_CHECK(from.shape() == e.var.shape(), "copy_owned_from: '", e.name, "' has shape ",
+                from.shape().str(), " in the source, ", e.var.shape().str(), " here");
+      const auto host = from.template to<Cpu>();
+      auto cast = Tensor<T, Cpu>::empty(host.shape());
+      for (int64_t i = 0; i < host.numel(); ++i) cast[i] = T(to_acc(host[i]));
+      e.var.value().copy_from(cast);
+    }
   }
 
  private:
+  static ParameterStore<T, D> borrowing_store(const HybridConfig& cfg, const HybridModel& lender,
+                                              const Borrow& borrow) {
+    std::vector<ParamSpec> specs;
+    std::unordered_map<std::string, bool> borrowed;
+    for (const auto& s : parameter_table(cfg)) {
+      specs.push_back({s.key(), s.shape});
+      borrowed[s.key()] = borrow && borrow(s);
+    }
+    return ParameterStore<T, D>(specs, &lender.params(),
+                                [&](const std::string& name) { return borrowed.at(name); });
+  }
+
   HybridConfig cfg_;
   ParameterStore<T, D> params_;
+  ModelWeights<T, D> weights_;
 };
 
+// The same model in another element type or on another device (e.g. float CPU weights loaded from
+// a file -> bf16 on the GPU): every weight is rounded once, on the host.
 template <Element To, Device DTo, Element T, Device D>
 HybridModel<To, DTo> convert_model(const HybridModel<T, D>& m) {
   HybridModel<To, DTo> out(m.config());
-  copy_converted(out.params(), m.params());
+  out.copy_owned_from(m);  // borrowed parameters of m are copied too: `out` owns everything
   return out;
 }
 

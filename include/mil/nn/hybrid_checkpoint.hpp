@@ -40,7 +40,6 @@
 #include "../io/safetensors_writer.hpp"
 #include "hybrid_config.hpp"
 #include "llama_hf.hpp"
-#include "parameters.hpp"
 
 namespace mil::nn {
 
@@ -66,63 +65,47 @@ struct HybridSaveOptions {
 
 namespace hybrid_detail {
 
-// The layer of a mil parameter "layers.N.xxx", or -1.
-inline int64_t layer_of(const std::string& param) {
-  if (!param.starts_with("layers.")) return -1;
-  return std::strtoll(param.c_str() + 7, nullptr, 10);
-}
-
-inline bool is_attention_param(const std::string& param) {
-  return param.ends_with(".wqkv") || param.ends_with(".bqkv") || param.ends_with(".wo");
+inline bool is_attention_param(Param p) {
+  return p == Param::wqkv || p == Param::bqkv || p == Param::wo;
 }
 
 inline void append_mamba_slots(std::vector<HfTensorSlot>& s, const HybridConfig& c, int64_t l) {
   const int64_t d = c.llama.d_model, di = c.d_inner(), dxb = c.d_xb(), K = c.conv_kernel;
   const int64_t C = c.conv_channels();
   const std::string h = "model.layers." + std::to_string(l) + ".mamba.";
-  const std::string m = "layers." + std::to_string(l) + ".";
+  auto add = [&](const char* name, std::vector<int64_t> shape, Param p, int64_t offset = 0) {
+    s.push_back({h + name, std::move(shape), {p, l, {}}, offset});
+  };
+  using P = Param;
   if (c.mixer == MixerKind::mamba2) {
     const int64_t H = c.llama.n_heads;
-    s.push_back({h + "in_proj.weight", {c.in_proj_rows(), d}, m + "in_proj", 0});  // [z|x|B|C|dt]
-    s.push_back({h + "conv1d.weight", {C, 1, K}, m + "conv_w", 0});
-    s.push_back({h + "conv1d.bias", {C}, m + "conv_b", 0});
-    s.push_back({h + "dt_bias", {H}, m + "dt_bias", 0});
-    s.push_back({h + "A_log", {H}, m + "A_log", 0});
-    s.push_back({h + "D", {H}, m + "D", 0});
-    s.push_back({h + "norm.weight", {di}, m + "ssm_norm", 0});
-    s.push_back({h + "out_proj.weight", {d, di}, m + "out_proj", 0});
+    add("in_proj.weight", {c.in_proj_rows(), d}, P::in_proj);  // [z|x|B|C|dt]
+    add("conv1d.weight", {C, 1, K}, P::conv_w);
+    add("conv1d.bias", {C}, P::conv_b);
+    add("dt_bias", {H}, P::dt_bias);
+    add("A_log", {H}, P::A_log);
+    add("D", {H}, P::D);
+    add("norm.weight", {di}, P::ssm_norm);
+    add("out_proj.weight", {d, di}, P::out_proj);
   } else {
     // mil's in_proj is [x | z | B | C]; the reference keeps four Linear layers.
-    s.push_back({h + "in_proj_x.weight", {dxb, d}, m + "in_proj", 0});
-    s.push_back({h + "in_proj_z.weight", {di, d}, m + "in_proj", dxb * d});
-    s.push_back({h + "B_proj.weight", {dxb, d}, m + "in_proj", (dxb + di) * d});
-    s.push_back({h + "C_proj.weight", {di, d}, m + "in_proj", (2 * dxb + di) * d});
-    s.push_back({h + "dt_proj_down.weight", {c.dt_rank(), d}, m + "dt_down", 0});
-    s.push_back({h + "dt_proj.weight", {di, c.dt_rank()}, m + "dt_proj", 0});
-    s.push_back({h + "dt_proj.bias", {di}, m + "dt_bias", 0});
-    s.push_back({h + "conv1d.weight", {C, 1, K}, m + "conv_w", 0});
-    s.push_back({h + "conv1d.bias", {C}, m + "conv_b", 0});
-    s.push_back({h + "A_log", {di, c.mamba1_d_state}, m + "A_log", 0});
-    s.push_back({h + "D", {di}, m + "D", 0});
-    s.push_back({h + "out_proj.weight", {d, di}, m + "out_proj", 0});
+    add("in_proj_x.weight", {dxb, d}, P::in_proj);
+    add("in_proj_z.weight", {di, d}, P::in_proj, dxb * d);
+    add("B_proj.weight", {dxb, d}, P::in_proj, (dxb + di) * d);
+    add("C_proj.weight", {di, d}, P::in_proj, (2 * dxb + di) * d);
+    add("dt_proj_down.weight", {c.dt_rank(), d}, P::dt_down);
+    add("dt_proj.weight", {di, c.dt_rank()}, P::dt_proj);
+    add("dt_proj.bias", {di}, P::dt_bias);
+    add("conv1d.weight", {C, 1, K}, P::conv_w);
+    add("conv1d.bias", {C}, P::conv_b);
+    add("A_log", {di, c.mamba1_d_state}, P::A_log);
+    add("D", {di}, P::D);
+    add("out_proj.weight", {d, di}, P::out_proj);
   }
 }
 
 // Times the Mamba-1 dt bias is added by the model of `c` (1 or 2).
 inline int dt_bias_count(const HybridConfig& c) { return c.mamba1_double_dt_bias ? 2 : 1; }
-
-// The store must have exactly the parameters of `c` (same names and shapes).
-inline void check_store(const HybridConfig& c, const ParameterStore<float, Cpu>& w,
-                        const char* op) {
-  const auto specs = c.parameter_specs();
-  MIL_CHECK(specs.size() == w.entries().size(), op, ": the parameter store has ",
-            w.entries().size(), " parameters, the hybrid config ", specs.size());
-  for (const auto& s : specs) {
-    MIL_CHECK(w.has(s.name), op, ": the parameter store has no '", s.name, "'");
-    MIL_CHECK(w[s.name].shape() == s.shape, op, ": parameter '", s.name, "' has shape ",
-              w[s.name].shape().str(), ", the hybrid config says ", s.shape.str());
-  }
-}
 
 }  // namespace hybrid_detail
 
@@ -135,10 +118,10 @@ inline std::vector<HfTensorSlot> hybrid_tensor_slots(const HybridConfig& c) {
   std::vector<HfTensorSlot> out;
   int64_t mamba_layers = 0;
   for (auto& slot : llama_hf_tensor_slots(c.llama)) {
-    const int64_t l = hybrid_detail::layer_of(slot.param);
+    const int64_t l = slot.target.layer;
     if (l >= 0 && !c.is_attention(l)) {
-      if (hybrid_detail::is_attention_param(slot.param)) continue;
-      if (slot.param.ends_with(".mlp_norm")) {  // the mixer's tensors go before the MLP's
+      if (hybrid_detail::is_attention_param(slot.target.param)) continue;
+      if (slot.target.param == Param::mlp_norm) {  // the mixer's tensors go before the MLP's
         hybrid_detail::append_mamba_slots(out, c, l);
         ++mamba_layers;
       }
@@ -441,23 +424,22 @@ inline int stored_dt_bias_count(const io::SafetensorsCheckpoint& ck) {
   return 1;
 }
 
-// Fills `w` (the parameters of a hybrid of configuration `c`) from the folder's safetensors,
-// checked first by check_hybrid_tensors; Mamba-1 dt biases are rescaled as the header says.
-inline void load_hybrid_weights(const std::filesystem::path& dir, const HybridConfig& c,
-                                ParameterStore<float, Cpu>& w) {
-  hybrid_detail::check_store(c, w, "load_hybrid_weights");
+// Fills `model` from the folder's safetensors, checked first by check_hybrid_tensors; Mamba-1 dt
+// biases are rescaled as the header says.
+inline void load_hybrid_weights(const std::filesystem::path& dir, HybridModel<float, Cpu>& model) {
+  const HybridConfig& c = model.config();
   const auto ck = io::SafetensorsCheckpoint::open(dir);
   check_hybrid_tensors(ck, c);
   for (const auto& slot : hybrid_tensor_slots(c))
-    io::to_float(ck.tensor(slot.hf_name), w[slot.param].value().data() + slot.offset);
+    io::to_float(ck.tensor(slot.hf_name), slot_data(model.weights(), slot));
   if (c.mixer != MixerKind::mamba1) return;
   const int in_file = stored_dt_bias_count(ck), by_model = hybrid_detail::dt_bias_count(c);
   if (in_file == by_model) return;
   const float scale = float(in_file) / float(by_model);  // 2 or 1/2: exact
-  for (int64_t l = 0; l < c.llama.n_layers; ++l) {
-    if (c.is_attention(l)) continue;
-    auto t = w["layers." + std::to_string(l) + ".dt_bias"].value();
-    for (int64_t i = 0; i < t.numel(); ++i) t.data()[i] *= scale;
+  for (const auto& layer : model.weights().layers) {
+    if (layer.kind != LayerKind::mamba1) continue;
+    const auto& t = layer.mamba1.dt_bias;
+    for (int64_t i = 0; i < t.numel(); ++i) t.value().data()[i] *= scale;
   }
 }
 
@@ -466,9 +448,9 @@ inline void load_hybrid_weights(const std::filesystem::path& dir, const HybridCo
 // mamba_config.json and config.json. Each file is written under a temporary name and renamed,
 // so none is ever half-written; files of an earlier save that would contradict this one are
 // removed (write_safetensors_sharded).
-inline void save_hybrid(const std::filesystem::path& dir, const HybridConfig& c,
-                        const ParameterStore<float, Cpu>& w, const HybridSaveOptions& o = {}) {
-  hybrid_detail::check_store(c, w, "save_hybrid");
+inline void save_hybrid(const std::filesystem::path& dir, const HybridModel<float, Cpu>& model,
+                        const HybridSaveOptions& o = {}) {
+  const HybridConfig& c = model.config();
   MIL_CHECK(o.hf.dtype == "bfloat16" || o.hf.dtype == "float32", "save_hybrid: dtype '",
             o.hf.dtype, "' is not bfloat16 or float32");
   MIL_CHECK(o.hf.max_position_embeddings > 0, "save_hybrid: max_position_embeddings must be > 0");
@@ -480,10 +462,10 @@ inline void save_hybrid(const std::filesystem::path& dir, const HybridConfig& c,
   std::map<std::string, std::vector<float>> scaled;
   std::vector<io::FloatTensorRef> refs;
   for (const auto& s : hybrid_tensor_slots(c)) {
-    const float* data = w[s.param].value().data() + s.offset;
-    if (c.mixer == MixerKind::mamba1 && s.param.ends_with(".dt_bias") && in_file != by_model) {
-      auto& v = scaled[s.param];
-      const int64_t n = w[s.param].numel();
+    const float* data = slot_data(model.weights(), s);
+    if (c.mixer == MixerKind::mamba1 && s.target.param == Param::dt_bias && in_file != by_model) {
+      auto& v = scaled[s.hf_name];
+      const int64_t n = model.weights()[s.target].numel();
       v.resize(size_t(n));
       const float scale = float(by_model) / float(in_file);
       for (int64_t i = 0; i < n; ++i) v[size_t(i)] = data[i] * scale;
@@ -493,7 +475,7 @@ inline void save_hybrid(const std::filesystem::path& dir, const HybridConfig& c,
   }
   if (c.llama.tied_embeddings && o.write_tied_lm_head)
     refs.push_back({"lm_head.weight", {c.llama.vocab, c.llama.d_model},
-                    w["tok_embeddings"].value().data()});
+                    model.weights().tok_embeddings.value().data()});
   std::map<std::string, std::string> metadata{{"format", "pt"}};
   if (c.mixer == MixerKind::mamba1) metadata[kDtBiasMetadataKey] = in_file == 2 ? "twice" : "once";
 

@@ -2,19 +2,13 @@
 // Shape of a hybrid model (METHOD.md §1-3): a Llama-family teacher whose decoder layers outside
 // `attn_layers` have their attention replaced by a Mamba mixer. Every layer keeps the teacher's
 // structure  x += Mixer(rmsnorm(x)); x += W_down swiglu(W_gate_up rmsnorm(x)).
-//
-// Parameter names (mil's own; the checkpoint code maps them to the reference code's names):
-//   attention layer N: layers.N.{attn_norm, wqkv, [bqkv], wo, mlp_norm, w_gate_up, w_down}
-//   Mamba-2 layer N:   layers.N.{attn_norm, in_proj [z|x|B|C|dt], conv_w, conv_b, dt_bias, A_log,
-//                      D, ssm_norm, out_proj, mlp_norm, w_gate_up, w_down}
-//   Mamba-1 layer N:   layers.N.{attn_norm, in_proj [x|z|B|C], dt_down, dt_proj, dt_bias, conv_w,
-//                      conv_b, A_log, D, out_proj, mlp_norm, w_gate_up, w_down}
-// (attn_norm is the layer's input norm whatever its mixer: the teacher's input_layernorm.)
+// A Llama-family model is the hybrid whose every layer is attention (all_attention()). The
+// parameters of a configuration are listed in nn/param_table.hpp.
 #include <algorithm>
 #include <string>
 #include <vector>
 
-#include "llama.hpp"
+#include "llama_config.hpp"
 
 namespace mil::nn {
 
@@ -75,48 +69,15 @@ struct HybridConfig {
                 d_inner(), ") == d_model (", llama.d_model, ")");
     }
   }
-
-  std::vector<ParamSpec> parameter_specs() const {
-    validate();
-    const auto& c = llama;
-    std::vector<ParamSpec> s{{"tok_embeddings", Shape{c.vocab, c.d_model}}};
-    const int64_t qkv = (c.n_heads + 2 * c.n_kv_heads) * c.head_dim;
-    for (int64_t l = 0; l < c.n_layers; ++l) {
-      const std::string p = "layers." + std::to_string(l) + ".";
-      s.push_back({p + "attn_norm", Shape{c.d_model}});
-      if (is_attention(l)) {
-        s.push_back({p + "wqkv", Shape{qkv, c.d_model}});
-        if (c.attention_bias) s.push_back({p + "bqkv", Shape{qkv}});
-        s.push_back({p + "wo", Shape{c.d_model, d_inner()}});
-      } else if (mixer == MixerKind::mamba2) {
-        s.push_back({p + "in_proj", Shape{in_proj_rows(), c.d_model}});
-        s.push_back({p + "conv_w", Shape{conv_channels(), conv_kernel}});
-        s.push_back({p + "conv_b", Shape{conv_channels()}});
-        s.push_back({p + "dt_bias", Shape{c.n_heads}});
-        s.push_back({p + "A_log", Shape{c.n_heads}});
-        s.push_back({p + "D", Shape{c.n_heads}});
-        s.push_back({p + "ssm_norm", Shape{d_inner()}});
-        s.push_back({p + "out_proj", Shape{c.d_model, d_inner()}});
-      } else {
-        s.push_back({p + "in_proj", Shape{in_proj_rows(), c.d_model}});
-        s.push_back({p + "dt_down", Shape{dt_rank(), c.d_model}});
-        s.push_back({p + "dt_proj", Shape{d_inner(), dt_rank()}});
-        s.push_back({p + "dt_bias", Shape{d_inner()}});
-        s.push_back({p + "conv_w", Shape{conv_channels(), conv_kernel}});
-        s.push_back({p + "conv_b", Shape{conv_channels()}});
-        s.push_back({p + "A_log", Shape{d_inner(), mamba1_d_state}});
-        s.push_back({p + "D", Shape{d_inner()}});
-        s.push_back({p + "out_proj", Shape{c.d_model, d_inner()}});
-      }
-      s.push_back({p + "mlp_norm", Shape{c.d_model}});
-      s.push_back({p + "w_gate_up", Shape{2 * c.d_ff, c.d_model}});
-      s.push_back({p + "w_down", Shape{c.d_model, c.d_ff}});
-    }
-    s.push_back({"norm", Shape{c.d_model}});
-    if (!c.tied_embeddings) s.push_back({"lm_head", Shape{c.vocab, c.d_model}});
-    return s;
-  }
 };
+
+// A Llama-family model seen as a hybrid: every layer keeps attention.
+inline HybridConfig all_attention(const LlamaConfig& c) {
+  HybridConfig h;
+  h.llama = c;
+  for (int64_t l = 0; l < c.n_layers; ++l) h.attn_layers.push_back(l);
+  return h;
+}
 
 // The standard layouts (METHOD.md §1), generalised by spacing: a fraction 1/every of the layers
 // keeps attention, the last of each group of `every` layers (every = 2: 1,3,5,...; 4: 3,7,...;

@@ -1,6 +1,6 @@
 #pragma once
 // A Llama model from a GGUF file (llama.cpp's format): the configuration from the metadata and
-// the weights, dequantised to float, into nn::LlamaModel<float, Cpu>.
+// the weights, dequantised to float, into an all-attention nn::HybridModel<float, Cpu>.
 //
 // GGUF stores a weight of PyTorch shape [out, in] with ne = [in, out], so its rows are the same
 // contiguous rows. llama.cpp's converter permutes the rows of Q and K within each head for its
@@ -9,7 +9,7 @@
 #include <string>
 
 #include "../io/gguf.hpp"
-#include "llama.hpp"
+#include "hybrid.hpp"
 
 namespace mil::nn {
 
@@ -98,38 +98,34 @@ inline void load_gguf_rows(const io::GgufFile& f, const std::string& name,
 
 }  // namespace detail
 
-inline void load_llama_weights(const io::GgufFile& f, LlamaModel<float, Cpu>& model) {
-  const LlamaConfig& c = model.config();
-  const LlamaConfig fc = llama_config_from_gguf(f);
-  MIL_CHECK(fc.vocab == c.vocab && fc.d_model == c.d_model && fc.n_layers == c.n_layers &&
-                fc.n_heads == c.n_heads && fc.n_kv_heads == c.n_kv_heads &&
-                fc.head_dim == c.head_dim && fc.d_ff == c.d_ff &&
-                fc.tied_embeddings == c.tied_embeddings,
-            "GGUF '", f.source(), "': the file's model (vocab ", fc.vocab, ", d ", fc.d_model,
-            ", layers ", fc.n_layers, ", heads ", fc.n_heads, "/", fc.n_kv_heads, " x ",
-            fc.head_dim, ", ff ", fc.d_ff, fc.tied_embeddings ? ", tied" : ", untied",
-            ") differs from the model being loaded: build it from llama_config_from_gguf()");
-  auto& p = model.params();
-  auto ptr = [&](const std::string& n) { return p[n].value().data(); };
+// The model of a GGUF file (float, CPU): the configuration from the metadata, then every
+// weight dequantised into its view.
+inline HybridModel<float, Cpu> load_gguf_model(const io::GgufFile& f) {
+  const LlamaConfig c = llama_config_from_gguf(f);
+  HybridModel<float, Cpu> model(all_attention(c));
+  const ModelWeights<float, Cpu>& w = model.weights();
+  auto ptr = [](const ag::Var<float, Cpu>& v) { return v.value().data(); };
   const int64_t d = c.d_model, q = c.n_heads * c.head_dim, kv = c.n_kv_heads * c.head_dim;
 
-  detail::load_gguf_rows(f, "token_embd.weight", {d, c.vocab}, ptr("tok_embeddings"));
+  detail::load_gguf_rows(f, "token_embd.weight", {d, c.vocab}, ptr(w.tok_embeddings));
   for (int64_t l = 0; l < c.n_layers; ++l) {
-    const std::string g = "blk." + std::to_string(l) + ".", m = "layers." + std::to_string(l) + ".";
-    detail::load_gguf_rows(f, g + "attn_norm.weight", {d}, ptr(m + "attn_norm"));
-    float* wqkv = ptr(m + "wqkv");
+    const std::string g = "blk." + std::to_string(l) + ".";
+    const LayerWeights<float, Cpu>& layer = w.layers[size_t(l)];
+    detail::load_gguf_rows(f, g + "attn_norm.weight", {d}, ptr(layer.norm));
+    float* wqkv = ptr(layer.attn.wqkv);
     detail::load_gguf_rows(f, g + "attn_q.weight", {d, q}, wqkv, c.n_heads);
     detail::load_gguf_rows(f, g + "attn_k.weight", {d, kv}, wqkv + q * d, c.n_kv_heads);
     detail::load_gguf_rows(f, g + "attn_v.weight", {d, kv}, wqkv + (q + kv) * d);
-    detail::load_gguf_rows(f, g + "attn_output.weight", {q, d}, ptr(m + "wo"));
-    detail::load_gguf_rows(f, g + "ffn_norm.weight", {d}, ptr(m + "mlp_norm"));
-    float* gate_up = ptr(m + "w_gate_up");
+    detail::load_gguf_rows(f, g + "attn_output.weight", {q, d}, ptr(layer.attn.wo));
+    detail::load_gguf_rows(f, g + "ffn_norm.weight", {d}, ptr(layer.mlp.norm));
+    float* gate_up = ptr(layer.mlp.w_gate_up);
     detail::load_gguf_rows(f, g + "ffn_gate.weight", {d, c.d_ff}, gate_up);
     detail::load_gguf_rows(f, g + "ffn_up.weight", {d, c.d_ff}, gate_up + c.d_ff * d);
-    detail::load_gguf_rows(f, g + "ffn_down.weight", {c.d_ff, d}, ptr(m + "w_down"));
+    detail::load_gguf_rows(f, g + "ffn_down.weight", {c.d_ff, d}, ptr(layer.mlp.w_down));
   }
-  detail::load_gguf_rows(f, "output_norm.weight", {d}, ptr("norm"));
-  if (!c.tied_embeddings) detail::load_gguf_rows(f, "output.weight", {d, c.vocab}, ptr("lm_head"));
+  detail::load_gguf_rows(f, "output_norm.weight", {d}, ptr(w.norm));
+  if (!c.tied_embeddings) detail::load_gguf_rows(f, "output.weight", {d, c.vocab}, ptr(w.lm_head));
+  return model;
 }
 
 }  // namespace mil::nn

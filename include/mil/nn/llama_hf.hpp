@@ -1,7 +1,7 @@
 #pragma once
 // Llama-family models in Hugging Face's layout (config.json + safetensors): the configuration of
-// LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM, loading their weights into
-// nn::LlamaModel<float, Cpu>, and saving a model so that transformers loads it.
+// LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM, loading their weights into an
+// all-attention nn::HybridModel<float, Cpu>, and saving one so that transformers loads it.
 //
 // config.json is untrusted: every field mil reads is type- and range-checked, absent optional
 // fields take transformers' defaults for the model type, and anything mil cannot run exactly
@@ -24,7 +24,7 @@
 
 #include "../io/safetensors.hpp"
 #include "../io/safetensors_writer.hpp"
-#include "llama.hpp"
+#include "hybrid.hpp"
 
 namespace mil::nn {
 
@@ -288,38 +288,49 @@ inline LlamaConfig llama_config_from_hf_file(const std::filesystem::path& path) 
   return hf_llama_config_file(path).model;
 }
 
-// Where each Hugging Face tensor lives in mil's parameters: `shape` elements of parameter
-// `param` from element `offset` on (q, k, v are row blocks of wqkv; gate, up of w_gate_up).
+// Where each Hugging Face tensor lives in mil's parameters: `shape` elements of the parameter
+// `target` (kind and layer, nn/param_table.hpp) from element `offset` on (q, k, v are row blocks
+// of wqkv; gate, up of w_gate_up).
 struct HfTensorSlot {
   std::string hf_name;
   std::vector<int64_t> shape;
-  std::string param;
+  ParamSlot target;
   int64_t offset = 0;
 };
 
+// The first element of a slot's tensor in a model's weights.
+template <Element T>
+T* slot_data(const ModelWeights<T, Cpu>& w, const HfTensorSlot& s) {
+  return w[s.target].value().data() + s.offset;
+}
+
+// The tensors of a Llama-family Transformer: every layer as attention.
 inline std::vector<HfTensorSlot> llama_hf_tensor_slots(const LlamaConfig& c) {
   const int64_t d = c.d_model, q = c.n_heads * c.head_dim, kv = c.n_kv_heads * c.head_dim;
-  std::vector<HfTensorSlot> s{{"model.embed_tokens.weight", {c.vocab, d}, "tok_embeddings", 0}};
+  using P = Param;
+  std::vector<HfTensorSlot> s{{"model.embed_tokens.weight", {c.vocab, d}, {P::tok_embeddings, -1, {}}, 0}};
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const std::string h = "model.layers." + std::to_string(l) + ".";
-    const std::string m = "layers." + std::to_string(l) + ".";
-    s.push_back({h + "input_layernorm.weight", {d}, m + "attn_norm", 0});
-    s.push_back({h + "self_attn.q_proj.weight", {q, d}, m + "wqkv", 0});
-    s.push_back({h + "self_attn.k_proj.weight", {kv, d}, m + "wqkv", q * d});
-    s.push_back({h + "self_attn.v_proj.weight", {kv, d}, m + "wqkv", (q + kv) * d});
+    auto add = [&](const std::string& name, std::vector<int64_t> shape, Param p, int64_t offset) {
+      s.push_back({h + name, std::move(shape), {p, l, {}}, offset});
+    };
+    add("input_layernorm.weight", {d}, P::attn_norm, 0);
+    add("self_attn.q_proj.weight", {q, d}, P::wqkv, 0);
+    add("self_attn.k_proj.weight", {kv, d}, P::wqkv, q * d);
+    add("self_attn.v_proj.weight", {kv, d}, P::wqkv, (q + kv) * d);
     if (c.attention_bias) {
-      s.push_back({h + "self_attn.q_proj.bias", {q}, m + "bqkv", 0});
-      s.push_back({h + "self_attn.k_proj.bias", {kv}, m + "bqkv", q});
-      s.push_back({h + "self_attn.v_proj.bias", {kv}, m + "bqkv", q + kv});
+      add("self_attn.q_proj.bias", {q}, P::bqkv, 0);
+      add("self_attn.k_proj.bias", {kv}, P::bqkv, q);
+      add("self_attn.v_proj.bias", {kv}, P::bqkv, q + kv);
     }
-    s.push_back({h + "self_attn.o_proj.weight", {d, q}, m + "wo", 0});
-    s.push_back({h + "post_attention_layernorm.weight", {d}, m + "mlp_norm", 0});
-    s.push_back({h + "mlp.gate_proj.weight", {c.d_ff, d}, m + "w_gate_up", 0});
-    s.push_back({h + "mlp.up_proj.weight", {c.d_ff, d}, m + "w_gate_up", c.d_ff * d});
-    s.push_back({h + "mlp.down_proj.weight", {d, c.d_ff}, m + "w_down", 0});
+    add("self_attn.o_proj.weight", {d, q}, P::wo, 0);
+    add("post_attention_layernorm.weight", {d}, P::mlp_norm, 0);
+    add("mlp.gate_proj.weight", {c.d_ff, d}, P::w_gate_up, 0);
+    add("mlp.up_proj.weight", {c.d_ff, d}, P::w_gate_up, c.d_ff * d);
+    add("mlp.down_proj.weight", {d, c.d_ff}, P::w_down, 0);
   }
-  s.push_back({"model.norm.weight", {d}, "norm", 0});
-  if (!c.tied_embeddings) s.push_back({"lm_head.weight", {c.vocab, d}, "lm_head", 0});
+  s.push_back({"model.norm.weight", {d}, {P::norm, -1, {}}, 0});
+  if (!c.tied_embeddings) s.push_back({"lm_head.weight", {c.vocab, d}, {P::lm_head, -1, {}}, 0});
   return s;
 }
 
@@ -357,22 +368,16 @@ inline void check_llama_hf_tensors(const io::SafetensorsCheckpoint& ck, const Ll
   }
 }
 
-// Fills `model` from the checkpoint (checked first by check_llama_hf_tensors).
-inline void load_llama_weights_hf(const io::SafetensorsCheckpoint& ck,
-                                  LlamaModel<float, Cpu>& model) {
-  check_llama_hf_tensors(ck, model.config());
-  for (const auto& slot : llama_hf_tensor_slots(model.config()))
-    io::to_float(ck.tensor(slot.hf_name), model.params()[slot.param].value().data() + slot.offset);
-}
-
-// A model folder (config.json + model.safetensors or an index with shards) into float on the CPU.
-// The files are checked against the config before the model's memory is allocated.
-inline LlamaModel<float, Cpu> load_llama_model_hf(const std::filesystem::path& dir) {
+// A Llama-family model folder (config.json + model.safetensors or an index with shards) into
+// float on the CPU. The files are checked against the config before the model's memory is
+// allocated.
+inline HybridModel<float, Cpu> load_llama_model_hf(const std::filesystem::path& dir) {
   const LlamaConfig c = llama_config_from_hf_file(dir);
   const auto ck = io::SafetensorsCheckpoint::open(dir);
   check_llama_hf_tensors(ck, c);
-  LlamaModel<float, Cpu> model(c);
-  load_llama_weights_hf(ck, model);
+  HybridModel<float, Cpu> model(all_attention(c));
+  for (const auto& slot : llama_hf_tensor_slots(c))
+    io::to_float(ck.tensor(slot.hf_name), slot_data(model.weights(), slot));
   return model;
 }
 
@@ -427,17 +432,20 @@ inline nlohmann::ordered_json llama_hf_config_json(const LlamaConfig& c, const H
 }
 
 // Writes config.json and the weights (model.safetensors, or shards + index) into `dir` so that
-// transformers' AutoModelForCausalLM.from_pretrained(dir) loads the model.
-inline void save_llama_hf(const std::filesystem::path& dir, const LlamaModel<float, Cpu>& model,
+// transformers' AutoModelForCausalLM.from_pretrained(dir) loads the model, which must be a
+// Transformer (every layer attention; hybrids: save_hybrid).
+inline void save_llama_hf(const std::filesystem::path& dir, const HybridModel<float, Cpu>& model,
                           const HfSaveOptions& o = {}) {
-  const LlamaConfig& c = model.config();
+  const LlamaConfig& c = model.config().llama;
+  MIL_CHECK(model.config().n_mamba_layers() == 0, "save_llama_hf: the model has ",
+            model.config().n_mamba_layers(), " Mamba layers: save it with save_hybrid");
   MIL_CHECK(o.dtype == "bfloat16" || o.dtype == "float32", "save_llama_hf: dtype '", o.dtype,
             "' is not bfloat16 or float32");
   MIL_CHECK(o.max_position_embeddings > 0, "save_llama_hf: max_position_embeddings must be > 0");
   const nlohmann::ordered_json config = llama_hf_config_json(c, o);
   std::vector<io::FloatTensorRef> refs;
   for (const auto& s : llama_hf_tensor_slots(c))
-    refs.push_back({s.hf_name, s.shape, model.params()[s.param].value().data() + s.offset});
+    refs.push_back({s.hf_name, s.shape, slot_data(model.weights(), s)});
   io::write_float_safetensors(dir, refs,
                               o.dtype == "float32" ? io::SafetensorsDtype::F32
                                                    : io::SafetensorsDtype::BF16,

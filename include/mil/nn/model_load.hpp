@@ -1,15 +1,18 @@
 #pragma once
 // Any model mil runs, from a path a user gives, as a HybridModel (float, CPU) with its tokenizer
 // and chat template: a hybrid folder written by mil-convert / mil-distill or the reference code
-// (mamba_config.json + safetensors + tokenizer.json), or a Llama-family teacher (GGUF file or
-// Hugging Face folder), which is a hybrid whose every layer is attention.
+// (mamba_config.json + safetensors + tokenizer.json), a Llama-family GGUF file (llama.cpp), or a
+// Hugging Face folder (config.json, safetensors, tokenizer.json and tokenizer_config.json or
+// chat_template.jinja). A Transformer loads as the hybrid whose every layer is attention.
+// convert_model() moves the weights to another type or device.
 #include <filesystem>
 #include <string>
 
+#include "../text/gguf_tokenizer.hpp"
 #include "../text/hf_tokenizer.hpp"
-#include "decoder.hpp"
 #include "hybrid_checkpoint.hpp"
-#include "llama_load.hpp"
+#include "llama_gguf.hpp"
+#include "llama_hf.hpp"
 
 namespace mil::nn {
 
@@ -17,29 +20,53 @@ struct LoadedModel {
   HybridModel<float, Cpu> model;
   text::Tokenizer tokenizer;
   std::string chat_template;  // Jinja source as stored with the model; "" if none
-  std::string name;
+  std::string name;           // general.name, or the folder's name
 };
 
+namespace load_detail {
+
+inline void check_vocab(const LoadedModel& m, const std::string& path) {
+  MIL_CHECK(m.tokenizer.vocab_size() <= m.model.config().llama.vocab, "'", path, "': the ",
+            "tokenizer has ", m.tokenizer.vocab_size(), " tokens, the model's vocabulary ",
+            m.model.config().llama.vocab);
+}
+
+inline std::string folder_name(const std::filesystem::path& dir) {
+  const std::string name = dir.filename().string();
+  return name.empty() ? dir.parent_path().filename().string() : name;
+}
+
+inline LoadedModel load_gguf(const std::string& path) {
+  const auto f = io::GgufFile::open(path);
+  LoadedModel out{load_gguf_model(f), text::Tokenizer(text::tokenizer_data_from_gguf(f)),
+                  text::chat_template_from_gguf(f),
+                  f.find_string("general.name").value_or(std::filesystem::path(path).stem())};
+  check_vocab(out, path);
+  return out;
+}
+
+inline LoadedModel load_folder(const std::filesystem::path& dir) {
+  auto tok = text::load_hf_tokenizer(dir);
+  auto model = [&] {
+    if (!is_hybrid_checkpoint(dir)) return load_llama_model_hf(dir);
+    HybridModel<float, Cpu> m(hybrid_config_from_files(dir));
+    load_hybrid_weights(dir, m);
+    return m;
+  };
+  LoadedModel out{model(), text::Tokenizer(std::move(tok.data)), std::move(tok.chat_template),
+                  folder_name(dir)};
+  check_vocab(out, dir.string());
+  return out;
+}
+
+}  // namespace load_detail
+
+// A folder is a hybrid checkpoint (it has mamba_config.json) or a Hugging Face Transformer; a file
+// must be GGUF (checked by its magic bytes).
 inline LoadedModel load_model(const std::string& path) {
   namespace fs = std::filesystem;
   MIL_CHECK(fs::exists(path), "model '", path, "' not found");
-  if (fs::is_directory(path) && is_hybrid_checkpoint(path)) {
-    const HybridConfig cfg = hybrid_config_from_files(path);
-    auto tok = text::load_hf_tokenizer(path);
-    LoadedModel out{HybridModel<float, Cpu>(cfg), text::Tokenizer(std::move(tok.data)),
-                    std::move(tok.chat_template), fs::path(path).filename().string()};
-    if (out.name.empty()) out.name = fs::path(path).parent_path().filename().string();
-    load_hybrid_weights(path, cfg, out.model.params());
-    MIL_CHECK(out.tokenizer.vocab_size() <= cfg.llama.vocab, "'", path, "': the tokenizer has ",
-              out.tokenizer.vocab_size(), " tokens, the model's vocabulary ", cfg.llama.vocab);
-    return out;
-  }
-  auto teacher = load_llama(path);
-  LoadedModel out{HybridModel<float, Cpu>(all_attention(teacher.model.config())),
-                  std::move(teacher.tokenizer), std::move(teacher.chat_template),
-                  std::move(teacher.name)};
-  copy_converted(out.model.params(), teacher.model.params());
-  return out;
+  return fs::is_directory(path) ? load_detail::load_folder(path) : load_detail::load_gguf(path);
 }
 
 }  // namespace mil::nn

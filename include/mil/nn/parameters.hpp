@@ -2,6 +2,7 @@
 // ParameterStore: all parameters of a model in one flat value buffer and one flat gradient buffer,
 // each parameter a view into both. One flat buffer lets the optimizer, the gradient norm and
 // checkpoints run as single launches instead of one per tensor.
+#include <functional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -23,21 +24,39 @@ class ParameterStore {
   struct Entry {
     std::string name;
     Var var;
-    int64_t offset;  // in elements, into the flat buffers
+    int64_t offset;  // in elements, into the flat buffers; -1 when borrowed
+    bool owned() const { return offset >= 0; }
   };
 
-  explicit ParameterStore(const std::vector<ParamSpec>& specs) {
+  explicit ParameterStore(const std::vector<ParamSpec>& specs) : ParameterStore(specs, nullptr, {}) {}
+
+  // A store that holds only some of its parameters: those for which borrow(name) is true are the
+  // lender's tensors (the same storage, so a student shares its teacher's frozen MLPs instead of
+  // copying them). Borrowed parameters are frozen and lie outside values() and grads(), so an
+  // optimizer of this store keeps moments for its own parameters only.
+  ParameterStore(const std::vector<ParamSpec>& specs, const ParameterStore* lender,
+                 const std::function<bool(const std::string&)>& borrow) {
+    MIL_CHECK(!borrow || lender, "ParameterStore: borrowing needs a lender");
+    auto borrowed = [&](const ParamSpec& s) { return lender && borrow && borrow(s.name); };
     int64_t total = 0;
-    for (const auto& s : specs) total = checked_add(total, s.shape.numel());
+    for (const auto& s : specs)
+      if (!borrowed(s)) total = checked_add(total, s.shape.numel());
     values_ = Tensor<T, D>::empty(Shape{total});
     grads_ = Tensor<T, D>::zeros(Shape{total});
     int64_t offset = 0;
     for (const auto& s : specs) {
       MIL_CHECK(!index_.count(s.name), "duplicate parameter name '", s.name, "'");
+      index_[s.name] = entries_.size();
+      if (borrowed(s)) {
+        const Var& src = (*lender)[s.name];
+        MIL_CHECK(src.shape() == s.shape, "ParameterStore: borrowed parameter '", s.name,
+                  "' has shape ", src.shape().str(), " in the lender, ", s.shape.str(), " here");
+        entries_.push_back({s.name, Var(src.value(), false, s.name), -1});
+        continue;
+      }
       int64_t n = s.shape.numel();
       Var v(values_.slice(offset, offset + n).view(s.shape), true, s.name);
       v.bind_grad(grads_.slice(offset, offset + n).view(s.shape));
-      index_[s.name] = entries_.size();
       entries_.push_back({s.name, v, offset});
       offset += n;
     }
@@ -56,19 +75,20 @@ class ParameterStore {
   int64_t numel() const { return values_.numel(); }
   int64_t trainable_numel() const {
     int64_t n = 0;
-    for (const auto& e : entries_) n += e.var.requires_grad() ? e.var.numel() : 0;
+    for (const auto& e : entries_) n += e.owned() && e.var.requires_grad() ? e.var.numel() : 0;
     return n;
   }
 
   // Marks every gradient as unwritten: the next backward overwrites instead of accumulating.
   void zero_grad() {
-    for (auto& e : entries_) e.var.clear_grad();
+    for (auto& e : entries_)
+      if (e.owned()) e.var.clear_grad();
   }
   // After backward: gradients nobody wrote (unused or frozen parameters) become zero, so the flat
   // gradient buffer holds exactly this step's gradients.
   void finish_backward() {
     for (auto& e : entries_)
-      if (!e.var.has_grad()) grads_.slice(e.offset, e.offset + e.var.numel()).zero_();
+      if (e.owned() && !e.var.has_grad()) grads_.slice(e.offset, e.offset + e.var.numel()).zero_();
   }
 
  private:

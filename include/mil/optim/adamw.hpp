@@ -54,7 +54,7 @@ class AdamW {
     }
     // Contiguous runs of trainable parameters in the same group become one update each.
     for (const auto& e : store.entries()) {
-      if (!e.var.requires_grad()) continue;
+      if (!e.owned() || !e.var.requires_grad()) continue;  // borrowed parameters are frozen
       int g = -1;
       for (size_t i = 0; i < groups.size(); ++i)
         if (groups[i].contains(e.name)) { g = int(i); break; }

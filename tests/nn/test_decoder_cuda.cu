@@ -34,7 +34,7 @@ std::vector<int32_t> tokens(int64_t n, int32_t seed) {
 
 TEST_CASE("decoder cuda: bf16 prefill and batched decode follow the float CPU decoder") {
   MIL_REQUIRE_GPU();
-  nn::LlamaModel<float, Cpu> cpu_model(gpu_config());
+  nn::HybridModel<float, Cpu> cpu_model(nn::all_attention(gpu_config()));
   cpu_model.init_random(5, 0.05f);
   // Both models hold the same bf16-rounded weights.
   auto gpu_model = nn::convert_model<bf16, Cuda>(cpu_model);
@@ -42,7 +42,7 @@ TEST_CASE("decoder cuda: bf16 prefill and batched decode follow the float CPU de
   nn::DecoderOptions o;
   o.slots = 3;
   o.max_seq = 160;
-  o.max_chunk = 64;  // the 100-token prompt: flash attention, then the cache kernel
+  o.max_tokens = 64;  // the 100-token prompt: flash attention, then the cache kernel
   nn::Decoder<float, Cpu> ref(cpu_model, o);
   nn::Decoder<bf16, Cuda> dec(gpu_model, o);
   const std::vector<int32_t> slots = {0, 1, 2};
@@ -70,7 +70,7 @@ TEST_CASE("decoder cuda: bf16 prefill and batched decode follow the float CPU de
 
 TEST_CASE("decoder cuda: graph replays equal eager steps bitwise") {
   MIL_REQUIRE_GPU();
-  nn::LlamaModel<float, Cpu> cpu_model(gpu_config());
+  nn::HybridModel<float, Cpu> cpu_model(nn::all_attention(gpu_config()));
   cpu_model.init_random(9, 0.05f);
   auto gpu_model = nn::convert_model<bf16, Cuda>(cpu_model);
   nn::DecoderOptions eager_o;

@@ -1,0 +1,99 @@
+// nn::load_model on a Hugging Face folder: a model saved by mil next to a tokenizer.json and
+// tokenizer_config.json written by HF `tokenizers` comes back with the same weights, its tokenizer
+// and chat template, and its greedy generation (decoder) follows its own training forward; bad
+// paths are clear errors.
+#include <doctest/doctest.h>
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <functional>
+#include <filesystem>
+
+#include <mil/generate/generate.hpp>
+#include <mil/nn/decoder.hpp>
+#include <mil/nn/model_load.hpp>
+#include <mil/text/chat_template.hpp>
+
+using namespace mil;
+namespace fs = std::filesystem;
+
+namespace {
+std::vector<int32_t> greedy(const nn::HybridModel<float, Cpu>& model, const text::Tokenizer& tok,
+                            const std::vector<int32_t>& prompt) {
+  nn::Decoder<float, Cpu> dec(model, {.max_seq = 64});
+  gen::GenerateConfig g;
+  g.max_new_tokens = 12;
+  g.sampling.temperature = 0;
+  return gen::generate(dec, 0, tok, prompt, g).tokens;
+}
+
+// Checks that every generated token is the argmax of the training forward's logits at its
+// position (teacher forcing over prompt + generated), away from near-ties.
+void check_greedy_follows_forward(const nn::HybridModel<float, Cpu>& model,
+                                  const std::vector<int32_t>& prompt,
+                                  const std::vector<int32_t>& generated) {
+  REQUIRE(!generated.empty());
+  std::vector<int32_t> all = prompt;
+  all.insert(all.end(), generated.begin(), generated.end());
+  const int64_t seq = int64_t(all.size()), vocab = model.config().llama.vocab;
+  ag::Tape tape;
+  ag::NoGrad ng(tape);
+  const auto logits = model.forward(tape, Tensor<int32_t, Cpu>::from(Shape{seq}, all),
+                                    nn::sequence_positions<Cpu>(1, seq), 1, seq).value();
+  int checked = 0;
+  for (size_t i = 0; i < generated.size(); ++i) {
+    const float* row = logits.data() + (int64_t(prompt.size() + i) - 1) * vocab;
+    std::vector<float> sorted(row, row + vocab);
+    std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<float>());
+    if (sorted[0] - sorted[1] < 1e-3f) continue;  // a near-tie may go either way
+    CAPTURE(i);
+    CHECK(generated[i] == int32_t(std::max_element(row, row + vocab) - row));
+    ++checked;
+  }
+  CHECK(checked >= int(generated.size()) / 2);
+}
+}  // namespace
+
+TEST_CASE("load model: a Hugging Face folder gives the model its tokenizer and chat template") {
+  const fs::path src = fs::path(MIL_SOURCE_DIR) / "tests/text/golden/hf_tokenizers/smollm";
+  const fs::path dir = fs::temp_directory_path() / ("mil_test_load_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json"}) fs::copy_file(src / f, dir / f);
+  nn::LlamaConfig cfg;
+  cfg.vocab = 430;
+  cfg.d_model = 32;
+  cfg.n_layers = 2;
+  cfg.n_heads = 4;
+  cfg.n_kv_heads = 2;
+  cfg.head_dim = 8;
+  cfg.d_ff = 48;
+  nn::HybridModel<float, Cpu> model(nn::all_attention(cfg));
+  model.init_random(3, 0.2f);
+  nn::save_llama_hf(dir, model, {});  // bfloat16, transformers' usual dtype
+
+  const auto loaded = nn::load_model(dir.string());
+  CHECK(loaded.name == dir.filename().string());
+  CHECK(loaded.tokenizer.vocab_size() <= cfg.vocab);
+  const auto tmpl = text::detect_chat_template(loaded.chat_template);
+  CHECK(tmpl.family == text::ChatFamily::chatml);
+  const auto ids = loaded.tokenizer.encode("<|im_start|>user\nhello world 123<|im_end|>\n");
+  CHECK(loaded.tokenizer.decode(ids) == "<|im_start|>user\nhello world 123<|im_end|>\n");
+  // The weights come back rounded once to bf16, bit for bit, and the decoder's greedy tokens are
+  // those of the training forward (an independent path through the same weights).
+  const auto reference = nn::convert_model<float, Cpu>(nn::convert_model<bf16, Cpu>(model));
+  const auto& a = loaded.model.params().values();
+  const auto& b = reference.params().values();
+  REQUIRE(a.numel() == b.numel());
+  CHECK(std::memcmp(a.data(), b.data(), size_t(a.numel()) * sizeof(float)) == 0);
+  check_greedy_follows_forward(loaded.model, ids, greedy(loaded.model, loaded.tokenizer, ids));
+  fs::remove_all(dir);
+
+  CHECK_THROWS_WITH_AS(nn::load_model((dir / "missing").string()), doctest::Contains("not found"),
+                       Error);
+  fs::create_directories(dir);
+  CHECK_THROWS_WITH_AS(nn::load_model(dir.string()), doctest::Contains("tokenizer.json"), Error);
+  fs::remove_all(dir);
+}
