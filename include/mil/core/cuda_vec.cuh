@@ -42,6 +42,11 @@ MIL_DEVICE inline T from_float(float x) {
   if constexpr (std::is_same_v<T, float>) return x;
   else return bf16::from_bits(uint16_t(bf16_bits(x)));
 }
+// *dst = v, or *dst += v (in fp32, rounded once) when accumulating into a gradient.
+template <class T>
+__device__ __forceinline__ void store_or_add(T* dst, float v, bool accumulate) {
+  *dst = from_float<T>(accumulate ? to_float(*dst) + v : v);
+}
 
 // 16 bytes <-> kVec<T> floats (little endian: element 2i of bf16 is the low half of word i).
 template <class T>

@@ -16,6 +16,7 @@
 #include <type_traits>
 
 #include "../core/cuda_check.hpp"
+#include "../core/cuda_launch.hpp"
 #include "../core/cuda_vec.cuh"
 #include "../core/dtype.hpp"
 #include "../core/error.hpp"
@@ -95,11 +96,8 @@ void adamw_update(float* master, float* m, float* v, P* param, const G* grad, in
                       (param == nullptr || d::phase4(param) == phase);
   const int64_t head = std::min<int64_t>((4 - phase) % 4, n);
   const int64_t work = vector ? (n - head) / 4 : n;  // the < 8 scalars fit in any block
-  int device = 0, sms = 0;
-  MIL_CUDA_CHECK(cudaGetDevice(&device));
-  MIL_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  const int blocks = int(std::clamp<int64_t>((work + d::kThreads - 1) / d::kThreads, 1,
-                                             int64_t(sms) * d::kBlocksPerSm));
+  const int blocks =
+      int(grid_stride_blocks(work, d::kThreads, int64_t(sm_count()) * d::kBlocksPerSm));
   if (vector)
     d::adamw_kernel<P, G, true><<<blocks, d::kThreads, 0, stream>>>(master, m, v, param, grad, n,
                                                                     head, c, grad_scale_device);

@@ -12,10 +12,7 @@
 //      recomputing P^T from lse and accumulating dK and dV in registers;
 //   3. dQ kernel:    one block per (64-query tile, head, batch) loops over the key tiles up to the
 //      diagonal and accumulates dQ in registers.
-// Fragment layouts of mma.m16n8k16 (PTX ISA), lane = 4*g + t (g = lane/4, t = lane%4):
-//   A 16x16 (row-major): a0 = (g, 2t..2t+1), a1 = (g+8, 2t..), a2 = (g, 2t+8..), a3 = (g+8, 2t+8..)
-//   B 16x8  (k x n):     b0 = (k 2t..2t+1, n g), b1 = (k 2t+8..2t+9, n g)
-//   C 16x8  (fp32):      c0, c1 = (g, 2t), (g, 2t+1); c2, c3 = (g+8, 2t), (g+8, 2t+1)
+// Fragment layouts of mma.m16n8k16: see core/cuda_ptx.cuh.
 // A C fragment of two adjacent 8-column n-tiles is, packed to bf16 pairs, the A fragment of the
 // next product (P feeds P V without going through shared memory).
 #include <cstdint>
@@ -24,17 +21,18 @@
 #include <mil/core/allocator.hpp>
 #include <mil/core/cuda_check.hpp>
 #include <mil/core/dtype.hpp>
+#include <mil/core/math.hpp>
 
 #include "attention.hpp"
 
 #if MIL_CUDA_ENABLED
+#include <mil/core/cuda_ptx.cuh>
+
 namespace mil::cuda {
 namespace attention_detail {
 
 constexpr int kThreads = 128;  // 4 warps, 16 rows each
 constexpr int kTile = 64;      // queries per forward / dQ block; keys per tile everywhere
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
 // Shared-memory row stride in elements: 16 bytes of padding per row make the 8 rows read by one
 // ldmatrix phase start in different bank quads (no bank conflicts), keeping rows 16-byte aligned.
 template <int HD> constexpr int kLd = HD + 8;
@@ -55,62 +53,11 @@ template <int HD> constexpr size_t dq_smem_bytes() {
   return size_t(2 * kTile + 4 * kTile) * kLd<HD> * 2 + size_t(2 * kTile) * 4;
 }
 
-// ---- PTX wrappers ----
+// ---- Tile helpers ----
 
-__device__ __forceinline__ uint32_t smem_address(const void* p) {
-  return uint32_t(__cvta_generic_to_shared(p));
-}
-// 16 (or 4) bytes global -> shared without a register round trip; valid = false writes zeros.
-__device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_address(dst)),
-               "l"(src), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_4(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_address(dst)),
-               "l"(src), "r"(valid ? 4 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_async_wait_all() {
-  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
-}
-// Four 8x8 bf16 matrices; lanes 8m..8m+7 give the row addresses of matrix m, register m gets the
-// lane's fragment of it: (row g, cols 2t..2t+1), or with .trans (rows 2t..2t+1, col g).
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_address(row)));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_address(row)));
-}
-// c += a b for a 16x16 bf16 A, a 16x8 bf16 B and a 16x8 fp32 C.
-__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
-                                         uint32_t b1) {
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-      "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-// Two floats to a bf16 pair (round to nearest even), lo in the low half (the lower address).
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  uint32_t r;
-  asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
-  return r;
-}
-// 2^x; exp2(-inf) = 0.
-__device__ __forceinline__ float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
 __device__ __forceinline__ float shfl_xor(float x, int mask) {
   return __shfl_xor_sync(0xffffffffu, x, mask);
 }
-
-// ---- Tile helpers ----
-
 __device__ __forceinline__ float bf16_lo(uint32_t pair) { return bits_float(pair << 16); }
 __device__ __forceinline__ float bf16_hi(uint32_t pair) { return bits_float(pair & 0xffff0000u); }
 
@@ -168,10 +115,10 @@ __device__ __forceinline__ void load_b_kn(uint32_t (&b)[4], const bf16* tile, in
 // fragments x[n-tile][4] (fp32, 8 columns per n-tile), rounded to bf16.
 template <int N>
 __device__ __forceinline__ void c_to_a(uint32_t (&a)[4], const float (&x)[N][4], int kk) {
-  a[0] = pack_bf16(x[2 * kk][0], x[2 * kk][1]);          // row g,   cols 16kk + 2t
-  a[1] = pack_bf16(x[2 * kk][2], x[2 * kk][3]);          // row g+8, cols 16kk + 2t
-  a[2] = pack_bf16(x[2 * kk + 1][0], x[2 * kk + 1][1]);  // row g,   cols 16kk + 8 + 2t
-  a[3] = pack_bf16(x[2 * kk + 1][2], x[2 * kk + 1][3]);  // row g+8, cols 16kk + 8 + 2t
+  a[0] = pack_bf16x2(x[2 * kk][0], x[2 * kk][1]);          // row g,   cols 16kk + 2t
+  a[1] = pack_bf16x2(x[2 * kk][2], x[2 * kk][3]);          // row g+8, cols 16kk + 2t
+  a[2] = pack_bf16x2(x[2 * kk + 1][0], x[2 * kk + 1][1]);  // row g,   cols 16kk + 8 + 2t
+  a[3] = pack_bf16x2(x[2 * kk + 1][2], x[2 * kk + 1][3]);  // row g+8, cols 16kk + 8 + 2t
 }
 
 // Fragment products shared by the kernels; c holds C fragments (8 columns per n-tile) and is
@@ -190,8 +137,8 @@ __device__ __forceinline__ void mma_a_bt(float (&c)[N][4], const bf16* a, const 
     for (int np = 0; np < N / 2; ++np) {
       uint32_t bf[4];
       load_b_nk(bf, b, ld, np * 16, ks * 16, lane);
-      mma_bf16(c[2 * np], af, bf[0], bf[1]);
-      mma_bf16(c[2 * np + 1], af, bf[2], bf[3]);
+      mma_bf16_m16n8k16(c[2 * np], af, bf[0], bf[1]);
+      mma_bf16_m16n8k16(c[2 * np + 1], af, bf[2], bf[3]);
     }
   }
 }
@@ -206,8 +153,8 @@ __device__ __forceinline__ void mma_c_b(float (&c)[D][4], const float (&x)[K][4]
     for (int dp = 0; dp < D / 2; ++dp) {
       uint32_t bf[4];
       load_b_kn(bf, b, ld, kk * 16, dp * 16, lane);
-      mma_bf16(c[2 * dp], af, bf[0], bf[1]);
-      mma_bf16(c[2 * dp + 1], af, bf[2], bf[3]);
+      mma_bf16_m16n8k16(c[2 * dp], af, bf[0], bf[1]);
+      mma_bf16_m16n8k16(c[2 * dp + 1], af, bf[2], bf[3]);
     }
   }
 }
@@ -220,7 +167,7 @@ __device__ __forceinline__ void store_pair(bf16* p, float x0, float x1, bool acc
     x0 += bf16_lo(old);
     x1 += bf16_hi(old);
   }
-  *dst = pack_bf16(x0, x1);
+  *dst = pack_bf16x2(x0, x1);
 }
 
 // ---- Kernels ----
@@ -283,8 +230,8 @@ __global__ void __launch_bounds__(kThreads)
       for (int np = 0; np < NT / 2; ++np) {
         uint32_t kb[4];
         load_b_nk(kb, kt, LD, np * 16, ks * 16, lane);
-        mma_bf16(sc[2 * np], qf[ks], kb[0], kb[1]);
-        mma_bf16(sc[2 * np + 1], qf[ks], kb[2], kb[3]);
+        mma_bf16_m16n8k16(sc[2 * np], qf[ks], kb[0], kb[1]);
+        mma_bf16_m16n8k16(sc[2 * np + 1], qf[ks], kb[2], kb[3]);
       }
     // To log2 units; on the diagonal tile (q0 == j * kTile) mask keys after the query. Keys past
     // seq only occur on the diagonal tile and always lie after every valid query there.

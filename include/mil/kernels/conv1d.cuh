@@ -30,8 +30,10 @@
 #include <type_traits>
 
 #include "../core/cuda_check.hpp"
+#include "../core/cuda_launch.hpp"
 #include "../core/cuda_vec.cuh"
 #include "../core/dtype.hpp"
+#include "../core/math.hpp"
 #include "../core/tensor.hpp"
 #include "conv1d.hpp"
 
@@ -61,8 +63,6 @@ struct Ring {
   const int32_t* positions;
 };
 
-__device__ __forceinline__ float sigmoid(float v) { return 1.f / (1.f + __expf(-v)); }
-
 template <class T, int VEC>
 __device__ __forceinline__ void load_pack(const T* p, float (&f)[VEC]) {
   const Pack<T, VEC> v = *reinterpret_cast<const Pack<T, VEC>*>(p);
@@ -81,23 +81,6 @@ __device__ __forceinline__ void store_pack(T* p, const float (&f)[VEC]) {
 inline bool aligned_to(const void* p, size_t bytes) {
   return reinterpret_cast<uintptr_t>(p) % bytes == 0;
 }
-
-inline int sm_count() {
-  int device = 0, n = 0;
-  MIL_CUDA_CHECK(cudaGetDevice(&device));
-  MIL_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
-  return n;
-}
-
-// Makes `stream` current while temporaries are allocated, so the caching allocator reuses their
-// blocks only for work ordered after this stream's kernels.
-struct StreamScope {
-  cudaStream_t saved;
-  explicit StreamScope(cudaStream_t s) : saved(current_stream()) { current_stream() = s; }
-  ~StreamScope() { current_stream() = saved; }
-  StreamScope(const StreamScope&) = delete;
-  StreamScope& operator=(const StreamScope&) = delete;
-};
 
 }  // namespace conv1d_detail
 
@@ -164,7 +147,7 @@ __global__ void __launch_bounds__(conv1d_detail::kThreads)
 #pragma unroll
         for (int j = 0; j < W; ++j)
           if (KT > 0 || j < K) a += wr[j][e] * xw[j][e];
-        o[e] = g.silu ? a * sigmoid(a) : a;
+        o[e] = g.silu ? a * fast_sigmoid(a) : a;
       }
       store_pack<T, VEC>(y + (b * g.seq + t) * g.ys + c, o);
     }
@@ -270,7 +253,7 @@ __global__ void __launch_bounds__(conv1d_detail::kThreads)
 #pragma unroll
             for (int j = 0; j < W; ++j)
               if (KT > 0 || j < K) a += w_rev(j, e) * xw[j][e];
-            const float s = sigmoid(a);
+            const float s = fast_sigmoid(a);
             d *= s * (1.f + a * (1.f - s));
           }
           daw[0][e] = d;
@@ -347,7 +330,7 @@ __global__ void conv1d_param_reduce_kernel(T* __restrict__ dw, T* __restrict__ d
     if (dst == nullptr) continue;
     float s = 0.f;
     for (int64_t p = 0; p < parts; ++p) s += part[(p * (K + 1) + k) * channels + c];
-    *dst = from_float<T>(accumulate ? to_float(*dst) + s : s);
+    store_or_add(dst, s, accumulate);
   }
 }
 
@@ -405,7 +388,7 @@ void conv1d_forward(T* y, const T* x, const T* w, const T* bias, const Conv1dSha
   });
   if (ring.active() && !inline_ring) {
     const int64_t n = s.batch * std::min(s.seq, ring.len) * s.channels;
-    const unsigned grid = unsigned(std::clamp<int64_t>((n + 255) / 256, 1, 65535 * 8));
+    const unsigned grid = grid_stride_blocks(n, 256);
     conv1d_ring_store_kernel<T><<<grid, 256, 0, stream>>>(x, g, r);
     MIL_CUDA_CHECK_LAUNCH("conv1d_ring_store_kernel");
   }

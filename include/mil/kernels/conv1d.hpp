@@ -23,6 +23,7 @@
 
 #include "../core/dtype.hpp"
 #include "../core/error.hpp"
+#include "../core/math.hpp"
 
 namespace mil {
 
@@ -62,10 +63,8 @@ inline void conv1d_check(const char* op, const Conv1dShape& s, const Conv1dRing<
 namespace cpu {
 
 template <class A>
-inline A conv1d_silu(A a) { return a / (A(1) + std::exp(-a)); }
-template <class A>
 inline A conv1d_silu_grad(A a) {
-  const A s = A(1) / (A(1) + std::exp(-a));
+  const A s = sigmoid(a);
   return s * (A(1) + a * (A(1) - s));
 }
 
@@ -95,7 +94,7 @@ void conv1d_forward(T* y, const T* x, const T* w, const T* bias, const Conv1dSha
       for (int64_t c = 0; c < C; ++c) {
         A a = bias ? to_acc(bias[c]) : A(0);
         for (int64_t k = 0; k < K; ++k) a += to_acc(w[c * K + k]) * input(t - (K - 1) + k, c);
-        y[(b * s.seq + t) * s.ys() + c] = T(s.silu ? conv1d_silu(a) : a);
+        y[(b * s.seq + t) * s.ys() + c] = T(s.silu ? silu(a) : a);
       }
     if (r)  // after all reads: the new inputs overwrite ring rows of older positions
       for (int64_t t = std::max<int64_t>(0, s.seq - ring.len); t < s.seq; ++t)

@@ -20,23 +20,17 @@
 #include <type_traits>
 
 #include "../core/cuda_check.hpp"
+#include "../core/cuda_ptx.cuh"
 #include "../core/cuda_vec.cuh"
 #include "../core/dtype.hpp"
 #include "../core/error.hpp"
+#include "../core/math.hpp"
 
 namespace mil::cuda {
 namespace cross_entropy_detail {
 
 constexpr int kMaxThreads = 512;  // two such blocks per SM fit in the registers at 64 each
 constexpr int kUnroll = 4;        // 16-byte loads in flight per thread
-constexpr float kLog2e = 1.4426950408889634f;
-
-// 2^x on the special-function unit (relative error ~2^-22); flushes results below 2^-126 to 0.
-MIL_DEVICE inline float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
 
 // Running softmax normaliser: sum of exp(x - max) over the values seen.
 struct MaxSum {

@@ -24,6 +24,7 @@
 
 #include "../core/allocator.hpp"
 #include "../core/cuda_check.hpp"
+#include "../core/cuda_launch.hpp"
 #include "../core/cuda_vec.cuh"
 #include "../core/dtype.hpp"
 #include "../core/error.hpp"
@@ -101,10 +102,6 @@ __global__ void embedding_backward_runs_kernel(T* dtable, const T* dout, const u
   }
 }
 
-inline int grid_for(int64_t work, int threads) {
-  return int(std::clamp<int64_t>((work + threads - 1) / threads, 1, 65535));
-}
-
 inline void check_embedding_sizes(int64_t n, int64_t dim, int64_t vocab) {
   MIL_CHECK(n >= 0 && dim >= 0 && vocab >= 0, "embedding: negative size n=", n, " dim=", dim,
             " vocab=", vocab);
@@ -130,12 +127,13 @@ void embedding_forward(T* out, const T* table, const int32_t* ids, int64_t n, in
   if (vector) {
     const int64_t units = dim * int64_t(sizeof(T)) / 16;
     detail::embedding_forward_kernel<uint4>
-        <<<detail::grid_for(n * units, threads), threads, 0, stream>>>(
+        <<<grid_stride_blocks(n * units, threads, 65535), threads, 0, stream>>>(
             reinterpret_cast<uint4*>(out), reinterpret_cast<const uint4*>(table), ids, n, units,
             vocab);
   } else {
-    detail::embedding_forward_kernel<T><<<detail::grid_for(n * dim, threads), threads, 0, stream>>>(
-        out, table, ids, n, dim, vocab);
+    detail::embedding_forward_kernel<T>
+        <<<grid_stride_blocks(n * dim, threads, 65535), threads, 0, stream>>>(out, table, ids, n,
+                                                                               dim, vocab);
   }
   MIL_CUDA_CHECK_LAUNCH("embedding_forward_kernel");
 }
@@ -172,7 +170,8 @@ void embedding_backward(T* dtable, const T* dout, const int32_t* ids, int64_t n,
 
   constexpr int threads = 256;
   detail::embedding_sort_keys_kernel<int32_t>
-      <<<detail::grid_for(n, threads), threads, 0, stream>>>(keys_in, pos_in, ids, n, vocab);
+      <<<grid_stride_blocks(n, threads, 65535), threads, 0, stream>>>(keys_in, pos_in, ids, n,
+                                                                       vocab);
   MIL_CUDA_CHECK_LAUNCH("embedding_sort_keys_kernel");
   MIL_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(sort_storage, sort_bytes, keys_in, keys_out,
                                                  pos_in, pos_out, count, 0, end_bit, stream));

@@ -20,8 +20,10 @@
 #include <type_traits>
 
 #include "../core/cuda_check.hpp"
+#include "../core/cuda_launch.hpp"
 #include "../core/cuda_vec.cuh"
 #include "../core/dtype.hpp"
+#include "../core/math.hpp"
 #include "../core/tensor.hpp"
 #include "gated_rmsnorm.hpp"
 
@@ -31,10 +33,6 @@ namespace gated_norm_detail {
 constexpr int kThreads = 256;
 constexpr int kDwCols = 32;  // column packs per dw block
 constexpr int kDwRows = 8;   // row walkers per dw block
-
-__device__ __forceinline__ float sigmoid(float v) {
-  return 1.f / (1.f + __expf(-v));  // __expf overflow gives 1/inf = 0: no NaN
-}
 
 // Sum over the tpg lanes of a slot (every lane gets it); all lanes of the warp must call it.
 __device__ __forceinline__ float slot_sum(float v, int tpg) {
@@ -48,23 +46,6 @@ inline int pow2_at_least(int64_t n, int cap) {
   return p;
 }
 
-inline int sm_count() {
-  int device = 0, n = 0;
-  MIL_CUDA_CHECK(cudaGetDevice(&device));
-  MIL_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
-  return n;
-}
-
-// Makes `stream` current while temporaries are allocated, so the caching allocator reuses their
-// blocks only for work ordered after this stream's kernels.
-struct StreamScope {
-  cudaStream_t saved;
-  explicit StreamScope(cudaStream_t s) : saved(current_stream()) { current_stream() = s; }
-  ~StreamScope() { current_stream() = saved; }
-  StreamScope(const StreamScope&) = delete;
-  StreamScope& operator=(const StreamScope&) = delete;
-};
-
 }  // namespace gated_norm_detail
 
 // One slot of tpg lanes per (row, group); blocks of kThreads.
@@ -75,7 +56,6 @@ __global__ void __launch_bounds__(gated_norm_detail::kThreads)
                                  const T* __restrict__ w, int64_t rows, int64_t dim,
                                  int64_t group_size, int64_t z_stride, int tpg, float eps) {
   using P = Pack<T, VEC>;
-  using gated_norm_detail::sigmoid;
   const int slot = int(threadIdx.x) / tpg, lane = int(threadIdx.x) % tpg;
   const int64_t groups = dim / group_size, packs = group_size / VEC;
   const int64_t item = int64_t(blockIdx.x) * (blockDim.x / tpg) + slot;
@@ -89,7 +69,7 @@ __global__ void __launch_bounds__(gated_norm_detail::kThreads)
 #pragma unroll
     for (int e = 0; e < VEC; ++e) {
       const float zf = to_float(zv.v[e]);
-      const float v = to_float(xv.v[e]) * zf * sigmoid(zf);
+      const float v = to_float(xv.v[e]) * zf * fast_sigmoid(zf);
       ss += v * v;
     }
   }
@@ -105,7 +85,7 @@ __global__ void __launch_bounds__(gated_norm_detail::kThreads)
 #pragma unroll
     for (int e = 0; e < VEC; ++e) {
       const float zf = to_float(zv.v[e]);
-      const float v = to_float(xv.v[e]) * zf * sigmoid(zf);
+      const float v = to_float(xv.v[e]) * zf * fast_sigmoid(zf);
       o.v[e] = from_float<T>(v * rs * to_float(wv.v[e]));
     }
     outr[p] = o;
@@ -121,7 +101,6 @@ __global__ void __launch_bounds__(gated_norm_detail::kThreads)
                                   const float* __restrict__ rstd, int64_t rows, int64_t dim,
                                   int64_t group_size, int64_t z_stride, int tpg, bool accumulate) {
   using P = Pack<T, VEC>;
-  using gated_norm_detail::sigmoid;
   const int slot = int(threadIdx.x) / tpg, lane = int(threadIdx.x) % tpg;
   const int64_t groups = dim / group_size, packs = group_size / VEC;
   const int64_t item = int64_t(blockIdx.x) * (blockDim.x / tpg) + slot;
@@ -139,7 +118,7 @@ __global__ void __launch_bounds__(gated_norm_detail::kThreads)
 #pragma unroll
     for (int e = 0; e < VEC; ++e) {
       const float zf = to_float(zv.v[e]);
-      const float v = to_float(xv.v[e]) * zf * sigmoid(zf);
+      const float v = to_float(xv.v[e]) * zf * fast_sigmoid(zf);
       dot += to_float(gv.v[e]) * to_float(wv.v[e]) * v;
     }
   }
@@ -156,7 +135,7 @@ __global__ void __launch_bounds__(gated_norm_detail::kThreads)
 #pragma unroll
     for (int e = 0; e < VEC; ++e) {
       const float zf = to_float(zv.v[e]), xf = to_float(xv.v[e]);
-      const float sg = sigmoid(zf), v = xf * zf * sg;
+      const float sg = fast_sigmoid(zf), v = xf * zf * sg;
       const float dv = rs * (to_float(gv.v[e]) * to_float(wv.v[e]) - v * coef);
       float vx = dv * zf * sg;
       float vz = dv * xf * sg * (1.f + zf * (1.f - sg));
@@ -201,7 +180,7 @@ __global__ void __launch_bounds__(gated_norm_detail::kDwCols* gated_norm_detail:
 #pragma unroll
       for (int e = 0; e < VEC; ++e) {
         const float zf = to_float(zv.v[e]);
-        acc[e] += to_float(gv.v[e]) * to_float(xv.v[e]) * zf * sigmoid(zf) * rs;
+        acc[e] += to_float(gv.v[e]) * to_float(xv.v[e]) * zf * fast_sigmoid(zf) * rs;
       }
     }
 #pragma unroll

@@ -14,6 +14,7 @@
 
 #include "../core/dtype.hpp"
 #include "../core/error.hpp"
+#include "../core/math.hpp"
 
 namespace mil {
 
@@ -35,9 +36,6 @@ inline void gated_rmsnorm_check(const char* op, const GatedNormShape& s) {
 
 namespace cpu {
 
-template <class A>
-inline A gated_silu(A z) { return z / (A(1) + std::exp(-z)); }
-
 template <class T>
 void gated_rmsnorm_forward(T* out, acc_t<T>* rstd, const T* x, const T* z, const T* w,
                            const GatedNormShape& s) {
@@ -50,7 +48,7 @@ void gated_rmsnorm_forward(T* out, acc_t<T>* rstd, const T* x, const T* z, const
       A ss = 0;
       for (int64_t i = 0; i < G; ++i) {
         const int64_t j = g * G + i;
-        v[size_t(i)] = to_acc(x[r * s.dim + j]) * gated_silu(to_acc(z[r * s.zs() + j]));
+        v[size_t(i)] = to_acc(x[r * s.dim + j]) * silu(to_acc(z[r * s.zs() + j]));
         ss += v[size_t(i)] * v[size_t(i)];
       }
       const A rs = A(1) / std::sqrt(ss / A(G) + A(s.eps));
@@ -78,7 +76,7 @@ void gated_rmsnorm_backward(T* dx, T* dz, T* dw, const T* dout, const T* x, cons
       A dot = 0;
       for (int64_t i = 0; i < G; ++i) {
         const int64_t j = g * G + i;
-        v[size_t(i)] = to_acc(x[r * s.dim + j]) * gated_silu(to_acc(z[r * s.zs() + j]));
+        v[size_t(i)] = to_acc(x[r * s.dim + j]) * silu(to_acc(z[r * s.zs() + j]));
         dot += to_acc(dout[r * s.dim + j]) * to_acc(w[j]) * v[size_t(i)];
       }
       const A coef = rs * rs * dot / A(G);
@@ -88,7 +86,7 @@ void gated_rmsnorm_backward(T* dx, T* dz, T* dw, const T* dout, const T* x, cons
         if (dw) dw_sum[size_t(j)] += go * v[size_t(i)] * rs;
         const A dv = rs * (go * to_acc(w[j]) - v[size_t(i)] * coef);
         const A zv = to_acc(z[r * s.zs() + j]), xv = to_acc(x[r * s.dim + j]);
-        const A sg = A(1) / (A(1) + std::exp(-zv));
+        const A sg = sigmoid(zv);
         if (dx) put(dx + r * s.dim + j, dv * zv * sg, accumulate_inputs);
         if (dz) put(dz + r * s.zs() + j, dv * xv * sg * (A(1) + zv * (A(1) - sg)), accumulate_inputs);
       }

@@ -16,6 +16,7 @@
 #include "../core/allocator.hpp"
 #include "../core/cuda_check.hpp"
 #include "../core/cuda_vec.cuh"
+#include "../core/cuda_warp.cuh"
 #include "../core/dtype.hpp"
 #include "../core/error.hpp"
 
@@ -39,15 +40,12 @@ MIL_DEVICE inline float add_squares(float acc, const uint4& r) {
 // The block's sum, in every thread, by a fixed tree.
 MIL_DEVICE inline float block_sum(float v) {
   __shared__ float warp_sums[32];
-#pragma unroll
-  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  v = warp_sum(v);
   const int lane = int(threadIdx.x % 32), warp = int(threadIdx.x / 32);
   if (lane == 0) warp_sums[warp] = v;
   __syncthreads();
   v = lane < int(blockDim.x / 32) ? warp_sums[lane] : 0.f;
-#pragma unroll
-  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
+  return warp_sum(v);
 }
 
 // partials[block] = sum of squares of this block's share: 16-byte vectors grid-strided, plus the

@@ -17,6 +17,7 @@
 
 #include "../core/cuda_check.hpp"
 #include "../core/cuda_vec.cuh"
+#include "../core/cuda_warp.cuh"
 #include "kv_attention.hpp"
 
 namespace mil::cuda {
@@ -85,8 +86,7 @@ __global__ void __launch_bounds__(kWarps * 32)
       float s = 0.f;
 #pragma unroll
       for (int e = 0; e < E; ++e) s = fmaf(qr[h][e], kr[e], s);
-#pragma unroll
-      for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
+      s = warp_sum(s);
       const float m_new = fmaxf(m[h], s);
       const float corr = exp2f(m[h] - m_new), p = exp2f(s - m_new);
       l[h] = l[h] * corr + p;

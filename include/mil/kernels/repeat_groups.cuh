@@ -8,24 +8,16 @@
 #error "mil/kernels/repeat_groups.cuh needs a CUDA build: compile with nvcc and -DMIL_CUDA_ENABLED=1"
 #endif
 
-#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
 #include "../core/cuda_check.hpp"
+#include "../core/cuda_launch.hpp"
 #include "../core/cuda_vec.cuh"
 #include "../core/dtype.hpp"
 #include "repeat_groups.hpp"
 
 namespace mil::cuda {
-namespace repeat_detail {
-
-inline unsigned grid_for(int64_t n, int threads) {
-  return unsigned(std::clamp<int64_t>((n + threads - 1) / threads, 1, 65535 * 8));
-}
-
-}  // namespace repeat_detail
-
 // One thread per output pack (VEC elements); group_size is a multiple of VEC.
 template <class T, int VEC>
 __global__ void repeat_groups_forward_kernel(T* __restrict__ out, const T* __restrict__ in,
@@ -88,7 +80,7 @@ void repeat_groups_forward(T* out, const T* in, const RepeatGroupsShape& s, cuda
   const bool packed =
       s.group_size % V == 0 && s.is() % V == 0 && aligned16(out) && aligned16(in);
   const int64_t n = s.rows * s.out_width() / (packed ? V : 1);
-  const unsigned grid = repeat_detail::grid_for(n, 256);
+  const unsigned grid = grid_stride_blocks(n, 256);
   if (packed)
     repeat_groups_forward_kernel<T, V><<<grid, 256, 0, stream>>>(out, in, s.rows, s.groups,
                                                                  s.group_size, s.repeat, s.is());
@@ -110,7 +102,7 @@ void repeat_groups_backward(T* din, const T* dout, const RepeatGroupsShape& s, b
   const bool packed =
       s.group_size % V == 0 && s.is() % V == 0 && aligned16(din) && aligned16(dout);
   const int64_t n = s.rows * s.in_width() / (packed ? V : 1);
-  const unsigned grid = repeat_detail::grid_for(n, 256);
+  const unsigned grid = grid_stride_blocks(n, 256);
   if (packed)
     repeat_groups_backward_kernel<T, V><<<grid, 256, 0, stream>>>(
         din, dout, s.rows, s.groups, s.group_size, s.repeat, s.is(), accumulate);

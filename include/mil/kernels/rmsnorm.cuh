@@ -22,7 +22,9 @@
 #include <type_traits>
 
 #include "../core/cuda_check.hpp"
+#include "../core/cuda_launch.hpp"
 #include "../core/cuda_vec.cuh"
+#include "../core/cuda_warp.cuh"
 #include "../core/dtype.hpp"
 #include "../core/tensor.hpp"
 #include "rmsnorm.hpp"
@@ -34,12 +36,6 @@ constexpr int kForwardCached = 4;   // packs per thread kept in registers by the
 constexpr int kBackwardCached = 2;  // by the backward (which also keeps the dw sums there)
 // Threads per row and per block at most: leaves up to 128 registers per thread for the caches.
 constexpr int kMaxThreads = 512;
-
-__device__ inline float warp_sum(float v) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
 
 // Sum over the threads of one row slot (threads_per_row consecutive threads, a multiple of 32);
 // every thread of the slot gets the same value, added in the same order each time. Must be
@@ -71,23 +67,6 @@ inline RowGeometry row_geometry(int64_t packs, int per_thread, int block_target)
   int slots = std::max(1, block_target / int(threads));
   return {int(threads), slots};
 }
-
-inline int sm_count() {
-  int device = 0, n = 0;
-  MIL_CUDA_CHECK(cudaGetDevice(&device));
-  MIL_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
-  return n;
-}
-
-// Makes `stream` the current stream while scratch tensors are allocated, so that the caching
-// allocator hands their blocks back only to work ordered after this stream's kernels.
-struct CurrentStreamScope {
-  cudaStream_t saved;
-  explicit CurrentStreamScope(cudaStream_t s) : saved(current_stream()) { current_stream() = s; }
-  ~CurrentStreamScope() { current_stream() = saved; }
-  CurrentStreamScope(const CurrentStreamScope&) = delete;
-  CurrentStreamScope& operator=(const CurrentStreamScope&) = delete;
-};
 
 }  // namespace rmsnorm_detail
 
@@ -344,7 +323,7 @@ void launch_backward(T* dx, T* dw, const T* dout, const T* x, const T* w, const 
 
   Tensor<float, Cuda> partial;
   if (dw != nullptr) {
-    CurrentStreamScope scope(stream);
+    StreamScope scope(stream);
     partial = Tensor<float, Cuda>::empty(Shape{grid, dim});
   }
   rmsnorm_backward_kernel<T, VEC><<<unsigned(grid), unsigned(block), smem, stream>>>(

@@ -56,8 +56,11 @@
 #include <type_traits>
 
 #include "../core/cuda_check.hpp"
+#include "../core/cuda_launch.hpp"
+#include "../core/cuda_ptx.cuh"
 #include "../core/cuda_vec.cuh"
 #include "../core/dtype.hpp"
+#include "../core/math.hpp"
 #include "../core/tensor.hpp"
 #include "selective_scan.hpp"
 
@@ -75,41 +78,11 @@ constexpr int kFlush = 4;       // backward: states per flush of the dB / dC par
 // padding per 8 tokens (the writes after halve_sum are then conflict-free).
 constexpr int kPStride = kT * kFlush + kT / kL;
 constexpr int kParams = kN + 2;  // per (sequence, channel): dA_log[16], dD, ddelta_bias
-constexpr float kLog2e = 1.4426950408889634f;
 // The sm_90 limit of dynamic shared memory per block (227 KiB).
 constexpr size_t kMaxSmem = 232448;
 constexpr unsigned kFull = 0xffffffffu;
 
 // ---- device helpers ----
-
-__device__ __forceinline__ float ex2(float v) {
-  float r;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(r) : "f"(v));
-  return r;
-}
-// log(1 + e^v) like the CPU (PyTorch's threshold of 20).
-__device__ __forceinline__ float softplus(float v) { return v > 20.f ? v : log1pf(__expf(v)); }
-__device__ __forceinline__ float sigmoid(float v) {
-  return 1.f / (1.f + __expf(-v));  // __expf overflow gives 1/inf = 0: no NaN
-}
-
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return uint32_t(__cvta_generic_to_shared(p));
-}
-// 16 bytes global -> shared; valid = false writes zeros.
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
-               "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_async_wait_all() {
-  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
-}
-
-template <class T>
-__device__ __forceinline__ void put(T* dst, float v, bool accumulate) {
-  *dst = from_float<T>(accumulate ? to_float(*dst) + v : v);
-}
 
 // Lane-major fp32 arrays: token t = 8p + i of row r (a channel, or a B / C column) of an array of
 // `rows` rows sits at lane_index(i, r, p, rows); lane p reads its 8 tokens as two float4.
@@ -178,7 +151,7 @@ __device__ __forceinline__ void load_tile(T* dst, int pitch, const T* src, int64
     for (int i = tid; i < kT * pieces; i += threads) {
       const int r = i / pieces, q = i % pieces;
       const bool ok = r < valid_rows && q * V < valid_cols;
-      cp_async16(dst + raw_at<T>(r, q * V, pitch), ok ? src + r * stride + q * V : src, ok);
+      cp_async_16(dst + raw_at<T>(r, q * V, pitch), ok ? src + r * stride + q * V : src, ok);
     }
   } else {
     for (int i = tid; i < kT * COLS; i += threads) {
@@ -394,7 +367,7 @@ __global__ void __launch_bounds__(CT* scan_detail::kP, 80 / CT)
 #pragma unroll
     for (int i = 0; i < kL; ++i) {
       const bool ok = cvalid && kL * p + i < valid;
-      dt[i] = ok ? softplus(to_float(raw[l.dl + own + i * ct]) + bias) : 0.f;
+      dt[i] = ok ? fast_softplus(to_float(raw[l.dl + own + i * ct]) + bias) : 0.f;
       du[i] = dt[i] * to_float(raw[l.u + own + i * ct]);
       acc[i] = 0.f, dt_sum += dt[i];
     }
@@ -406,11 +379,11 @@ __global__ void __launch_bounds__(CT* scan_detail::kP, 80 / CT)
       load_lane(fb, jb + n, p, bw, bv);
 #pragma unroll
       for (int i = 0; i < kL; ++i) {
-        dA[i] = ex2(dt[i] * a2);
+        dA[i] = fast_exp2(dt[i] * a2);
         bv[i] *= du[i];
       }
       // The segment's map h -> A h + B, scanned over the channel's lanes.
-      float A = ex2(dt_sum * a2), B = bv[0];
+      float A = fast_exp2(dt_sum * a2), B = bv[0];
 #pragma unroll
       for (int i = 1; i < kL; ++i) B = fmaf(dA[i], B, bv[i]);
       scan_maps<true>(A, B, p);
@@ -438,7 +411,7 @@ __global__ void __launch_bounds__(CT* scan_detail::kP, 80 / CT)
         float o = fmaf(d_skip, to_float(*ut), acc[i]);
         if (need_z) {
           const float zz = to_float(raw[l.z + own + i * ct]);
-          o *= zz * sigmoid(zz);
+          o *= zz * fast_sigmoid(zz);
         }
         *ut = from_float<T>(o);
       }
@@ -477,14 +450,14 @@ __global__ void __launch_bounds__(256)
     for (int j = 0; j < 4; ++j) h[j] = st[j];
   const float bias = a.delta_bias != nullptr ? a.bias_scale * to_float(a.delta_bias[c]) : 0.f;
   const float u = to_float(a.u[b * a.us + c]);
-  const float dt = softplus(to_float(a.delta[b * a.ds + c]) + bias), du = dt * u;
+  const float dt = fast_softplus(to_float(a.delta[b * a.ds + c]) + bias), du = dt * u;
   const T* Bp = a.B + b * a.bs + c / a.gb * kN + 4 * q;
   const T* Cp = a.C + b * a.cs + c / a.gc * kN + 4 * q;
   float p = 0.f;
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
     const float av = -expf(to_float(a.A_log[c * kN + 4 * q + j]));
-    h[j] = fmaf(ex2(dt * av * kLog2e), h[j], du * to_float(Bp[j]));
+    h[j] = fmaf(fast_exp2(dt * av * kLog2e), h[j], du * to_float(Bp[j]));
     p = fmaf(to_float(Cp[j]), h[j], p);
   }
   p += __shfl_xor_sync(0xffffffffu, p, 1);
@@ -493,7 +466,7 @@ __global__ void __launch_bounds__(256)
     float o = p + (a.D != nullptr ? to_float(a.D[c]) : 0.f) * u;
     if (a.z != nullptr) {
       const float zz = to_float(a.z[b * a.zs + c]);
-      o *= zz * sigmoid(zz);
+      o *= zz * fast_sigmoid(zz);
     }
     y[b * a.ys + c] = from_float<T>(o);
   }
@@ -569,7 +542,8 @@ __device__ __forceinline__ void flush_partials(const float* part, int lev, int u
     float acc = 0.f;
     for (int s = 0; s < spu; ++s) acc += part[partial_index(u * spu + s, t, nn)];
     const int64_t row = row0 + t, unit_g = (c0 + int64_t(u) * unit) / unit;
-    if (part_out == nullptr) put(dst + row * stride + unit_g * kN + n0 + nn, acc, accumulate);
+    if (part_out == nullptr)
+      store_or_add(dst + row * stride + unit_g * kN + n0 + nn, acc, accumulate);
     else part_out[(row * (channels / unit) + unit_g) * kN + n0 + nn] = acc;
   }
 }
@@ -643,12 +617,12 @@ __global__ void __launch_bounds__(CT* scan_detail::kP, 64 / CT)
     for (int i = 0; i < kL; ++i) {
       const int r = own + i * ct;
       const bool ok = cvalid && kL * p + i < valid;
-      dt[i] = ok ? softplus(to_float(raw[l.dl + r]) + bias) : 0.f;
+      dt[i] = ok ? fast_softplus(to_float(raw[l.dl + r]) + bias) : 0.f;
       dtu[i] = dt[i] * to_float(raw[l.u + r]);
       dy[i] = ok ? to_float(raw[l.g + r]) : 0.f;
       if (has_z) {
         const float zz = to_float(raw[l.z + r]);
-        dy[i] *= zz * sigmoid(zz);
+        dy[i] *= zz * fast_sigmoid(zz);
       }
       s1[i] = s4[i] = yss[i] = 0.f, dt_sum += dt[i];
     }
@@ -663,10 +637,10 @@ __global__ void __launch_bounds__(CT* scan_detail::kP, 64 / CT)
       float B = 0.f;
 #pragma unroll
       for (int i = 0; i < kL; ++i) {
-        dA[i] = ex2(dt[i] * a2);
+        dA[i] = fast_exp2(dt[i] * a2);
         B = fmaf(dA[i], B, dtu[i] * bb[i]);
       }
-      const float prod = ex2(dt_sum * a2);
+      const float prod = fast_exp2(dt_sum * a2);
       float A = prod;
       scan_maps<true>(A, B, p);
       const float h0 = cvalid ? hstart[n] : 0.f;
@@ -735,12 +709,12 @@ __global__ void __launch_bounds__(CT* scan_detail::kP, 64 / CT)
       const bool ok = cvalid && kL * p + i < valid;
       const float u = to_float(raw[l.u + r]);
       const float draw = fmaf(u, s1[i], s4[i] * (1.f / kLog2e)) *
-                         sigmoid(to_float(raw[l.dl + r]) + bias);  // d(delta)
+                         fast_sigmoid(to_float(raw[l.dl + r]) + bias);  // d(delta)
       if (ok) dD_sum = fmaf(dy[i], u, dD_sum), dbias_sum += draw;
       s1[i] = fmaf(d_skip, dy[i], dt[i] * s1[i]);  // du
       s4[i] = draw;
       if (need_dz) {  // dz = dout (C.h + D u) silu'(z)
-        const float zz = to_float(raw[l.z + r]), sz = sigmoid(zz);
+        const float zz = to_float(raw[l.z + r]), sz = fast_sigmoid(zz);
         yss[i] = to_float(raw[l.g + r]) * fmaf(d_skip, u, yss[i]) * sz * (1.f + zz * (1.f - sz));
       }
     }
@@ -753,9 +727,9 @@ __global__ void __launch_bounds__(CT* scan_detail::kP, 64 / CT)
       if (t >= valid || j >= ncv) continue;
       const int e = lane_index(t & (kL - 1), j, t / kL, ct);
       const int64_t row = row0 + t, cc = c0 + j;
-      if (o.du != nullptr) put(o.du + row * a.us + cc, fdu[e], o.accumulate);
-      if (o.ddelta != nullptr) put(o.ddelta + row * a.ds + cc, fdd[e], o.accumulate);
-      if (need_dz) put(o.dz + row * a.zs + cc, fdz[e], o.accumulate);
+      if (o.du != nullptr) store_or_add(o.du + row * a.us + cc, fdu[e], o.accumulate);
+      if (o.ddelta != nullptr) store_or_add(o.ddelta + row * a.ds + cc, fdd[e], o.accumulate);
+      if (need_dz) store_or_add(o.dz + row * a.zs + cc, fdz[e], o.accumulate);
     }
   }
   if (o.params == nullptr) return;  // uniform
@@ -785,7 +759,7 @@ __global__ void selective_scan_group_sum_kernel(T* __restrict__ dst, const float
     const float* p = part + ((row * groups + g) * per) * scan_detail::kN + s;
     float v = 0.f;
     for (int64_t m = 0; m < per; ++m) v += p[m * scan_detail::kN];
-    scan_detail::put(dst + row * stride + k, v, accumulate);
+    store_or_add(dst + row * stride + k, v, accumulate);
   }
 }
 
@@ -806,20 +780,10 @@ __global__ void selective_scan_params_kernel(T* __restrict__ ddelta_bias, T* __r
   if (k >= kN) dst += c;
   float v = 0.f;
   for (int64_t b = 0; b < batch; ++b) v += part[(b * channels + c) * kParams + k];
-  scan_detail::put(dst, v, accumulate);
+  store_or_add(dst, v, accumulate);
 }
 
 namespace scan_detail {
-
-// Makes `stream` current while temporaries are allocated, so the caching allocator reuses their
-// blocks only for work ordered after this stream's kernels.
-struct StreamScope {
-  cudaStream_t saved;
-  explicit StreamScope(cudaStream_t s) : saved(current_stream()) { current_stream() = s; }
-  ~StreamScope() { current_stream() = saved; }
-  StreamScope(const StreamScope&) = delete;
-  StreamScope& operator=(const StreamScope&) = delete;
-};
 
 inline void check_supported(const char* op, const SelectiveScanShape& s) {
   MIL_CHECK(s.d_state == kN, op, " (CUDA): d_state=", s.d_state, " is not supported (16 only)");
@@ -1002,22 +966,22 @@ void selective_scan_backward(const SelectiveScanGrads<T>& gr, const T* dout, con
   });
 
   // 3. Group sums of partials, parameter sums over the batch.
-  auto grid_for = [](int64_t n) {
-    return unsigned(std::clamp<int64_t>((n + 255) / 256, 1, 65535 * 8));
-  };
   if (o.dB_part != nullptr) {
-    selective_scan_group_sum_kernel<T><<<grid_for(rows * s.b_groups * kN), 256, 0, stream>>>(
-        gr.dB, o.dB_part, rows, s.b_groups, a.gb / a.unit_b, s.bs(), gr.accumulate_inputs);
+    selective_scan_group_sum_kernel<T>
+        <<<grid_stride_blocks(rows * s.b_groups * kN, 256), 256, 0, stream>>>(
+            gr.dB, o.dB_part, rows, s.b_groups, a.gb / a.unit_b, s.bs(), gr.accumulate_inputs);
     MIL_CUDA_CHECK_LAUNCH("selective_scan_group_sum_kernel (dB)");
   }
   if (o.dC_part != nullptr) {
-    selective_scan_group_sum_kernel<T><<<grid_for(rows * s.c_groups * kN), 256, 0, stream>>>(
-        gr.dC, o.dC_part, rows, s.c_groups, a.gc / a.unit_c, s.cs(), gr.accumulate_inputs);
+    selective_scan_group_sum_kernel<T>
+        <<<grid_stride_blocks(rows * s.c_groups * kN, 256), 256, 0, stream>>>(
+            gr.dC, o.dC_part, rows, s.c_groups, a.gc / a.unit_c, s.cs(), gr.accumulate_inputs);
     MIL_CUDA_CHECK_LAUNCH("selective_scan_group_sum_kernel (dC)");
   }
   if (any_param) {
-    selective_scan_params_kernel<T><<<grid_for(s.channels * kParams), 256, 0, stream>>>(
-        gr.ddelta_bias, gr.dA_log, gr.dD, o.params, s.batch, s.channels, gr.accumulate_params);
+    selective_scan_params_kernel<T>
+        <<<grid_stride_blocks(s.channels * kParams, 256), 256, 0, stream>>>(
+            gr.ddelta_bias, gr.dA_log, gr.dD, o.params, s.batch, s.channels, gr.accumulate_params);
     MIL_CUDA_CHECK_LAUNCH("selective_scan_params_kernel");
   }
 }

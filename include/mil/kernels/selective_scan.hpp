@@ -24,6 +24,7 @@
 
 #include "../core/dtype.hpp"
 #include "../core/error.hpp"
+#include "../core/math.hpp"
 #include "ssd_scan.hpp"
 
 namespace mil {
@@ -108,7 +109,7 @@ void selective_scan_forward(T* y, const T* u, const T* delta, const T* delta_bia
       for (int64_t t = 0; t < s.seq; ++t) {
         const int64_t row = b * s.seq + t;
         const A ut = to_acc(u[row * s.us() + c]);
-        const A dt = ssd_softplus(to_acc(delta[row * s.ds() + c]) + bias);
+        const A dt = softplus(to_acc(delta[row * s.ds() + c]) + bias);
         const T* bt = B + row * s.bs() + gb * N;
         const T* ctp = C + row * s.cs() + gc * N;
         A out = d_skip * ut;
@@ -118,7 +119,7 @@ void selective_scan_forward(T* y, const T* u, const T* delta, const T* delta_bia
         }
         if (z) {
           const A zv = to_acc(z[row * s.zs() + c]);
-          out *= zv * ssd_sigmoid(zv);
+          out *= zv * sigmoid(zv);
         }
         y[row * s.ys() + c] = T(out);
       }
@@ -153,7 +154,7 @@ void selective_scan_backward(const SelectiveScanGrads<T>& gr, const T* dout, con
       auto ctp = [&](int64_t t) { return C + row_of(t) * s.cs() + gc * N; };
       for (int64_t n = 0; n < N; ++n) hs[size_t(n)] = 0;
       for (int64_t t = 0; t < s.seq; ++t) {
-        dt[size_t(t)] = ssd_softplus(to_acc(delta[row_of(t) * s.ds() + c]) + bias);
+        dt[size_t(t)] = softplus(to_acc(delta[row_of(t) * s.ds() + c]) + bias);
         for (int64_t n = 0; n < N; ++n)
           hs[size_t((t + 1) * N + n)] = std::exp(dt[size_t(t)] * a[size_t(n)]) * hs[size_t(t * N + n)] +
                                         dt[size_t(t)] * to_acc(bt(t)[n]) * ut(t);
@@ -166,7 +167,7 @@ void selective_scan_backward(const SelectiveScanGrads<T>& gr, const T* dout, con
         const A* h_prev = &hs[size_t(t * N)];
         A go = to_acc(dout[row * s.ys() + c]), dy = go;
         if (z) {
-          const A zv = to_acc(z[row * s.zs() + c]), sg = ssd_sigmoid(zv);
+          const A zv = to_acc(z[row * s.zs() + c]), sg = sigmoid(zv);
           A ssm = d_skip * ut(t);
           for (int64_t n = 0; n < N; ++n) ssm += to_acc(ctp(t)[n]) * h_t[n];
           dy = go * zv * sg;
@@ -186,7 +187,7 @@ void selective_scan_backward(const SelectiveScanGrads<T>& gr, const T* dout, con
           dA[size_t(n)] += gv * dt[size_t(t)] * decay * h_prev[n];
         }
         dD[size_t(c)] += dy * ut(t);
-        const A d_raw = d_dt * ssd_sigmoid(to_acc(delta[row * s.ds() + c]) + bias);
+        const A d_raw = d_dt * sigmoid(to_acc(delta[row * s.ds() + c]) + bias);
         dbias[size_t(c)] += A(s.bias_scale) * d_raw;
         if (gr.du) put(gr.du + row * s.us() + c, du, gr.accumulate_inputs);
         if (gr.ddelta) put(gr.ddelta + row * s.ds() + c, d_raw, gr.accumulate_inputs);

@@ -42,8 +42,12 @@
 #include <type_traits>
 
 #include "../core/cuda_check.hpp"
+#include "../core/cuda_launch.hpp"
+#include "../core/cuda_ptx.cuh"
 #include "../core/cuda_vec.cuh"
+#include "../core/cuda_warp.cuh"
 #include "../core/dtype.hpp"
+#include "../core/math.hpp"
 #include "../core/tensor.hpp"
 #include "ssd_scan.hpp"
 
@@ -75,48 +79,10 @@ template <int P, int N> constexpr size_t backward_smem_bytes() {
 
 static_assert(backward_smem_bytes<128, 128>() <= kMaxSmem, "backward tiles exceed shared memory");
 
-// ---- PTX wrappers ----
+// ---- Tile helpers ----
 
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return uint32_t(__cvta_generic_to_shared(p));
-}
-// 16 bytes global -> shared; valid = false writes zeros.
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
-               "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_async_wait_all() {
-  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
-}
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* row) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_u32(row)));
-}
-__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const void* row) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_u32(row)));
-}
-// c (16x8 fp32) += a (16x16 bf16) b (16x8 bf16). Fragments (lane = 4g + t):
-//   a: (g, 2t..2t+1), (g+8, 2t..), (g, 2t+8..), (g+8, 2t+8..);  b: (k 2t.., n g), (k 2t+8.., n g)
-//   c: (g, 2t), (g, 2t+1), (g+8, 2t), (g+8, 2t+1)
-__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
-                                         uint32_t b1) {
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-      "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-// (lo, hi) -> a bf16 pair, lo at the lower address; round to nearest even.
-__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-  uint32_t r;
-  asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
-  return r;
-}
 __device__ __forceinline__ void put2(bf16* tile, int ld, int row, int col, float lo, float hi) {
-  *reinterpret_cast<uint32_t*>(tile + row * ld + col) = pack2(lo, hi);
+  *reinterpret_cast<uint32_t*>(tile + row * ld + col) = pack_bf16x2(lo, hi);
 }
 __device__ __forceinline__ float sm(const bf16* tile, int ld, int row, int col) {
   return to_float(tile[row * ld + col]);
@@ -139,16 +105,17 @@ __device__ __forceinline__ void mma_tile(float (&c)[NT][4], const bf16* a, int l
   const int mi = lane >> 3, r = lane & 7;  // this lane addresses row r of 8x8 matrix mi
   for (int k0 = k_begin; k0 < k_end; k0 += 16) {
     uint32_t af[4];
-    if constexpr (A_KM) ldsm_x4_t(af, a + (k0 + (mi >> 1) * 8 + r) * lda + m0 + (mi & 1) * 8);
-    else ldsm_x4(af, a + (m0 + (mi & 1) * 8 + r) * lda + k0 + (mi >> 1) * 8);
+    if constexpr (A_KM)
+      ldmatrix_x4_trans(af, a + (k0 + (mi >> 1) * 8 + r) * lda + m0 + (mi & 1) * 8);
+    else ldmatrix_x4(af, a + (m0 + (mi & 1) * 8 + r) * lda + k0 + (mi >> 1) * 8);
 #pragma unroll
     for (int np = 0; np < NT / 2; ++np) {
       const int n = n0 + np * 16;
       uint32_t bf[4];  // n-tile n: bf[0], bf[1]; n-tile n + 8: bf[2], bf[3]
-      if constexpr (B_NK) ldsm_x4(bf, b + (n + (mi >> 1) * 8 + r) * ldb + k0 + (mi & 1) * 8);
-      else ldsm_x4_t(bf, b + (k0 + (mi & 1) * 8 + r) * ldb + n + (mi >> 1) * 8);
-      mma16816(c[2 * np], af, bf[0], bf[1]);
-      mma16816(c[2 * np + 1], af, bf[2], bf[3]);
+      if constexpr (B_NK) ldmatrix_x4(bf, b + (n + (mi >> 1) * 8 + r) * ldb + k0 + (mi & 1) * 8);
+      else ldmatrix_x4_trans(bf, b + (k0 + (mi & 1) * 8 + r) * ldb + n + (mi >> 1) * 8);
+      mma_bf16_m16n8k16(c[2 * np], af, bf[0], bf[1]);
+      mma_bf16_m16n8k16(c[2 * np + 1], af, bf[2], bf[3]);
     }
   }
 }
@@ -161,17 +128,10 @@ __device__ __forceinline__ void load_rows(bf16* tile, const bf16* base, int64_t 
   for (int i = int(threadIdx.x); i < ROWS * kPieces; i += THREADS) {
     const int r = i / kPieces, c = i % kPieces;
     const bool ok = r < valid;
-    cp_async16(tile + r * kLd<COLS> + c * 8, ok ? base + int64_t(r) * stride + c * 8 : base, ok);
+    cp_async_16(tile + r * kLd<COLS> + c * 8, ok ? base + int64_t(r) * stride + c * 8 : base, ok);
   }
 }
 
-__device__ __forceinline__ float softplus(float v) { return v > 20.f ? v : log1pf(expf(v)); }
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 // Inclusive prefix sum over the lanes.
 __device__ __forceinline__ float warp_prefix(float v, int lane) {
 #pragma unroll
@@ -189,11 +149,6 @@ __device__ __forceinline__ float warp_suffix(float v, int lane) {
     if (lane + o < 32) v += u;
   }
   return v;
-}
-
-template <class T>
-__device__ __forceinline__ void put(T* dst, float v, bool accumulate) {
-  *dst = from_float<T>(accumulate ? to_float(*dst) + v : v);
 }
 
 // Matrix inputs (bf16, possibly packed copies) with their token strides.
@@ -339,7 +294,7 @@ __global__ void __launch_bounds__(kThreads<P>)
 #pragma unroll
           for (int hf = 0; hf < 2; ++hf)
             *reinterpret_cast<uint32_t*>(dst + (16 * warp + g + 8 * hf) * N + 8 * j + 2 * t4) =
-                pack2(st[j][2 * hf], st[j][2 * hf + 1]);
+                pack_bf16x2(st[j][2 * hf], st[j][2 * hf + 1]);
       } else {
 #pragma unroll
         for (int j = 0; j < NTS; ++j)
@@ -660,7 +615,7 @@ __global__ void __launch_bounds__(kThreads<P>)
               if (o.dx_heads != nullptr)
                 o.dx_heads[(row * s.heads + h) * P + p + e] = v;
               else
-                put(static_cast<T*>(o.dx) + row * o.xs + grp * P + p + e, v, o.accumulate);
+                store_or_add(static_cast<T*>(o.dx) + row * o.xs + grp * P + p + e, v, o.accumulate);
             }
           }
     }
@@ -687,7 +642,7 @@ __global__ void __launch_bounds__(kThreads<P>)
             if (o.dB_heads != nullptr)
               o.dB_heads[(row * s.heads + h) * N + n + e] = d[j][2 * e2 + e];
             else
-              put(static_cast<T*>(o.dB) + row * o.bs + grp * N + n + e, d[j][2 * e2 + e],
+              store_or_add(static_cast<T*>(o.dB) + row * o.bs + grp * N + n + e, d[j][2 * e2 + e],
                   o.accumulate);
           }
         }
@@ -718,8 +673,8 @@ __global__ void __launch_bounds__(kThreads<P>)
             const int t = e2 ? tb : ta, n = n0 + 8 * j + 2 * t4;
             if (t >= valid) continue;
             T* dst = static_cast<T*>(o.dC) + (row0 + t0 + t) * o.cs + int64_t(h) * N + n;
-            put(dst, d[j][2 * e2], o.accumulate);
-            put(dst + 1, d[j][2 * e2 + 1], o.accumulate);
+            store_or_add(dst, d[j][2 * e2], o.accumulate);
+            store_or_add(dst + 1, d[j][2 * e2 + 1], o.accumulate);
           }
       }
     }
@@ -760,7 +715,8 @@ __global__ void __launch_bounds__(kThreads<P>)
         const float ddt = (sum2(p1, t) + a * da) * sig[t];
         acc_bias += ddt;
         acc_da += dtc[t] * da;
-        if (o.ddt != nullptr) put(static_cast<T*>(o.ddt) + (row0 + t0 + t) * o.dts + h, ddt, o.accumulate);
+        if (o.ddt != nullptr)
+          store_or_add(static_cast<T*>(o.ddt) + (row0 + t0 + t) * o.dts + h, ddt, o.accumulate);
       }
     }
   }
@@ -797,7 +753,7 @@ __global__ void ssd_group_sum_kernel(T* __restrict__ dst, const float* __restric
     const float* p = src + (row * groups * r + grp * r) * width + col;
     float v = 0.f;
     for (int64_t j = 0; j < r; ++j) v += p[j * width];
-    put(dst + row * stride + k, v, accumulate);
+    store_or_add(dst + row * stride + k, v, accumulate);
   }
 }
 
@@ -813,9 +769,9 @@ __global__ void ssd_params_kernel(T* __restrict__ ddt_bias, T* __restrict__ dA_l
   for (int64_t b = 0; b < batch; ++b)
     for (int k = 0; k < 3; ++k) v[k] += part[(b * heads + h) * 3 + k];
   const float a = -expf(to_float(A_log[h]));
-  if (ddt_bias != nullptr) put(ddt_bias + h, v[0], accumulate);
-  if (dA_log != nullptr) put(dA_log + h, v[1] * a, accumulate);
-  if (dD != nullptr) put(dD + h, v[2], accumulate);
+  if (ddt_bias != nullptr) store_or_add(ddt_bias + h, v[0], accumulate);
+  if (dA_log != nullptr) store_or_add(dA_log + h, v[1] * a, accumulate);
+  if (dD != nullptr) store_or_add(dD + h, v[2], accumulate);
 }
 
 // Packs `cols` columns of `rows` token rows (stride apart) into a bf16 [rows, cols] buffer.
@@ -826,20 +782,6 @@ __global__ void ssd_pack_kernel(bf16* __restrict__ dst, const T* __restrict__ sr
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x)
     dst[i] = from_float<bf16>(to_float(src[i / cols * stride + i % cols]));
-}
-
-// Makes `stream` current while temporaries are allocated, so the caching allocator reuses their
-// blocks only for work ordered after this stream's kernels.
-struct StreamScope {
-  cudaStream_t saved;
-  explicit StreamScope(cudaStream_t s) : saved(current_stream()) { current_stream() = s; }
-  ~StreamScope() { current_stream() = saved; }
-  StreamScope(const StreamScope&) = delete;
-  StreamScope& operator=(const StreamScope&) = delete;
-};
-
-inline unsigned grid_for(int64_t n, int threads) {
-  return unsigned(std::clamp<int64_t>((n + threads - 1) / threads, 1, 65535 * 8));
 }
 
 // A bf16 view of `cols` columns of src with a token stride that cp.async can read: src itself
@@ -854,8 +796,8 @@ const bf16* as_bf16(const T* src, int64_t rows, int64_t cols, int64_t stride, in
     }
   }
   keep = Tensor<bf16, Cuda>::empty(Shape{std::max<int64_t>(rows * cols, 1)});
-  ssd_pack_kernel<T><<<grid_for(rows * cols, 256), 256, 0, stream>>>(keep.data(), src, rows, cols,
-                                                                    stride);
+  ssd_pack_kernel<T><<<grid_stride_blocks(rows * cols, 256), 256, 0, stream>>>(keep.data(), src,
+                                                                              rows, cols, stride);
   MIL_CUDA_CHECK_LAUNCH("ssd_pack_kernel");
   out_stride = cols;
   return keep.data();
@@ -992,12 +934,12 @@ void ssd_scan_backward(const SsdGrads<T>& gr, const T* dy, const T* x, const T* 
       MIL_CUDA_CHECK_LAUNCH("ssd_backward_kernel");
     }
     if (o.dx_heads != nullptr) {
-      ssd_group_sum_kernel<T><<<grid_for(rows * s.groups * P, 256), 256, 0, stream>>>(
+      ssd_group_sum_kernel<T><<<grid_stride_blocks(rows * s.groups * P, 256), 256, 0, stream>>>(
           gr.dx, o.dx_heads, rows, s.groups, r, P, s.xs(), gr.accumulate_inputs);
       MIL_CUDA_CHECK_LAUNCH("ssd_group_sum_kernel (dx)");
     }
     if (o.dB_heads != nullptr) {
-      ssd_group_sum_kernel<T><<<grid_for(rows * s.groups * N, 256), 256, 0, stream>>>(
+      ssd_group_sum_kernel<T><<<grid_stride_blocks(rows * s.groups * N, 256), 256, 0, stream>>>(
           gr.dB, o.dB_heads, rows, s.groups, r, N, s.bs(), gr.accumulate_inputs);
       MIL_CUDA_CHECK_LAUNCH("ssd_group_sum_kernel (dB)");
     }

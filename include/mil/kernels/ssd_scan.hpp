@@ -26,6 +26,7 @@
 
 #include "../core/dtype.hpp"
 #include "../core/error.hpp"
+#include "../core/math.hpp"
 
 namespace mil {
 
@@ -79,13 +80,6 @@ struct SsdGrads {
 
 namespace cpu {
 
-template <class A>
-inline A ssd_softplus(A v) {  // log(1 + e^v) without overflow; PyTorch's threshold of 20
-  return v > A(20) ? v : std::log1p(std::exp(v));
-}
-template <class A>
-inline A ssd_sigmoid(A v) { return A(1) / (A(1) + std::exp(-v)); }
-
 template <class T>
 void ssd_scan_forward(T* y, const T* x, const T* B, const T* C, const T* dt, const T* dt_bias,
                       const T* A_log, const T* D, const SsdShape& s, const SsdStates& states = {}) {
@@ -111,7 +105,7 @@ void ssd_scan_forward(T* y, const T* x, const T* B, const T* C, const T* dt, con
         const T* xt = x + row * s.xs() + g * P;
         const T* bt = B + row * s.bs() + g * N;
         const T* ct = C + row * s.cs() + h * N;
-        const A delta = ssd_softplus(to_acc(dt[row * s.dts() + h]) + to_acc(dt_bias[h]));
+        const A delta = softplus(to_acc(dt[row * s.dts() + h]) + to_acc(dt_bias[h]));
         const A decay = std::exp(delta * a);
         for (int64_t p = 0; p < P; ++p) {
           const A xp = delta * to_acc(xt[p]);
@@ -152,7 +146,7 @@ void ssd_scan_backward(const SsdGrads<T>& gr, const T* dy, const T* x, const T* 
       auto bt = [&](int64_t t) { return B + (b * s.seq + t) * s.bs() + g * N; };
       auto ct = [&](int64_t t) { return C + (b * s.seq + t) * s.cs() + h * N; };
       auto raw = [&](int64_t t) { return to_acc(dt[(b * s.seq + t) * s.dts() + h]) + to_acc(dt_bias[h]); };
-      for (int64_t t = 0; t < s.seq; ++t) delta[size_t(t)] = ssd_softplus(raw(t));
+      for (int64_t t = 0; t < s.seq; ++t) delta[size_t(t)] = softplus(raw(t));
       auto step = [&](A* next, const A* prev, int64_t t) {
         const A decay = std::exp(delta[size_t(t)] * a);
         for (int64_t p = 0; p < P; ++p)
@@ -204,7 +198,7 @@ void ssd_scan_backward(const SsdGrads<T>& gr, const T* dy, const T* x, const T* 
           }
           d_delta += a * decay * g_prev;
           dA += dlt * decay * g_prev;
-          const A d_raw = d_delta * ssd_sigmoid(raw(t));
+          const A d_raw = d_delta * sigmoid(raw(t));
           ddt[size_t(row * s.heads + h)] = d_raw;
           ddt_bias[size_t(h)] += d_raw;
         }

@@ -14,14 +14,11 @@
 #include "../core/cuda_check.hpp"
 #include "../core/cuda_vec.cuh"
 #include "../core/dtype.hpp"
+#include "../core/math.hpp"
 #include "swiglu.hpp"
 
 namespace mil::cuda {
 namespace swiglu_detail {
-
-__device__ inline float sigmoid(float g) {
-  return 1.f / (1.f + expf(-g));  // expf overflow gives 1/inf = 0: no NaN
-}
 
 struct Launch {
   dim3 grid, block;
@@ -50,7 +47,7 @@ __global__ void swiglu_forward_kernel(T* out, const T* gate, const T* up, int64_
 #pragma unroll
     for (int e = 0; e < VEC; ++e) {
       const float gf = float(g.v[e]);
-      o.v[e] = T(gf * swiglu_detail::sigmoid(gf) * float(u.v[e]));
+      o.v[e] = T(gf * sigmoid(gf) * float(u.v[e]));
     }
     *reinterpret_cast<P*>(out + r * hidden + j) = o;
   }
@@ -76,7 +73,7 @@ __global__ void swiglu_backward_kernel(T* dgate, T* dup, const T* dout, const T*
 #pragma unroll
     for (int e = 0; e < VEC; ++e) {
       const float gf = float(g.v[e]), uf = float(u.v[e]), df = float(d.v[e]);
-      const float s = swiglu_detail::sigmoid(gf);
+      const float s = sigmoid(gf);
       float d_up = df * gf * s;
       float d_gate = df * uf * s * (1.f + gf * (1.f - s));
       if (accumulate) {

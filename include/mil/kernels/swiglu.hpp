@@ -12,13 +12,9 @@
 
 #include "../core/dtype.hpp"
 #include "../core/error.hpp"
+#include "../core/math.hpp"
 
 namespace mil::cpu {
-
-template <class A>
-inline A swiglu_sigmoid(A g) {
-  return A(1) / (A(1) + std::exp(-g));  // exp overflow gives 1/inf = 0: no NaN
-}
 
 inline void swiglu_check_sizes(const char* op, int64_t rows, int64_t hidden, int64_t in_stride) {
   MIL_CHECK(rows >= 0 && hidden >= 0, op, ": bad sizes rows=", rows, " hidden=", hidden);
@@ -33,7 +29,7 @@ void swiglu_forward(T* out, const T* gate, const T* up, int64_t rows, int64_t hi
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t j = 0; j < hidden; ++j) {
       const A g = to_acc(gate[r * in_stride + j]), u = to_acc(up[r * in_stride + j]);
-      out[r * hidden + j] = T(g * swiglu_sigmoid(g) * u);
+      out[r * hidden + j] = T(g * sigmoid(g) * u);
     }
 }
 
@@ -47,7 +43,7 @@ void swiglu_backward(T* dgate, T* dup, const T* dout, const T* gate, const T* up
     for (int64_t j = 0; j < hidden; ++j) {
       const int64_t k = r * in_stride + j;
       const A g = to_acc(gate[k]), u = to_acc(up[k]), d = to_acc(dout[r * hidden + j]);
-      const A s = swiglu_sigmoid(g);
+      const A s = sigmoid(g);
       const A d_up = d * g * s;
       const A d_gate = d * u * s * (A(1) + g * (A(1) - s));
       dgate[k] = T(accumulate ? to_acc(dgate[k]) + d_gate : d_gate);
