@@ -72,7 +72,8 @@ def read_benchmarks(bench_path, exit_code):
                                                    "library_build_type") if k in context}
     runs = {}  # run_name -> {"iterations": [...], "aggregates": {name: entry}}, in file order
     for entry in doc.get("benchmarks", []):
-        run = runs.setdefault(entry.get("run_name", entry["name"]), {"iterations": [], "aggregates": {}})
+        name = entry.get("run_name", entry["name"])
+        run = runs.setdefault(name, {"iterations": [], "aggregates": {}})
         if entry.get("run_type") == "aggregate":
             run["aggregates"][entry.get("aggregate_name")] = entry
         else:
@@ -169,16 +170,16 @@ def read_commit(repo):
     try:
         commit = git("rev-parse", "HEAD").strip()
         # Result files written by earlier runs do not change what was built.
-        changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=all").splitlines()
-                   if not line[3:].startswith("bench/results/")]
+        status = git("status", "--porcelain", "--untracked-files=all").splitlines()
+        changed = [line[3:] for line in status if not line[3:].startswith("bench/results/")]
         return {"commit": commit, "tree_dirty": bool(changed), "changed_files": changed,
                 "commit_from": "git"}
     except (OSError, subprocess.CalledProcessError):
         commit = os.environ.get("MIL_COMMIT", "")
         if not commit:
             return {"commit": "unknown", "tree_dirty": True, "commit_from": "none"}
-        return {"commit": commit, "tree_dirty": os.environ.get("MIL_TREE_DIRTY", "0") not in ("", "0"),
-                "commit_from": "MIL_COMMIT"}
+        dirty = os.environ.get("MIL_TREE_DIRTY", "0") not in ("", "0")
+        return {"commit": commit, "tree_dirty": dirty, "commit_from": "MIL_COMMIT"}
 
 
 def slug(text):
@@ -197,7 +198,8 @@ def result_path(out_dir, date, device_name, source):
 def combine(args):
     now = args.now or datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     result = {"format": FORMAT, "date": now, **read_commit(args.repo),
-              "device": read_device(args.smi_csv, args.smi_text), "build": read_build(args.build_dir),
+              "device": read_device(args.smi_csv, args.smi_text),
+              "build": read_build(args.build_dir),
               "gpu_required": os.environ.get("MIL_REQUIRE_GPU", ""),
               "tests": read_tests(args.junit, args.tests_exit),
               "benchmarks": read_benchmarks(args.bench, args.bench_exit)}

@@ -30,8 +30,10 @@ class GpuResults(unittest.TestCase):
         os.makedirs(self.repo)
         with open(os.path.join(self.build, "CMakeCache.txt"), "w") as f:
             f.write("CMAKE_BUILD_TYPE:STRING=Release\nCMAKE_CUDA_ARCHITECTURES:STRING=90\n")
-        with open(os.path.join(self.build, "CMakeFiles", "3.28.3", "CMakeCUDACompiler.cmake"), "w") as f:
-            f.write('set(CMAKE_CUDA_COMPILER_ID "NVIDIA")\nset(CMAKE_CUDA_COMPILER_VERSION "12.8.61")\n')
+        compiler = os.path.join(self.build, "CMakeFiles", "3.28.3", "CMakeCUDACompiler.cmake")
+        with open(compiler, "w") as f:
+            f.write('set(CMAKE_CUDA_COMPILER_ID "NVIDIA")\n'
+                    'set(CMAKE_CUDA_COMPILER_VERSION "12.8.61")\n')
         self.out = os.path.join(self.tmp, "results")
         os.environ["MIL_COMMIT"] = "0123456789abcdef0123456789abcdef01234567"
         os.environ.pop("MIL_TREE_DIRTY", None)
@@ -132,12 +134,14 @@ class GpuResults(unittest.TestCase):
             f.write("a\n")
         subprocess.run(git + ["add", "a.txt"], check=True)
         subprocess.run(git + ["commit", "-q", "-m", "a"], check=True)
-        head = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+        head = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True,
+                              text=True).stdout.strip()
         os.makedirs(os.path.join(self.repo, "bench", "results"))
         with open(os.path.join(self.repo, "bench", "results", "earlier.json"), "w") as f:
             f.write("{}\n")
         _, files, r = self.run_script()
-        self.assertEqual((r["commit"], r["tree_dirty"]), (head, False))  # earlier results don't count
+        # Result files of earlier runs do not make the tree dirty.
+        self.assertEqual((r["commit"], r["tree_dirty"]), (head, False))
         self.assertEqual(files, [f"2026-12-05-nvidia-h100-80gb-hbm3-{head[:10]}.json"])
         with open(os.path.join(self.repo, "a.txt"), "a") as f:
             f.write("changed\n")
