@@ -1,7 +1,8 @@
 #pragma once
 // Shared benchmark reporting: every case reports its compulsory bytes and FLOPs, the floor
 // (max of bytes / bandwidth and FLOPs / peak) and the ratio floor / time; where a peer's time for
-// the same shape is known (PERFORMANCE.md), also peer_time / time (> 1: faster than the peer).
+// the same shape is known (docs/PERFORMANCE.md), also peer_time / time (> 1: faster than the
+// peer). Each peer constant says where it was measured.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -17,9 +18,11 @@ struct Ceiling {
   double flops_per_s;
 };
 
-// Measured on the lent H100 (PERFORMANCE.md, 2026-11-22): device copy and bf16 GEMM.
+// Measured on the lent H100 80GB HBM3 on 2026-11-22 (docs/PERFORMANCE.md): device-to-device copy
+// (bytes read + written) and cuBLAS bf16 GEMM at 8192^3.
 inline constexpr Ceiling h100_bf16{"H100 bf16", 2.98e12, 793e12};
-// fp32 work on the H100 without tensor cores: 67 TFLOP/s (datasheet, non-tensor FP32).
+// fp32 work on the H100 without tensor cores: 67 TFLOP/s (NVIDIA's datasheet, non-tensor FP32;
+// not measured).
 inline constexpr Ceiling h100_fp32{"H100 fp32", 2.98e12, 67e12};
 
 // This machine's CPU, measured once: a large memcpy and a float FMA loop over all threads.

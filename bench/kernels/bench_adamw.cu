@@ -3,7 +3,7 @@
 // parameter copy and gradient). 2.2 GB of state: far past the 50 MB L2.
 //
 // AdamW floor: read master, m, v (fp32) and grad (bf16), write master, m, v and the bf16 copy:
-// 28 bytes per parameter, 3.78 GB -> 1.27 ms at 2.98 TB/s (PERFORMANCE.md: ~1.3 ms).
+// 28 bytes per parameter, 3.78 GB -> 1.27 ms at 2.98 TB/s (docs/PERFORMANCE.md: ~1.3 ms).
 #include <benchmark/benchmark.h>
 
 #include <cstdint>

@@ -1,7 +1,7 @@
 // CUDA attention (bf16, FlashAttention-2 style): forward and forward+backward at the SmolLM2-135M
 // shape (16 x 1024 tokens, 9 heads of 64, 3 kv heads) and the Llama-3-8B shape (4 x 2048 tokens,
 // 32 heads of 128, 8 kv heads), q/k/v in one fused QKV buffer as the model stores them.
-// No peer time is recorded in PERFORMANCE.md for these shapes yet.
+// No peer time is recorded in docs/PERFORMANCE.md for these shapes yet.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>

@@ -3,7 +3,7 @@
 // Mamba-1 selective scan (576 channels, state 16, 12 B groups and 36 C groups, SiLU gate) and the
 // causal conv1d (kernel 4, SiLU, over Mamba-2's 960 x|B|C channels), forward and backward, plus a
 // decode step (seq = 1 against the states / ring). Each reports tokens/s (the CPU path's number in
-// PERFORMANCE.md; no CPU peer).
+// docs/PERFORMANCE.md; no CPU peer).
 // Compulsory bytes: the inputs read and outputs written once (a decode step also reads and writes
 // the states). FLOPs are those of the reference loops per token (exp counted as one): SSD scan
 // forward 5 per (head, p, n), backward 18 (it recomputes the states twice); selective scan 7 and

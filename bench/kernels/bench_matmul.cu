@@ -1,5 +1,5 @@
-// GPU matrix product through cuBLASLt: bf16 (fp32 accumulation) at 8192^3, where PERFORMANCE.md
-// measured cuBLAS at 793 TFLOP/s on the lent H100, and the Linear shapes of the 135M model at
+// GPU matrix product through cuBLASLt: bf16 (fp32 accumulation) at 8192^3, where cuBLAS ran at
+// 793 TFLOP/s on the lent H100 (docs/PERFORMANCE.md), and the Linear shapes of the 135M model at
 // 16384 tokens (forward, and the two backward products for the MLP and the LM head); one true-fp32
 // case. Each case rotates among enough operand sets that they do not fit in the 50 MB L2.
 #include <benchmark/benchmark.h>
@@ -67,7 +67,8 @@ void matmul_gpu_f32(benchmark::State& state, mil::GemmShape s) {
   run_matmul<float>(state, s, mil::bench::h100_fp32, 0);
 }
 
-// cuBLAS at 793 TFLOP/s on 8192^3 (PERFORMANCE.md): its time for that shape.
+// Peer: cuBLAS bf16 GEMM at 793 TFLOP/s on 8192^3, measured on the lent H100 80GB HBM3 on
+// 2026-11-22 (docs/PERFORMANCE.md): its time for that shape.
 constexpr double cublas_8192_seconds = 2.0 * 8192.0 * 8192.0 * 8192.0 / 793e12;
 constexpr int64_t tokens = 16384;  // 135M model: d 576, q/k/v 576 -> 960, MLP 1536, vocab 49152
 

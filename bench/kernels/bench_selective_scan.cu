@@ -3,8 +3,8 @@
 // 2048 tokens, 4096 channels, 64 B groups, 256 C groups), and the decode step (seq = 1 against fp32
 // states) at batch 1 and 64. Inputs are laid out as mamba1_core reads them: u and delta packed,
 // z, B and C column blocks of the in_proj row [x | z | B | C].
-// Peers (PERFORMANCE.md, same H100): mamba_ssm's CUDA selective_scan_cuda forward and backward; no
-// peer number for the Mamba-1 decode step.
+// Peers: mamba_ssm's CUDA selective_scan_cuda forward and backward (docs/PERFORMANCE.md); no peer
+// number for the Mamba-1 decode step.
 // Compulsory bytes: the forward reads u, delta, z, B, C and writes y; the backward also reads dout
 // and writes du, ddelta, dz, dB, dC; a decode step also reads and writes the states. The second
 // ceiling is the special-function unit: every decay is one exp2 (16 per channel and token, which
@@ -28,6 +28,7 @@ using mil::bf16;
 using mil::Cuda;
 using mil::Tensor;
 
+// 16 exp2 per SM and clock, 132 SMs, 1.98 GHz: NVIDIA's H100 SXM figures, not measured here.
 constexpr mil::bench::Ceiling kH100Sfu{"H100 exp2 (SFU)", 2.98e12, 132 * 16 * 1.98e9};
 
 template <class T>
@@ -175,6 +176,8 @@ void BM_selective_scan_decode_cuda(benchmark::State& state, int64_t batch, int64
 
 }  // namespace
 
+// Peer times (ms): mamba_ssm CUDA selective_scan_cuda (the extension built for sm_90), bf16,
+// measured on the lent H100 80GB HBM3 on 2026-11-22 with PyTorch (docs/PERFORMANCE.md).
 // Shape S: SmolLM2-135M hybrid.
 BENCHMARK_CAPTURE(BM_selective_scan_cuda, S_fwd, 16, 1024, 576, 12, 36, false, 0.20)
     ->UseManualTime()

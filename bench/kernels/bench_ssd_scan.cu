@@ -1,8 +1,8 @@
 // GPU SSD scan (Mamba-2), bf16: forward and forward+backward at shape S (SmolLM2-135M hybrid:
 // 16 x 1024 tokens, 9 heads, 3 groups, head_dim = d_state = 64) and shape L (Llama-3-8B hybrid:
 // 4 x 2048 tokens, 32 heads, 8 groups, head_dim = d_state = 128), and the decode step (seq = 1
-// against fp32 states) at batch 1 and 64. Peers (PERFORMANCE.md, same H100): mamba_ssm Triton
-// mamba_chunk_scan_combined and selective_state_update.
+// against fp32 states) at batch 1 and 64. Peers: mamba_ssm's Triton mamba_chunk_scan_combined and
+// selective_state_update (docs/PERFORMANCE.md); their figures are the last argument of each case.
 // Compulsory bytes: forward reads x, B, C, dt and writes y; the backward also reads dy and writes
 // dx, dB, dC, ddt; a decode step reads and writes the states. FLOPs: the chunked algorithm's
 // products per token and head (causal half of the Q x Q ones): Q (N + P) + 4 N P forward, 2.5x
@@ -161,6 +161,8 @@ void BM_ssd_decode_cuda(benchmark::State& state, int64_t batch, int64_t heads, i
 
 }  // namespace
 
+// Peer times (ms): mamba_ssm Triton mamba_chunk_scan_combined, bf16, measured on the lent H100
+// 80GB HBM3 on 2026-11-22 with PyTorch (docs/PERFORMANCE.md).
 // Shape S: SmolLM2-135M hybrid.
 BENCHMARK_CAPTURE(BM_ssd_scan_cuda, S_fwd, 16, 1024, 9, 3, 64, false, 0.60)
     ->UseManualTime()
@@ -175,7 +177,8 @@ BENCHMARK_CAPTURE(BM_ssd_scan_cuda, L_fwd, 4, 2048, 32, 8, 128, false, 0.72)
 BENCHMARK_CAPTURE(BM_ssd_scan_cuda, L_fwd_bwd, 4, 2048, 32, 8, 128, true, 4.79)
     ->UseManualTime()
     ->Unit(benchmark::kMillisecond);
-// Decode steps (peer: selective_state_update; no peer number for S at batch 64).
+// Decode steps. Peer times (us): mamba_ssm Triton selective_state_update, bf16, measured on the
+// lent H100 80GB HBM3 on 2026-11-22 with PyTorch (docs/PERFORMANCE.md); none for S at batch 64.
 BENCHMARK_CAPTURE(BM_ssd_decode_cuda, S_batch1, 1, 9, 3, 64, 153.0)
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);

@@ -1,6 +1,8 @@
 #pragma once
-// GPU test helpers. MIL_REQUIRE_GPU() ends a test case with the message ctest reads as "skipped"
-// when no CUDA device is present.
+// GPU test helpers. MIL_GPU_TEST_GUARD() opens every test case that needs a device: without one
+// it ends the case with the message ctest reads as "skipped", or, in the GPU-required mode
+// (MIL_REQUIRE_GPU=1, gpu_required.hpp), fails it. CUDA errors inside a case throw mil::Error
+// (cuda_check.hpp), which doctest counts as a failure in either mode.
 #include <cstdio>
 #include <vector>
 
@@ -8,14 +10,19 @@
 #include <mil/core/tensor.hpp>
 
 #include "compare.hpp"
+#include "gpu_required.hpp"
 
-#define MIL_REQUIRE_GPU()                                         \
-  do {                                                            \
-    if (::mil::cuda::device_count() == 0) {                       \
-      std::printf("[mil] no CUDA device: test skipped\n");        \
-      return;                                                     \
-    }                                                             \
+#define MIL_GPU_TEST_GUARD()                                                       \
+  do {                                                                             \
+    if (::mil::cuda::device_count() == 0) {                                        \
+      if (::mil::test::gpu_required())                                             \
+        FAIL(::mil::test::gpu_required_failure());                                 \
+      std::printf("[mil] no CUDA device: test skipped\n");                         \
+      return;                                                                      \
+    }                                                                              \
   } while (0)
+// The former name, kept until every test file uses the one above.
+#define MIL_REQUIRE_GPU() MIL_GPU_TEST_GUARD()
 
 namespace mil::test {
 

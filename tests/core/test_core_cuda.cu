@@ -73,7 +73,7 @@ void check_uniform_fill(int64_t n, float lo, float hi, uint64_t seed, uint64_t o
 }  // namespace
 
 TEST_CASE("rng cuda: fill_uniform is bitwise equal to the CPU stream") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   // Single element, partial and whole Philox blocks, one CUDA block, many blocks and a size that
   // needs the grid-stride loop (more than 8192 * 256 Philox blocks).
   for (int64_t n : {1, 3, 4, 5, 255, 1021, 1024 * 4 + 7, 1000003, 8389123 + 3}) {
@@ -86,7 +86,7 @@ TEST_CASE("rng cuda: fill_uniform is bitwise equal to the CPU stream") {
 }
 
 TEST_CASE("rng cuda: fill_normal matches the CPU stream") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   for (int64_t n : {1, 2, 3, 257, 100003, 2100001}) {
     INFO("n = ", n);
     const uint64_t seed = 1234, offset = 99;
@@ -117,7 +117,7 @@ TEST_CASE("rng cuda: fill_normal matches the CPU stream") {
 }
 
 TEST_CASE("rng cuda: tensor fills run on the current stream and match the CPU fills") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   ScopedStream scoped;
   auto g = Tensor<bf16, Cuda>::empty(Shape{33, 65});
   rng::fill_uniform(g, -0.5f, 0.5f, 3, 11);
@@ -141,7 +141,7 @@ TEST_CASE("rng cuda: tensor fills run on the current stream and match the CPU fi
 }
 
 TEST_CASE("tensor cuda: CPU -> GPU -> CPU round trips keep every bit") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   auto f = Tensor<float, Cpu>::empty(Shape{3, 7, 5});
   rng::fill_normal(f, 0.0f, 1.0f, 21);
   auto back = f.to<Cuda>().to<Cpu>();
@@ -185,7 +185,7 @@ TEST_CASE("tensor cuda: CPU -> GPU -> CPU round trips keep every bit") {
 }
 
 TEST_CASE("tensor cuda: view and slice share GPU storage") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   std::vector<float> v(6 * 5);
   for (size_t i = 0; i < v.size(); ++i) v[i] = float(i);
   auto t = Tensor<float, Cuda>::from(Shape{6, 5}, v);
@@ -220,7 +220,7 @@ TEST_CASE("tensor cuda: view and slice share GPU storage") {
 }
 
 TEST_CASE("allocator: freed GPU blocks are reused without new cudaMalloc calls") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   ScopedStream scoped;  // a stream of our own...
   auto& alloc = cuda::CachingAllocator::instance();
   alloc.release_cached();  // ...and no blocks cached under a reused stream handle
@@ -267,7 +267,7 @@ TEST_CASE("allocator: freed GPU blocks are reused without new cudaMalloc calls")
 }
 
 TEST_CASE("cuda check: failed calls throw mil::Error naming the call and the error") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   // An invalid device number fails without touching the context (no sticky error).
   try {
     MIL_CUDA_CHECK(cudaSetDevice(9999));

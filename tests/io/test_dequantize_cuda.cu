@@ -66,7 +66,7 @@ Tensor<int32_t, Cuda> bytes_to_gpu(const std::vector<uint8_t>& b) {
 }  // namespace
 
 TEST_CASE("dequantize cuda: every supported ggml type matches the CPU in float and bf16") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   for (GgmlType t : {GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0,
                      GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q4_K,
                      GgmlType::Q5_K, GgmlType::Q6_K}) {

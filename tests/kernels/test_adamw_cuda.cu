@@ -78,7 +78,7 @@ void check_adamw(int64_t n, bool with_param, bool device_scale, int64_t offset,
 }  // namespace
 
 TEST_CASE("adamw cuda: bf16 parameters and gradients match the CPU at awkward sizes") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   uint64_t seed = 500;
   for (int64_t n : {1, 1001, 1000007})
     for (bool device_scale : {false, true}) {
@@ -88,7 +88,7 @@ TEST_CASE("adamw cuda: bf16 parameters and gradients match the CPU at awkward si
 }
 
 TEST_CASE("adamw cuda: float parameters and gradients match the CPU at awkward sizes") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   uint64_t seed = 600;
   for (int64_t n : {1, 1001, 1000007})
     for (bool device_scale : {false, true}) {
@@ -98,7 +98,7 @@ TEST_CASE("adamw cuda: float parameters and gradients match the CPU at awkward s
 }
 
 TEST_CASE("adamw cuda: mixed types - and buffers aligned differently (the element-wise path)") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   uint64_t seed = 700;
   for (int64_t n : {1, 1001, 1000007}) {
     check_adamw<bf16, float>(n, true, true, 0, 1, seed += 20);  // param off by one element

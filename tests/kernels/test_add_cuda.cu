@@ -62,7 +62,7 @@ void check_add_into(int64_t n, uint64_t seed) {
 }  // namespace
 
 TEST_CASE("add cuda: matches the CPU bitwise - aligned and unaligned - with tails") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   uint64_t seed = 40;
   for (int64_t n : {1, 7, 8, 9, 4097, 1000003})
     for (int64_t offset : {0, 1, 4}) {
@@ -72,7 +72,7 @@ TEST_CASE("add cuda: matches the CPU bitwise - aligned and unaligned - with tail
 }
 
 TEST_CASE("add cuda: add_into copies or accumulates over a pre-filled buffer - aliasing allowed") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   for (int64_t n : {1, 13, 100003}) {
     check_add_into<float>(n, 60 + uint64_t(n));
     check_add_into<bf16>(n, 70 + uint64_t(n));

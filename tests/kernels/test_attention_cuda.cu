@@ -155,30 +155,30 @@ void check_sizes(int64_t head_dim, uint64_t seed) {
 }  // namespace
 
 TEST_CASE("attention cuda: forward and backward match the CPU reference - head dim 64") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   check_sizes(64, 100);
 }
 
 TEST_CASE("attention cuda: forward and backward match the CPU reference - head dim 128") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   check_sizes(128, 200);
 }
 
 TEST_CASE("attention cuda: long sequence (1027 tokens - many tiles and a ragged tail)") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   check_against_cpu({2, 1027, 9, 3, 64, true, 0}, 300, false);
   check_against_cpu({1, 1027, 8, 1, 128, false, 8}, 310, false);
 }
 
 TEST_CASE("attention cuda: backward accumulate adds to pre-filled gradients - gaps untouched") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   check_against_cpu({2, 65, 9, 3, 64, true, 8}, 400, true);
   check_against_cpu({1, 130, 4, 4, 128, false, 0}, 410, true);
   check_against_cpu({2, 17, 8, 1, 128, true, 16}, 420, true);
 }
 
 TEST_CASE("attention cuda: forward and backward are deterministic (bitwise)") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   const QkvLayout l = make_layout({2, 200, 8, 1, 64, true, 0});
   const AttentionShape& s = l.shape;
   const size_t n_out = size_t(s.batch * s.seq * s.heads * s.head_dim);

@@ -197,7 +197,7 @@ void check_ring(int64_t batch, int64_t total, int64_t C, int64_t K, int64_t len,
 }  // namespace
 
 TEST_CASE("conv1d: gpu forward and backward match the cpu") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   uint64_t seed = 100;
   int mode = 0;
   std::vector<Case> cases = {
@@ -221,7 +221,7 @@ TEST_CASE("conv1d: gpu forward and backward match the cpu") {
 }
 
 TEST_CASE("conv1d: gpu backward with null gradients") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   Mode frozen{true, false};
   frozen.dw = frozen.dbias = false;
   check<bf16>({2, 37, 24, 4}, frozen, 300);
@@ -234,7 +234,7 @@ TEST_CASE("conv1d: gpu backward with null gradients") {
 }
 
 TEST_CASE("conv1d: gpu ring - pieces and decode steps equal one call") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   const std::vector<int32_t> fresh2{0, 0}, fresh3{0, 0, 0};
   // pieces longer than a thread's run (16: ring stored by a second kernel), shorter (stored by
   // the same threads), decode steps; ring of exactly K - 1 rows and longer
@@ -247,14 +247,14 @@ TEST_CASE("conv1d: gpu ring - pieces and decode steps equal one call") {
 }
 
 TEST_CASE("conv1d: gpu ring - rows at different positions read the history before them") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   // Start positions > 0: the first tokens read the ring's (random) history, as on the CPU.
   check_ring<bf16>(3, 20, 24, 4, 5, {1, 18, 1}, {7, 3, 2}, 500);
   check_ring<float>(2, 9, 12, 4, 3, {1, 1, 7}, {1, 100}, 510);
 }
 
 TEST_CASE("conv1d: gpu rejects bad sizes") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   auto buf = Tensor<bf16, Cuda>::empty(Shape{256});
   bf16* p = buf.data();
   CHECK_THROWS_AS(cuda::conv1d_forward<bf16>(p, p, p, p, Conv1dShape{1, 4, 8, 9}, nullptr), Error);

@@ -105,17 +105,17 @@ void check_all_sizes(uint64_t seed) {
 }  // namespace
 
 TEST_CASE("cross_entropy cuda: bf16 matches the CPU at awkward sizes - in place and not") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   check_all_sizes<bf16>(100);
 }
 
 TEST_CASE("cross_entropy cuda: float matches the CPU at awkward sizes - in place and not") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   check_all_sizes<float>(200);
 }
 
 TEST_CASE("cross_entropy cuda: logits near 1e4 are as accurate as logits near 0") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   const int64_t rows = 3, vocab = 4099;
   auto small = test::random_vector<float>(size_t(rows * vocab), 301, -4.f, 4.f);
   for (float& x : small) x = std::round(x * 64.f) / 64.f;  // 1e4 + x stays exact in float
@@ -136,7 +136,7 @@ TEST_CASE("cross_entropy cuda: logits near 1e4 are as accurate as logits near 0"
 }
 
 TEST_CASE("cross_entropy cuda: an invalid target makes only its own row NaN") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   const int64_t rows = 4, vocab = 777;
   auto values = test::representable<bf16>(size_t(rows * vocab), 311, -3.f, 3.f);
   std::vector<int32_t> targets{5, int32_t(vocab), -100, -2};  // rows 1 and 3 invalid

@@ -89,7 +89,7 @@ void check_backward_cases(double tol) {
 }  // namespace
 
 TEST_CASE("embedding cuda: forward copies rows bitwise (vector and scalar paths)") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   uint64_t seed = 10;
   for (int64_t dim : {1, 3, 8, 64, 67, 576})
     for (int64_t n : {1, 1000}) {
@@ -99,17 +99,17 @@ TEST_CASE("embedding cuda: forward copies rows bitwise (vector and scalar paths)
 }
 
 TEST_CASE("embedding cuda: backward matches the CPU with repeated ids (float 1e-5)") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   check_backward_cases<float>(1e-5);
 }
 
 TEST_CASE("embedding cuda: backward matches the CPU with repeated ids (bf16 1e-2)") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   check_backward_cases<bf16>(1e-2);
 }
 
 TEST_CASE("embedding cuda: backward is deterministic (two runs bitwise equal)") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   auto ids = random_ids(4096, 50, 900);
   for (bool accumulate : {false, true}) {
     auto f1 = check_backward<float>(ids, 96, 50, accumulate, 901, 1e-5);
@@ -122,7 +122,7 @@ TEST_CASE("embedding cuda: backward is deterministic (two runs bitwise equal)") 
 }
 
 TEST_CASE("embedding cuda: out-of-range ids give zero rows and no gradient - never a fault") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   const int64_t dim = 16, vocab = 4;
   std::vector<int32_t> ids{1, -1, 4, 1000000, 3};
   auto table = test::random_vector<float>(size_t(vocab * dim), 11);
@@ -155,7 +155,7 @@ TEST_CASE("embedding cuda: out-of-range ids give zero rows and no gradient - nev
 }
 
 TEST_CASE("embedding cuda: no tokens: overwriting backward zeroes the gradient") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   auto dtable = test::to_gpu(std::vector<bf16>(12, bf16(0.5f)));
   mil::cuda::embedding_backward<bf16>(dtable.data(), nullptr, nullptr, 0, 3, 4, true,
                                       mil::cuda::current_stream());

@@ -109,7 +109,7 @@ void check(const Case& c, const Mode& m, uint64_t seed) {
 }  // namespace
 
 TEST_CASE("gated rmsnorm: gpu forward and backward match the cpu") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   uint64_t seed = 100;
   int mode = 0;
   // (rows, dim, group, z stride, z offset): Mamba-2 S (9 heads of 64, z a block of the in_proj
@@ -127,7 +127,7 @@ TEST_CASE("gated rmsnorm: gpu forward and backward match the cpu") {
 }
 
 TEST_CASE("gated rmsnorm: gpu backward with null gradients") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   Mode frozen{false, false};
   frozen.dw = false;
   check<bf16>({33, 576, 64, 1536, 0}, frozen, 200);
@@ -140,7 +140,7 @@ TEST_CASE("gated rmsnorm: gpu backward with null gradients") {
 }
 
 TEST_CASE("gated rmsnorm: gpu zero rows and bad sizes") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   auto dw = test::to_gpu(std::vector<bf16>(8, bf16(1.5f)));
   GatedNormShape s{0, 8, 4, 0, 1e-5f};
   // No rows: an overwritten dw becomes zero, an accumulated one stays.

@@ -47,7 +47,7 @@ void check_sum_of_squares(int64_t n, uint64_t seed) {
 }  // namespace
 
 TEST_CASE("global_norm cuda: sum_of_squares matches the CPU and is deterministic") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   uint64_t seed = 400;
   for (int64_t n : {1, 7, 1000, 1000003}) {
     check_sum_of_squares<float>(n, seed++);
@@ -56,7 +56,7 @@ TEST_CASE("global_norm cuda: sum_of_squares matches the CPU and is deterministic
 }
 
 TEST_CASE("global_norm cuda: sum_of_squares is exact on integer-valued inputs - 0 for n = 0") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   const int64_t n = 1000003;  // the exact sum stays below 2^24, so fp32 sums it exactly
   std::vector<float> f(n);
   std::vector<bf16> b(n);
@@ -72,7 +72,7 @@ TEST_CASE("global_norm cuda: sum_of_squares is exact on integer-valued inputs - 
 }
 
 TEST_CASE("global_norm cuda: clip_coefficient on the device matches the CPU - NaN when not finite") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   const float inf = std::numeric_limits<float>::infinity(), nan = std::nanf("");
   const std::vector<float> sums{0.f, 0.25f, 1.f, 4.f, 1e6f, 3.7e-3f, inf, nan};
   for (float max_norm : {1.f, 0.1f}) {
@@ -91,7 +91,7 @@ TEST_CASE("global_norm cuda: clip_coefficient on the device matches the CPU - Na
 }
 
 TEST_CASE("global_norm cuda: sum_of_squares then clip_coefficient stay on the device") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   const int64_t n = 4097;
   auto x = test::cast_vector<bf16>(test::random_vector<float>(size_t(n), 420));
   auto x_gpu = test::to_gpu(x);

@@ -50,7 +50,7 @@ void check_kv_attention(int64_t heads, int64_t kv_heads, int64_t hd,
 }  // namespace
 
 TEST_CASE("kv attention cuda: decode rows in different slots at different lengths") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   const std::vector<int32_t> slots = {2, 0, 1, 1};  // slot 1 twice: two queries of one slot
   const std::vector<int32_t> pos = {0, 7, 299, 130};
   for (auto [h, hkv] : {std::pair{9, 3}, {4, 4}, {32, 8}, {8, 1}}) {
@@ -62,7 +62,7 @@ TEST_CASE("kv attention cuda: decode rows in different slots at different length
 }
 
 TEST_CASE("kv attention cuda: a prefill chunk continuing a sequence") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   std::vector<int32_t> slots, pos;
   for (int32_t t = 0; t < 77; ++t) {
     slots.push_back(1);
@@ -79,7 +79,7 @@ TEST_CASE("kv attention cuda: a prefill chunk continuing a sequence") {
 }
 
 TEST_CASE("kv cache append cuda: rows land at their slot and position") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   const int64_t kvw = 40, stride = 130, n_slots = 2, max_seq = 5;
   const auto k = test::random_vector<float>(size_t(3 * stride), 1);
   const auto v = test::random_vector<float>(size_t(3 * stride), 2);
@@ -99,7 +99,7 @@ TEST_CASE("kv cache append cuda: rows land at their slot and position") {
 }
 
 TEST_CASE("bias cuda: forward bitwise and column sums against the CPU") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   for (auto [rows, cols] : {std::pair<int64_t, int64_t>{1, 1}, {37, 1728}, {1000, 33}}) {
     const auto y = test::cast_vector<bf16>(test::random_vector<float>(size_t(rows * cols), 3));
     const auto b = test::cast_vector<bf16>(test::random_vector<float>(size_t(cols), 4));
@@ -120,7 +120,7 @@ TEST_CASE("bias cuda: forward bitwise and column sums against the CPU") {
 }
 
 TEST_CASE("argmax cuda: equals the CPU on ties NaN and wide rows") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   const int64_t rows = 5, cols = 49152;
   auto x = test::cast_vector<bf16>(test::random_vector<float>(size_t(rows * cols), 9, -4.f, 4.f));
   x[1 * cols + 40000] = bf16(9.f);  // ties: the smaller index wins

@@ -71,18 +71,18 @@ void check_all_transposes(double tol) {
 }  // namespace
 
 TEST_CASE("matmul cuda: float matches the CPU at 1e-5 (true fp32) for all transposes and batches") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   check_all_transposes<float>(1e-5);
 }
 
 TEST_CASE(
     "matmul cuda: bf16 matches the CPU at 1e-2 on bf16 inputs for all transposes and batches") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   check_all_transposes<bf16>(1e-2);
 }
 
 TEST_CASE("matmul cuda: operands at unaligned offsets (slices) are handled") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   uint64_t seed = 5000;
   for (int t = 0; t < 4; ++t)
     for (int64_t offset : {1, 3, 8}) {
@@ -95,7 +95,7 @@ TEST_CASE("matmul cuda: operands at unaligned offsets (slices) are handled") {
 }
 
 TEST_CASE("matmul cuda: the cuBLAS fallback path (no cuBLASLt algorithm) matches the CPU too") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   struct Restore {
     ~Restore() { mil::cuda::detail::force_cublas_fallback(false); }
   } restore;
@@ -110,7 +110,7 @@ TEST_CASE("matmul cuda: the cuBLAS fallback path (no cuBLASLt algorithm) matches
 }
 
 TEST_CASE("matmul cuda: repeated calls (cached plan) are bitwise equal") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   GemmShape s{200, 300, 700, false, true, 2, 1.f, 0.f};
   auto first = check_matmul<bf16>(s, 1e-2, 77);
   auto second = check_matmul<bf16>(s, 1e-2, 77);
@@ -121,7 +121,7 @@ TEST_CASE("matmul cuda: repeated calls (cached plan) are bitwise equal") {
 }
 
 TEST_CASE("matmul cuda: k = 0 gives beta C - empty outputs are a no-op - bad sizes throw") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   auto stream = mil::cuda::current_stream();
   auto c = test::to_gpu(std::vector<float>(6, std::nanf("")));
   mil::cuda::matmul<float>(GemmShape{2, 3, 0}, c.data(), nullptr, nullptr, stream);
@@ -142,7 +142,7 @@ TEST_CASE("matmul cuda: k = 0 gives beta C - empty outputs are a no-op - bad siz
 }
 
 TEST_CASE("matmul cuda: decode-sized products (skinny kernel) match the CPU for 1 to 8 rows") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   uint64_t seed = 9000;
   for (int64_t m = 1; m <= 9; ++m)  // 9 rows: back to cuBLASLt
     for (auto [n, k] : {std::pair<int64_t, int64_t>{1, 8}, {1729, 576}, {300, 1000}, {77, 1003}}) {

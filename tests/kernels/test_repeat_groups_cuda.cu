@@ -68,7 +68,7 @@ void check(const Case& c, bool accumulate, uint64_t seed) {
 }  // namespace
 
 TEST_CASE("repeat groups: gpu forward and backward match the cpu") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   uint64_t seed = 10;
   // packed (16-byte packs), one-element packs (group 6), a strided block at an offset, repeat 1
   for (const Case& c : {Case{37, 12, 16, 3, 0, 0}, Case{5, 4, 6, 4, 0, 0},
@@ -83,7 +83,7 @@ TEST_CASE("repeat groups: gpu forward and backward match the cpu") {
 }
 
 TEST_CASE("repeat groups: gpu zero rows touch nothing and bad sizes throw") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   auto buf = test::to_gpu(std::vector<float>(64, 1.5f));
   cuda::repeat_groups_forward(buf.data(), buf.data(), RepeatGroupsShape{0, 2, 4, 2, 0}, nullptr);
   cuda::repeat_groups_backward(buf.data(), buf.data(), RepeatGroupsShape{0, 2, 4, 2, 0}, false,

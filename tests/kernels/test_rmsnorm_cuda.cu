@@ -86,17 +86,17 @@ void check_awkward_sizes(uint64_t seed) {
 }  // namespace
 
 TEST_CASE("rmsnorm: gpu float matches the cpu at awkward sizes") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   check_awkward_sizes<float>(100);
 }
 
 TEST_CASE("rmsnorm: gpu bf16 matches the cpu at awkward sizes") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   check_awkward_sizes<bf16>(300);
 }
 
 TEST_CASE("rmsnorm: gpu rows longer than the register cache re-read from memory") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   // one-element packs beyond 512 threads x 8 (forward) and x 4 (backward) elements; 16-byte
   // packs beyond that many packs
   check_against_cpu<float>({3, 5003, true, false, true}, 500);
@@ -106,7 +106,7 @@ TEST_CASE("rmsnorm: gpu rows longer than the register cache re-read from memory"
 }
 
 TEST_CASE("rmsnorm: gpu on a non-default stream") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   cudaStream_t stream;
   MIL_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   check_against_cpu<bf16>({1000, 576, true, false, true}, 600, stream);
@@ -115,7 +115,7 @@ TEST_CASE("rmsnorm: gpu on a non-default stream") {
 }
 
 TEST_CASE("rmsnorm: gpu misaligned pointers take the one-element path") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   const int64_t rows = 37, dim = 576;
   auto x = test::representable<bf16>(size_t(rows * dim), 700, -2.f, 2.f);
   auto w = test::representable<bf16>(size_t(dim), 701);
@@ -152,7 +152,7 @@ TEST_CASE("rmsnorm: gpu misaligned pointers take the one-element path") {
 }
 
 TEST_CASE("rmsnorm: gpu dw is bitwise the same on every run") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   const int64_t rows = 4097, dim = 1000;
   auto x = test::to_gpu(test::cast_vector<bf16>(test::representable<bf16>(size_t(rows * dim), 800)));
   auto w = test::to_gpu(test::cast_vector<bf16>(test::representable<bf16>(size_t(dim), 801)));
@@ -177,7 +177,7 @@ TEST_CASE("rmsnorm: gpu dw is bitwise the same on every run") {
 }
 
 TEST_CASE("rmsnorm: gpu zero rows zero an overwritten dw and keep an accumulated one") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   auto w = test::to_gpu(std::vector<float>{1, 2, 3});
   auto dw = test::to_gpu(std::vector<float>{4, 5, 6});
   cuda::rmsnorm_backward<float>(nullptr, dw.data(), nullptr, nullptr, w.data(), nullptr, 0, 3,

@@ -97,17 +97,17 @@ void check_awkward_sizes(uint64_t seed) {
 }  // namespace
 
 TEST_CASE("rope: gpu float matches the cpu at awkward sizes - both layouts - llama3 scaling") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   check_awkward_sizes<float>(100);
 }
 
 TEST_CASE("rope: gpu bf16 matches the cpu at awkward sizes - both layouts - llama3 scaling") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   check_awkward_sizes<bf16>(1100);
 }
 
 TEST_CASE("rope: gpu rotates q and k inside a fused QKV buffer - in place and out of place") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   // Llama-3-8B-like attention: 32 query heads, 8 key/value heads of 128; stride 48 heads.
   const int64_t hd = 128, q_heads = 32, kv_heads = 8, stride = (q_heads + 2 * kv_heads) * hd;
   for (RopeLayout layout : {RopeLayout::rotate_half, RopeLayout::interleaved}) {
@@ -124,7 +124,7 @@ TEST_CASE("rope: gpu rotates q and k inside a fused QKV buffer - in place and ou
 }
 
 TEST_CASE("rope: gpu inverse undoes the rotation at positions up to 100000") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   const int64_t tokens = 500, heads = 4, hd = 64;
   RopeConfig cfg = config(hd, RopeLayout::rotate_half, false);
   auto in = random_vector<float>(size_t(tokens * heads * hd), 3000);
@@ -138,7 +138,7 @@ TEST_CASE("rope: gpu inverse undoes the rotation at positions up to 100000") {
 }
 
 TEST_CASE("rope: gpu head_dim above 256 is an error") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   auto buf = test::poisoned_gpu<float>(512);
   auto pos = test::to_gpu(std::vector<int32_t>{0});
   CHECK_THROWS_AS(cuda::rope_apply(buf.data(), buf.data(), pos.data(), 1, 1, 512, RopeConfig{512},

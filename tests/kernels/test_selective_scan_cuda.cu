@@ -341,7 +341,7 @@ void check_states(const Case& c, const std::vector<int64_t>& splits, uint64_t se
 }  // namespace
 
 TEST_CASE("selective scan: gpu forward matches the cpu around the chunk length") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   uint64_t seed = 100;
   // (batch, seq, channels, b_groups, c_groups, pad): one token, shorter than a lane's segment,
   // one segment and past it, one chunk and past it, several chunks; S-like groups (48 / 16
@@ -361,7 +361,7 @@ TEST_CASE("selective scan: gpu forward matches the cpu around the chunk length")
 }
 
 TEST_CASE("selective scan: gpu forward reads inputs as column blocks of one fused buffer") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   // pad 0 (widths multiples of 8: 16-byte copies in place), pad 3 (element copies), y with a
   // stride; without z, D or the bias
   check_forward<bf16>({2, 70, 96, 2, 6, 0}, 300);
@@ -375,7 +375,7 @@ TEST_CASE("selective scan: gpu forward reads inputs as column blocks of one fuse
 }
 
 TEST_CASE("selective scan: gpu backward matches the cpu with write modes") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   uint64_t seed = 1000;
   int mode = 0;
   for (const Case& c : {Case{1, 7, 32, 2, 2, -1}, Case{2, 32, 96, 2, 6, -1},
@@ -393,7 +393,7 @@ TEST_CASE("selective scan: gpu backward matches the cpu with write modes") {
 }
 
 TEST_CASE("selective scan: gpu backward without z D and bias and with null gradients") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   Case bare{2, 45, 64, 4, 4, -1};
   bare.z = bare.D = bare.bias = false;
   check_backward<bf16>(bare, GradMode{false, false}, 2000);  // dz requested without z: untouched
@@ -410,7 +410,7 @@ TEST_CASE("selective scan: gpu backward without z D and bias and with null gradi
 }
 
 TEST_CASE("selective scan: gpu backward with no tokens resets overwritten parameter gradients") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   const int64_t ch = 32;
   SelectiveScanShape s;
   s.batch = 2, s.seq = 0, s.channels = ch, s.b_groups = 2, s.c_groups = 2;
@@ -429,7 +429,7 @@ TEST_CASE("selective scan: gpu backward with no tokens resets overwritten parame
 }
 
 TEST_CASE("selective scan: gpu states carry a sequence across calls") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   // a prefill split in pieces equals one call
   check_states<bf16>({2, 100, 96, 2, 6, -1}, {37, 63}, 3000);
   check_states<bf16>({1, 90, 72, 3, 6, 0}, {32, 33, 25}, 3010);
@@ -444,7 +444,7 @@ TEST_CASE("selective scan: gpu states carry a sequence across calls") {
 }
 
 TEST_CASE("selective scan: gpu rejects unsupported sizes") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   auto buf = Tensor<bf16, Cuda>::empty(Shape{4096});
   const bf16* p = buf.data();
   SelectiveScanShape s;

@@ -238,7 +238,8 @@ TEST_CASE("ssd scan: matches the quadratic attention form with GQA and strided i
 }
 
 TEST_CASE("ssd scan: decay to one and unit dt without D give causal linear attention") {
-  // METHOD.md: with dt a -> 0 and no skip, y_t = sum_{s<=t} (C_t . B_s) x_s (Q -> C, K -> B, V -> x).
+  // docs/METHOD.md §2: with dt a -> 0 and no skip, y_t = sum_{s<=t} (C_t . B_s) x_s
+  // (Q -> C, K -> B, V -> x).
   auto c = make_ssd(2, 11, 6, 2, 4, 5, 40);
   const double inv_softplus_1 = std::log(std::exp(1.0) - 1);  // softplus(this) = 1
   for (int64_t r = 0; r < c.rows(); ++r)

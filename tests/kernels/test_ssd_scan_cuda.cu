@@ -302,7 +302,7 @@ void check_states(const Case& c, const std::vector<int64_t>& splits, uint64_t se
 }  // namespace
 
 TEST_CASE("ssd scan: gpu forward matches the cpu around the chunk length") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   uint64_t seed = 100;
   // (batch, seq, heads, groups, dim, pad): seq < chunk, = chunk, not a multiple, several chunks
   for (const Case& c : {Case{1, 1, 3, 1, 64, -1}, Case{1, 37, 3, 1, 64, -1},
@@ -317,7 +317,7 @@ TEST_CASE("ssd scan: gpu forward matches the cpu around the chunk length") {
 }
 
 TEST_CASE("ssd scan: gpu forward reads x B C dt as column blocks of one fused buffer") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   // pad 3: strides cp.async cannot read in place (packed copies); pad 7 with 9 heads (width 976,
   // a multiple of 8): read in place with strides
   check_forward<bf16>({2, 100, 9, 3, 64, 3}, 300);
@@ -328,7 +328,7 @@ TEST_CASE("ssd scan: gpu forward reads x B C dt as column blocks of one fused bu
 }
 
 TEST_CASE("ssd scan: gpu backward matches the cpu with write modes") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   uint64_t seed = 1000;
   int mode = 0;
   for (const Case& c : {Case{1, 37, 3, 1, 64, -1}, Case{2, 64, 9, 3, 64, -1},
@@ -345,7 +345,7 @@ TEST_CASE("ssd scan: gpu backward matches the cpu with write modes") {
 }
 
 TEST_CASE("ssd scan: gpu backward leaves null gradients alone") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   GradMode only_inputs{false, true};
   only_inputs.dbias = only_inputs.dA = only_inputs.dD = false;
   only_inputs.dB = false;
@@ -359,7 +359,7 @@ TEST_CASE("ssd scan: gpu backward leaves null gradients alone") {
 }
 
 TEST_CASE("ssd scan: gpu states carry a sequence across calls") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   // a prefill split in two equals one call
   check_states<bf16>({2, 100, 9, 3, 64, -1}, {37, 63}, 3000);
   check_states<bf16>({1, 150, 4, 4, 128, 3}, {64, 86}, 3010);
@@ -371,7 +371,7 @@ TEST_CASE("ssd scan: gpu states carry a sequence across calls") {
 }
 
 TEST_CASE("ssd scan: gpu rejects unsupported sizes") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   auto x = Tensor<bf16, Cuda>::empty(Shape{4096});
   const bf16* p = x.data();
   using Dims = std::pair<int64_t, int64_t>;

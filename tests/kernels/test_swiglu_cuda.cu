@@ -82,24 +82,24 @@ void check_awkward_sizes(uint64_t seed) {
 }  // namespace
 
 TEST_CASE("swiglu: gpu float matches the cpu at awkward sizes - fused and separate") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   check_awkward_sizes<float>(100);
 }
 
 TEST_CASE("swiglu: gpu bf16 matches the cpu at awkward sizes - fused and separate") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   check_awkward_sizes<bf16>(500);
 }
 
 TEST_CASE("swiglu: gpu misaligned pointers and more than 65535 rows") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   check_against_cpu<bf16>({37, 576, true, false, 1}, 900);
   check_against_cpu<float>({37, 1000, false, true, 3}, 910);
   check_against_cpu<bf16>({70001, 16, true, true}, 920);  // rows beyond the grid's y limit
 }
 
 TEST_CASE("swiglu: gpu large |gate| gives finite values") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   std::vector<float> gate{-1000, -100, 100, 1000, -1000, -100, 100, 1000}, up(8, 2.f);
   auto g = test::to_gpu(gate), u = test::to_gpu(up), d = test::to_gpu(std::vector<float>(8, 1.f));
   auto out = test::poisoned_gpu<float>(8), dg = test::poisoned_gpu<float>(8),
