@@ -1,5 +1,5 @@
 // mil-convert: turn a Llama-family teacher into a hybrid Mamba model initialised from its
-// attention weights (METHOD.md §4), ready for distillation, and save it as safetensors +
+// attention weights (docs/METHOD.md §4), ready for distillation, and save it as safetensors +
 // mamba_config.json (the reference implementation's format) with the teacher's tokenizer.
 //
 //   mil-convert --teacher models/SmolLM2-135M-Instruct.Q4_1.gguf --attn-layers 1,3,5 -o DIR

@@ -21,9 +21,6 @@
       return;                                                                      \
     }                                                                              \
   } while (0)
-// The former name, kept until every test file uses the one above.
-#define MIL_REQUIRE_GPU() MIL_GPU_TEST_GUARD()
-
 namespace mil::test {
 
 template <class T>

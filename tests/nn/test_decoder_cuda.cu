@@ -33,7 +33,7 @@ std::vector<int32_t> tokens(int64_t n, int32_t seed) {
 }  // namespace
 
 TEST_CASE("decoder cuda: bf16 prefill and batched decode follow the float CPU decoder") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   nn::HybridModel<float, Cpu> cpu_model(nn::all_attention(gpu_config()));
   cpu_model.init_random(5, 0.05f);
   // Both models hold the same bf16-rounded weights.
@@ -69,7 +69,7 @@ TEST_CASE("decoder cuda: bf16 prefill and batched decode follow the float CPU de
 }
 
 TEST_CASE("decoder cuda: graph replays equal eager steps bitwise") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   nn::HybridModel<float, Cpu> cpu_model(nn::all_attention(gpu_config()));
   cpu_model.init_random(9, 0.05f);
   auto gpu_model = nn::convert_model<bf16, Cuda>(cpu_model);

@@ -1,5 +1,5 @@
 // Hybrid models on the CPU: configuration and layouts, initialisation from attention, the
-// linear-attention identity of METHOD.md §2, gradients of the whole hybrid in double, and the
+// linear-attention identity of docs/METHOD.md §2, gradients of the whole hybrid in double, and the
 // decoder (prefill in chunks, batched decode) against the training forward.
 #include <doctest/doctest.h>
 
@@ -98,7 +98,7 @@ TEST_CASE("hybrid init: attention weights land in C B x and out_proj and the res
     for (const char* name : {"tok_embeddings", "norm", "layers.1.wqkv", "layers.1.wo",
                              "layers.0.w_gate_up", "layers.2.w_down", "layers.2.attn_norm"})
       CHECK(m.param(name).value().to_vector() == teacher.param(name).value().to_vector());
-    // Fresh parameters follow METHOD.md §4.
+    // Fresh parameters follow docs/METHOD.md §4.
     for (float v : m.param("layers.0.D").value().to_vector()) CHECK(v == 1.f);
     const auto a_log = m.param("layers.2.A_log").value().to_vector();
     const auto dt_bias = m.param("layers.2.dt_bias").value().to_vector();
@@ -132,7 +132,7 @@ TEST_CASE("hybrid init: a different teacher shape is an error") {
                   Error);
 }
 
-// METHOD.md §2: with no decay (A_log very negative), softplus(dt + bias) = 1 and D = 0, the SSD of
+// docs/METHOD.md §2: with no decay (A_log very negative), softplus(dt + bias) = 1 and D = 0, the SSD of
 // a layer initialised from attention is causal linear attention on the teacher's Q, K, V with
 // GQA (no conv, no gate, no norm: the scan reads the projection directly).
 TEST_CASE("hybrid init: the Mamba-2 scan on the teacher's projections is linear attention") {

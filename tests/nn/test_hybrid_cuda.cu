@@ -50,7 +50,7 @@ Pair make_pair(nn::MixerKind kind, uint64_t seed) {
 }  // namespace
 
 TEST_CASE("hybrid cuda: bf16 forward and backward agree with the float CPU model") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   for (auto kind : {nn::MixerKind::mamba2, nn::MixerKind::mamba1}) {
     CAPTURE(std::string(nn::mixer_name(kind)));
     auto [cpu_model, gpu_model] = make_pair(kind, 3);
@@ -87,7 +87,7 @@ TEST_CASE("hybrid cuda: bf16 forward and backward agree with the float CPU model
 }
 
 TEST_CASE("hybrid cuda: decoder prefill and batched decode follow the float CPU decoder") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   for (auto kind : {nn::MixerKind::mamba2, nn::MixerKind::mamba1}) {
     CAPTURE(std::string(nn::mixer_name(kind)));
     auto [cpu_model, gpu_model] = make_pair(kind, 7);
@@ -117,7 +117,7 @@ TEST_CASE("hybrid cuda: decoder prefill and batched decode follow the float CPU 
 }
 
 TEST_CASE("hybrid cuda: graph replays equal eager decode steps bitwise") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   for (auto kind : {nn::MixerKind::mamba2, nn::MixerKind::mamba1}) {
     CAPTURE(std::string(nn::mixer_name(kind)));
     auto pair = make_pair(kind, 11);

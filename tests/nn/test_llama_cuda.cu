@@ -25,7 +25,7 @@ nn::LlamaConfig gpu_config() {
 }  // namespace
 
 TEST_CASE("llama cuda: bf16 forward and backward agree with the float CPU model") {
-  MIL_REQUIRE_GPU();
+  MIL_GPU_TEST_GUARD();
   auto cfg = gpu_config();
   nn::HybridModel<float, Cpu> cpu_model(nn::all_attention(cfg));
   nn::HybridModel<bf16, Cuda> gpu_model(nn::all_attention(cfg));

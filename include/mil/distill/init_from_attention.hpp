@@ -1,5 +1,5 @@
 #pragma once
-// A hybrid initialised from its teacher (METHOD.md §4): every parameter the two share by name
+// A hybrid initialised from its teacher (docs/METHOD.md §4): every parameter the two share by name
 // (embeddings, norms, MLPs, LM head, the attention layers that stay) is copied, and each Mamba
 // layer takes its projections from the attention it replaces, verbatim (no 1/sqrt(hd), no RoPE):
 //   q_proj -> C,  k_proj -> B,  v_proj -> x,  o_proj -> out_proj
@@ -7,8 +7,8 @@
 // layer is fresh (nn::init_mamba_layer, seeded). Teacher q/k/v biases (Qwen2) have no place in a
 // Mamba layer and are dropped.
 //
-// `previous` (optional) is a hybrid from an earlier step of a stepwise conversion (METHOD.md §5):
-// layers that are Mamba in both take its weights instead of being converted again.
+// `previous` (optional) is a hybrid from an earlier step of a stepwise conversion (docs/METHOD.md
+// §5): layers that are Mamba in both take its weights instead of being converted again.
 #include <cstring>
 #include <string>
 

@@ -29,12 +29,16 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <span>
 #include <string>
 #include <tuple>
 #include <vector>
 
 #include "hybrid.hpp"
+#if defined(__CUDACC__)
+#include "../core/cuda_launch.hpp"
+#endif
 
 namespace mil::nn {
 
@@ -234,19 +238,16 @@ class Decoder {
   std::span<const int32_t> argmax() const { return {host_argmax_, size_t(logit_rows_)}; }
 
  private:
-  // Makes the decoder's stream current for the kernels and allocations of one call.
+  // Makes the decoder's stream (created on first use) current for the kernels and allocations of
+  // one call.
   struct StreamScope {
 #if defined(__CUDACC__)
-    cudaStream_t saved{};
+    std::optional<cuda::StreamScope> scope;
     explicit StreamScope(Decoder& d) {
       if constexpr (std::is_same_v<D, Cuda>) {
         if (!d.stream_) MIL_CUDA_CHECK(cudaStreamCreateWithFlags(&d.stream_, cudaStreamNonBlocking));
-        saved = cuda::current_stream();
-        cuda::current_stream() = d.stream_;
+        scope.emplace(d.stream_);
       }
-    }
-    ~StreamScope() {
-      if constexpr (std::is_same_v<D, Cuda>) cuda::current_stream() = saved;
     }
 #else
     explicit StreamScope(Decoder&) {}

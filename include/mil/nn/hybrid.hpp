@@ -13,8 +13,8 @@
 
 namespace mil::nn {
 
-// Fresh values of a Mamba layer's own parameters (METHOD.md §4), from Philox streams of `seed`
-// (one stream per layer and parameter, so a layer's values do not depend on the others):
+// Fresh values of a Mamba layer's own parameters (docs/METHOD.md §4), from Philox streams of
+// `seed` (one stream per layer and parameter, so a layer's values do not depend on the others):
 // in_proj rows and the dt path uniform(±1/sqrt(fan_in)) (the projections that come from
 // attention are overwritten by the teacher's weights afterwards), conv uniform(±1/sqrt(kernel)),
 // dt_bias = softplus^-1(dt) with dt = exp(U[ln 1e-3, ln 1e-1]) clamped to >= 1e-4, A_log = log U(1, 16)

@@ -1,6 +1,6 @@
 #pragma once
-// Shape of a hybrid model (METHOD.md §1-3): a Llama-family teacher whose decoder layers outside
-// `attn_layers` have their attention replaced by a Mamba mixer. Every layer keeps the teacher's
+// Shape of a hybrid model (docs/METHOD.md §1-3): a Llama-family teacher whose decoder layers
+// outside `attn_layers` have their attention replaced by a Mamba mixer. Every layer keeps the teacher's
 // structure  x += Mixer(rmsnorm(x)); x += W_down swiglu(W_gate_up rmsnorm(x)).
 // A Llama-family model is the hybrid whose every layer is attention (all_attention()). The
 // parameters of a configuration are listed in nn/param_table.hpp.
@@ -32,7 +32,7 @@ struct HybridConfig {
   // Mamba-1 reference-code quirk: dt_proj's bias is added twice (softplus(W u + 2 b)).
   bool mamba1_double_dt_bias = false;
 
-  // Sizes of METHOD.md §2-3.
+  // Sizes of docs/METHOD.md §2-3.
   int64_t d_inner() const { return llama.n_heads * llama.head_dim; }
   int64_t d_xb() const { return llama.n_kv_heads * llama.head_dim; }
   int64_t d_state() const { return mixer == MixerKind::mamba2 ? llama.head_dim : mamba1_d_state; }
@@ -79,8 +79,8 @@ inline HybridConfig all_attention(const LlamaConfig& c) {
   return h;
 }
 
-// The standard layouts (METHOD.md §1), generalised by spacing: a fraction 1/every of the layers
-// keeps attention, the last of each group of `every` layers (every = 2: 1,3,5,...; 4: 3,7,...;
+// The standard layouts (docs/METHOD.md §1), generalised by spacing: a fraction 1/every of the
+// layers keeps attention, the last of each group of `every` layers (every = 2: 1,3,5,...; 4: 3,7,...;
 // 8: 7,15,...). every = 0 means no attention at all.
 inline std::vector<int64_t> attention_every(int64_t n_layers, int64_t every) {
   MIL_CHECK(n_layers > 0 && every >= 0, "attention_every: bad arguments ", n_layers, ", ", every);

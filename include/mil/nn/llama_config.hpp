@@ -24,7 +24,7 @@ struct LlamaConfig {
   float rope_factor = 8.f, rope_low_freq_factor = 1.f, rope_high_freq_factor = 4.f;
   float rope_original_max_positions = 8192.f;
 
-  // SmolLM2-135M (the default teacher; METHOD.md).
+  // SmolLM2-135M (the default teacher; docs/METHOD.md).
   static LlamaConfig smollm2_135m() { return {}; }
 
   RopeConfig rope() const {
