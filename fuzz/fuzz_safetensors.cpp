@@ -14,16 +14,9 @@
 #include <mil/io/safetensors.hpp>
 #include <mil/io/safetensors_writer.hpp>
 
-namespace {
+#include "fuzz_support.hpp"
 
-void require(bool ok, const char* what) {
-  if (!ok) {
-    std::fprintf(stderr, "fuzz_safetensors: %s\n", what);
-    std::abort();
-  }
-}
-
-}  // namespace
+using mil::fuzz::require;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace mil::io;

@@ -296,6 +296,43 @@ class GgufFile {
               ": the file is not a complete model of the expected architecture");
     return *t;
   }
+  // Tensor `name`, which must have ggml shape `ne` (what a configuration read from the metadata
+  // expects: a mismatch means that metadata and weights disagree).
+  const TensorInfo& tensor(const std::string& name, const std::vector<int64_t>& ne) const {
+    const TensorInfo& t = tensor(name);
+    if (t.shape != ne) {
+      std::string want = "[";
+      for (size_t i = 0; i < ne.size(); ++i) want += (i ? ", " : "") + std::to_string(ne[i]);
+      MIL_FAIL("GGUF '", source_, "': tensor '", name, "' has shape ", t.shape_str(), ", expected ",
+               want, "] (ggml order) for the model configuration in the file's metadata: the ",
+               "metadata and the weights disagree");
+    }
+    return t;
+  }
+  // The layers that tensor names "<prefix>N.*" (llama.cpp's "blk.N.") refer to: how many
+  // distinct N there are and the largest, -1 when none.
+  struct LayerIndices {
+    int64_t distinct = 0, largest = -1;
+  };
+  LayerIndices layer_indices(std::string_view prefix = "blk.") const {
+    std::vector<int64_t> seen;
+    for (const auto& t : tensors_) {
+      std::string_view n = t.name;
+      if (!n.starts_with(prefix)) continue;
+      n.remove_prefix(prefix.size());
+      int64_t l = 0;
+      size_t i = 0;
+      // Digits up to the next '.'; an index beyond int64 counts as the largest possible.
+      for (; i < n.size() && n[i] >= '0' && n[i] <= '9'; ++i)
+        l = l > (INT64_MAX - 9) / 10 ? INT64_MAX : l * 10 + (n[i] - '0');
+      if (i > 0 && i < n.size() && n[i] == '.') seen.push_back(l);
+    }
+    std::sort(seen.begin(), seen.end());
+    LayerIndices out;
+    out.distinct = int64_t(std::unique(seen.begin(), seen.end()) - seen.begin());
+    if (out.distinct > 0) out.largest = seen[size_t(out.distinct - 1)];
+    return out;
+  }
 
  private:
   GgufFile() = default;

@@ -16,6 +16,7 @@
 #include <filesystem>
 #include <map>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <string_view>
@@ -24,6 +25,7 @@
 
 #include "dequantize.hpp"
 #include "json.hpp"
+#include "limits.hpp"
 #include "mapped_file.hpp"
 
 namespace mil::io {
@@ -378,6 +380,13 @@ class SafetensorsCheckpoint {
       bad("no \"weight_map\" object of tensor names to shard files");
     if (auto m = j.find("metadata"); m != j.end() && !m->is_null() && !m->is_object())
       bad("\"metadata\" must be an object, not " + json_excerpt(*m));
+    // The shard count, before any shard is opened (each is one mapping).
+    std::set<std::string_view> distinct;
+    for (const auto& [name, v] : wm->items())
+      if (v.is_string()) distinct.insert(v.get_ref<const std::string&>());
+    if (int64_t(distinct.size()) > limits::kMaxShards)
+      bad("it names " + std::to_string(distinct.size()) + " shards, more than mil's limit of " +
+          std::to_string(limits::kMaxShards) + " (io/limits.hpp): the index is corrupt or hostile");
     std::unordered_map<std::string, size_t> shard_of_file;
     for (const auto& [name, v] : wm->items()) {
       if (!v.is_string())

@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "../io/json.hpp"
+#include "../io/limits.hpp"
 #include "../io/safetensors.hpp"
 #include "../io/safetensors_writer.hpp"
 #include "hybrid_config.hpp"
@@ -289,7 +290,8 @@ inline HybridConfig hybrid_config_from_files(const std::filesystem::path& dir) {
         "num_key_value_heads * head_dim");
   agree("intermediate_size", f.integer("intermediate_size", 10240, 1, kMax), l.d_ff,
         "intermediate_size");
-  agree("n_layer", f.integer("n_layer", 32, 1, 4096), l.n_layers, "num_hidden_layers");
+  agree("n_layer", f.integer("n_layer", 32, 1, io::limits::kMaxLayers), l.n_layers,
+        "num_hidden_layers");
   if (const json* v = f.get("vocab_size"); v && !v->is_null())  // unused by the reference
     agree("vocab_size", f.integer("vocab_size", 0, 1, INT32_MAX), l.vocab, "vocab_size");
   if (const json* v = f.get("hidden_act"); v && *v != "silu" && *v != "swish")
@@ -344,7 +346,7 @@ inline HybridConfig hybrid_config_from_files(const std::filesystem::path& dir) {
                   "dt_scale", "dt_init_floor", "repeat_kv_before_conv", "conv_bias",
                   "proj_x_bias", "proj_z_bias", "out_proj_bias", "use_fast_path"},
                  "Mamba (Mamba-1)");
-    h.mamba1_d_state = s.integer("d_state", 16, 1, 4096);
+    h.mamba1_d_state = s.integer("d_state", 16, 1, io::limits::kMaxStateDim);
     if (const json* v = s.get("dt_rank"); v && *v != "auto")
       if (s.integer("dt_rank", 0, 1, kMax) != h.dt_rank())
         s.fail("dt_rank", "is " + io::json_excerpt(*v) + ", mil supports only \"auto\" = ceil(" +

@@ -9,10 +9,15 @@
 #include <string>
 
 #include "../io/gguf.hpp"
+#include "../io/limits.hpp"
 #include "hybrid.hpp"
+#include "llama_gguf_tensors.hpp"
 
 namespace mil::nn {
 
+// The configuration in the file's metadata. Every count is checked against io/limits.hpp and
+// against the tensors the file holds (check_llama_gguf_tensors) before it is returned, so a model
+// built from it never allocates more than the file's weights describe.
 inline LlamaConfig llama_config_from_gguf(const io::GgufFile& f) {
   const std::string src = f.source();
   MIL_CHECK(f.has("general.architecture"), "GGUF '", src, "': no general.architecture key: not a ",
@@ -21,25 +26,32 @@ inline LlamaConfig llama_config_from_gguf(const io::GgufFile& f) {
   MIL_CHECK(arch == "llama", "GGUF '", src, "': architecture '", arch, "' is not supported (mil ",
             "loads 'llama' models such as SmolLM2 and Llama 2/3)");
   auto key = [](const char* k) { return std::string("llama.") + k; };
-  auto positive = [&](const char* k, int64_t v) {
-    MIL_CHECK(v > 0, "GGUF '", src, "': ", key(k), " = ", v, " must be positive");
-    return v;
+  namespace lim = io::limits;
+  const std::string file = "GGUF '" + src + "'";
+  // A count in [1, max]; any integer type (converters differ in u32 vs i32 for counts).
+  auto count = [&](const char* k, int64_t max) {
+    return lim::check_count(f.get_i64(key(k)), max, file, key(k));
   };
 
   LlamaConfig c;
-  c.n_layers = positive("block_count", f.get_u32(key("block_count")));
-  c.d_model = positive("embedding_length", f.get_u32(key("embedding_length")));
-  c.d_ff = positive("feed_forward_length", f.get_u32(key("feed_forward_length")));
-  c.n_heads = positive("attention.head_count", f.get_u32(key("attention.head_count")));
-  c.n_kv_heads = positive("attention.head_count_kv",
-                          f.find_u32(key("attention.head_count_kv")).value_or(uint32_t(c.n_heads)));
+  c.n_layers = count("block_count", lim::kMaxLayers);
+  c.d_model = count("embedding_length", lim::kMaxModelDim);
+  c.d_ff = count("feed_forward_length", lim::kMaxFfDim);
+  c.n_heads = count("attention.head_count", lim::kMaxHeads);
+  c.n_kv_heads = f.has(key("attention.head_count_kv"))
+                     ? count("attention.head_count_kv", lim::kMaxHeads)
+                     : c.n_heads;
+  if (f.has(key("context_length"))) (void)count("context_length", lim::kMaxContext);
+  if (auto experts = f.find_i64(key("expert_count")); experts && *experts != 0)
+    MIL_FAIL(file, ": llama.expert_count = ", *experts, ": mixture-of-experts models are not ",
+             "supported (mil runs dense Llama models)");
   c.rope_theta = f.find_f32(key("rope.freq_base")).value_or(10000.f);  // llama.cpp's default
   c.norm_eps = f.get_f32(key("attention.layer_norm_rms_epsilon"));
   MIL_CHECK(c.norm_eps > 0.f && c.rope_theta > 0.f, "GGUF '", src,
             "': rope.freq_base and layer_norm_rms_epsilon must be positive");
 
-  if (auto kl = f.find_u32(key("attention.key_length"))) {
-    c.head_dim = positive("attention.key_length", *kl);
+  if (f.has(key("attention.key_length"))) {
+    c.head_dim = count("attention.key_length", lim::kMaxHeadDim);
   } else {
     MIL_CHECK(c.d_model % c.n_heads == 0, "GGUF '", src, "': embedding_length ", c.d_model,
               " is not a multiple of head_count ", c.n_heads);
@@ -55,15 +67,17 @@ inline LlamaConfig llama_config_from_gguf(const io::GgufFile& f) {
 
   const io::TensorInfo* emb = f.find_tensor("token_embd.weight");
   if (f.has("tokenizer.ggml.tokens")) {
-    c.vocab = f.array_size("tokenizer.ggml.tokens");
+    c.vocab = lim::check_count(f.array_size("tokenizer.ggml.tokens"), lim::kMaxVocab, file,
+                               "the vocabulary (tokenizer.ggml.tokens)");
   } else {
     MIL_CHECK(emb && emb->shape.size() == 2, "GGUF '", src, "': no tokenizer.ggml.tokens and no ",
               "2-D token_embd.weight: cannot tell the vocabulary size");
-    c.vocab = emb->shape[1];
+    c.vocab = lim::check_count(emb->shape[1], lim::kMaxVocab, file,
+                               "the vocabulary (token_embd.weight rows)");
   }
-  MIL_CHECK(c.vocab > 0, "GGUF '", src, "': empty vocabulary");
   c.tied_embeddings = f.find_tensor("output.weight") == nullptr;
   c.validate();
+  check_llama_gguf_tensors(f, c);  // layers, widths, heads and vocabulary against the weights
   return c;
 }
 

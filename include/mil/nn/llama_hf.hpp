@@ -22,6 +22,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "../io/limits.hpp"
 #include "../io/safetensors.hpp"
 #include "../io/safetensors_writer.hpp"
 #include "hybrid.hpp"
@@ -201,23 +202,26 @@ inline HfLlamaConfig hf_llama_config(const nlohmann::json& j, const std::string&
               "': architecture ", io::json_excerpt((*a)[0]), " is not supported for model_type \"",
               out.model_type, "\" (mil loads ", mt->architecture, ")");
   }
-  const int64_t kMaxDim = int64_t(1) << 20, kMaxTokens = int64_t(INT32_MAX);
+  // Sizes within io/limits.hpp; token ids fit int32 (the vocabulary's own limit is lower).
+  namespace lim = io::limits;
+  const int64_t kMaxTokens = int64_t(INT32_MAX);
   LlamaConfig& c = out.model;
-  c.vocab = f.integer("vocab_size", 1, kMaxTokens);
-  c.d_model = f.integer("hidden_size", 1, kMaxDim);
-  c.n_layers = f.integer("num_hidden_layers", 1, 4096);
-  c.n_heads = f.integer("num_attention_heads", 1, 4096);
-  c.d_ff = f.integer("intermediate_size", 1, kMaxDim);
+  c.vocab = lim::check_count(f.integer("vocab_size", 1, kMaxTokens), lim::kMaxVocab,
+                             "config.json '" + source + "'", "vocab_size");
+  c.d_model = f.integer("hidden_size", 1, lim::kMaxModelDim);
+  c.n_layers = f.integer("num_hidden_layers", 1, lim::kMaxLayers);
+  c.n_heads = f.integer("num_attention_heads", 1, lim::kMaxHeads);
+  c.d_ff = f.integer("intermediate_size", 1, lim::kMaxFfDim);
   {
     auto it = j.find("num_key_value_heads");  // absent and null differ for mistral and qwen2
     const bool absent = it == j.end();
     const int64_t fallback = absent && mt->default_kv_heads > 0 ? mt->default_kv_heads : c.n_heads;
-    c.n_kv_heads = f.integer_or("num_key_value_heads", fallback, 1, 4096);
+    c.n_kv_heads = f.integer_or("num_key_value_heads", fallback, 1, lim::kMaxHeads);
   }
   MIL_CHECK(c.n_heads % c.n_kv_heads == 0, "config.json '", source, "': num_attention_heads ",
             c.n_heads, " is not a multiple of num_key_value_heads ", c.n_kv_heads);
   if (f.has("head_dim")) {
-    c.head_dim = f.integer("head_dim", 2, 4096);
+    c.head_dim = f.integer("head_dim", 2, lim::kMaxHeadDim);
   } else {
     MIL_CHECK(c.d_model % c.n_heads == 0, "config.json '", source, "': hidden_size ", c.d_model,
               " is not a multiple of num_attention_heads ", c.n_heads, " and no head_dim is given");
@@ -240,7 +244,7 @@ inline HfLlamaConfig hf_llama_config(const nlohmann::json& j, const std::string&
               "is not supported");
   }
   out.max_position_embeddings =
-      f.integer_or("max_position_embeddings", mt->default_max_positions, 1, kMaxTokens);
+      f.integer_or("max_position_embeddings", mt->default_max_positions, 1, lim::kMaxContext);
   hf_detail::read_rope(f, c, out.max_position_embeddings);
 
   // Sliding windows: Mistral's sliding_window; Qwen2's when use_sliding_window (then layers from

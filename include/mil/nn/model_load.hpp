@@ -49,7 +49,11 @@ inline LoadedModel load_folder(const std::filesystem::path& dir) {
   auto tok = text::load_hf_tokenizer(dir);
   auto model = [&] {
     if (!is_hybrid_checkpoint(dir)) return load_llama_model_hf(dir);
-    HybridModel<float, Cpu> m(hybrid_config_from_files(dir));
+    // The weights are checked against the configuration before the model is allocated: the
+    // sizes in mamba_config.json / config.json are only bounded, not proven, until then.
+    const HybridConfig cfg = hybrid_config_from_files(dir);
+    check_hybrid_tensors(io::SafetensorsCheckpoint::open(dir), cfg);
+    HybridModel<float, Cpu> m(cfg);
     load_hybrid_weights(dir, m);
     return m;
   };

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "mil/io/gguf.hpp"
+#include "mil/io/limits.hpp"
 #include "mil/text/tokenizer.hpp"
 
 namespace mil::text {
@@ -16,7 +17,10 @@ inline TokenizerData tokenizer_data_from_gguf(const io::GgufFile& f) {
   d.model = f.get_string("tokenizer.ggml.model");
   d.pre = f.find_string("tokenizer.ggml.pre").value_or(d.model == "gpt2" ? "gpt2" : "");
   if (d.pre == "default") d.pre = d.model == "gpt2" ? "gpt2" : "";
-  for (std::string_view t : f.get_string_array("tokenizer.ggml.tokens")) d.tokens.emplace_back(t);
+  const auto& tokens = f.get_string_array("tokenizer.ggml.tokens");
+  io::limits::check_count(int64_t(tokens.size()), io::limits::kMaxVocab, "GGUF '" + f.source() + "'",
+                          "the vocabulary (tokenizer.ggml.tokens)");
+  d.tokens.assign(tokens.begin(), tokens.end());
   if (f.has("tokenizer.ggml.scores")) d.scores = f.get_f32_array("tokenizer.ggml.scores");
   if (f.has("tokenizer.ggml.token_type"))
     for (int64_t t : f.get_i64_array("tokenizer.ggml.token_type")) {

@@ -41,6 +41,7 @@
 
 #include "mil/core/error.hpp"
 #include "mil/io/json.hpp"
+#include "mil/io/limits.hpp"
 #include "mil/text/tokenizer.hpp"
 
 namespace mil::text {
@@ -276,6 +277,8 @@ inline TokenizerData tokenizer_data_from_hf(const nlohmann::json& tj, const nloh
   MIL_CHECK(n > 0, "tokenizer.json '", source, "': the vocabulary is empty");
   MIL_CHECK(n <= entries, "tokenizer.json '", source, "': token ids reach ", n - 1,
             " but there are only ", entries, " entries, so some ids have no token");
+  io::limits::check_count(n, io::limits::kMaxVocab, "tokenizer.json '" + std::string(source) + "'",
+                          "the vocabulary (largest token id + 1)");
   TokenizerData d;
   d.tokens.resize(size_t(n));
   std::vector<bool> filled(size_t(n), false);

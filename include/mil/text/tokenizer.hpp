@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "mil/core/error.hpp"
+#include "mil/io/limits.hpp"
 #include "mil/text/bpe.hpp"
 #include "mil/text/pretokenize.hpp"
 #include "mil/text/utf8.hpp"
@@ -70,8 +71,8 @@ inline void validate(const TokenizerData& d) {
   MIL_CHECK(d.model == "gpt2" || d.model == "llama", "tokenizer: unsupported model '", d.model,
             "' (supported: gpt2 = byte-level BPE, llama = SentencePiece BPE)");
   MIL_CHECK(!d.tokens.empty(), "tokenizer: the vocabulary is empty");
-  MIL_CHECK(d.tokens.size() < static_cast<size_t>(std::numeric_limits<int32_t>::max()),
-            "tokenizer: too many tokens (", d.tokens.size(), ")");
+  io::limits::check_count(static_cast<int64_t>(d.tokens.size()), io::limits::kMaxVocab,
+                          "tokenizer", "the vocabulary size");
   const auto n = static_cast<int64_t>(d.tokens.size());
   MIL_CHECK(d.scores.empty() || static_cast<int64_t>(d.scores.size()) == n, "tokenizer: ",
             d.scores.size(), " scores for ", n, " tokens");
