@@ -11,6 +11,7 @@
 // speeds ends each answer on stderr.
 #include <CLI/CLI.hpp>
 
+#include <chrono>
 #include <cstdio>
 #include <iostream>
 #include <optional>
@@ -38,6 +39,7 @@ struct Options {
 struct Session {
   std::vector<text::ChatMessage> messages;
   std::vector<int32_t> cached;  // tokens in the KV cache of slot 0
+  size_t saved = 0;             // tokens of the state saved at the end of the last prompt
 };
 
 void print_speed(const gen::GenerateResult& r) {
@@ -54,6 +56,7 @@ int run(const Options& o, const nn::HybridModel<T, D>& model, const text::Tokeni
         const std::optional<text::ChatTemplate>& tmpl) {
   nn::DecoderOptions dopt;
   dopt.max_seq = o.ctx;
+  dopt.snapshots = 1;  // the state at the end of the last prompt (hybrids return to it)
   nn::Decoder<T, D> decoder(model, dopt);
   gen::GenerateConfig g;
   g.max_new_tokens = o.n_predict;
@@ -81,17 +84,35 @@ int run(const Options& o, const nn::HybridModel<T, D>& model, const text::Tokeni
     while (same < session.cached.size() && same < ids.size() && session.cached[same] == ids[same])
       ++same;
     same = std::min(same, ids.size() - 1);
-    // A Mamba layer's state cannot go back: a hybrid re-reads the conversation unless the new
-    // rendering extends exactly what it holds.
-    if (!decoder.can_rewind() && same != session.cached.size()) same = 0;
+    // A Mamba layer's state cannot go back token by token: a hybrid returns to the state saved
+    // at the end of the last prompt when the new rendering extends that prompt (the usual case:
+    // the answer is re-rendered, then the new turn follows), else it re-reads the conversation.
+    if (!decoder.can_rewind() && same != session.cached.size()) {
+      if (session.saved > 0 && same >= session.saved) {
+        decoder.restore_state(0);
+        same = session.saved;
+      } else {
+        same = 0;
+      }
+    }
     decoder.truncate(0, int64_t(same));
     MIL_CHECK(int64_t(ids.size()) < o.ctx, "the conversation (", ids.size(),
               " tokens) does not fit the context of ", o.ctx, " tokens (--ctx)");
-    auto r = gen::generate(decoder, 0, tok, std::span(ids).subspan(same), g,
+    // The prompt but its last token, then a snapshot there; generate() reads the last token.
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto head = std::span(ids).subspan(same, ids.size() - 1 - same);
+    if (!head.empty()) decoder.prefill(0, head);
+    decoder.save_state(0);
+    session.saved = ids.size() - 1;
+    const double head_seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    auto r = gen::generate(decoder, 0, tok, std::span(ids).last(1), g,
                            [](std::string_view s) {
                              std::fwrite(s.data(), 1, s.size(), stdout);
                              std::fflush(stdout);
                            });
+    r.prompt_tokens += int64_t(head.size());
+    r.prompt_seconds += head_seconds;
     session.cached = ids;
     // The decoder holds every generated token but the last one sampled.
     session.cached.insert(session.cached.end(), r.tokens.begin(), r.tokens.end());
