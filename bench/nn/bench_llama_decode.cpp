@@ -1,8 +1,13 @@
-// Inference of SmolLM2-135M on this CPU (float weights, Eigen products): loading the teacher GGUF
-// (skipped without models/), prompt prefill and batch-1 decode through the KV cache. Wall-clock
-// time per call. Floor of a decode step: every float weight read once from memory.
+// Inference of SmolLM2-135M on this CPU (float weights, the step plan's row-invariant products):
+// loading the teacher GGUF (skipped without models/), prompt prefill, batch-1 decode through the
+// KV cache, and a verification step of k + 1 tokens (speculative decoding), whose counter
+// "decode steps" is its time in batch-1 decode steps at the same context (the case for
+// speculation needs it well below k + 1). Wall-clock time per call. Floor of a decode step: every
+// float weight read once from memory.
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
+#include <chrono>
 #include <filesystem>
 
 #include <mil/nn/decoder.hpp>
@@ -73,8 +78,45 @@ void BM_llama135m_cpu_decode(benchmark::State& state) {
                 bench::cpu_ceiling());
 }
 
+// Seconds per batch-1 decode step at `context` (a few steps, for the verification's ratio).
+double decode_step_seconds(nn::Decoder<float, Cpu>& dec, int64_t context) {
+  const int32_t slot = 0, next = 5;
+  double best = 1e30;
+  for (int r = 0; r < 5; ++r) {
+    dec.truncate(0, context);
+    const auto t0 = std::chrono::steady_clock::now();
+    dec.decode(std::span(&slot, 1), std::span(&next, 1));
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return best;
+}
+
+void BM_llama135m_cpu_verify(benchmark::State& state) {
+  const int64_t k1 = state.range(0), context = 64;
+  const auto& model = smollm2_cpu();
+  nn::DecoderOptions o;
+  o.max_seq = context + k1;
+  o.max_logits = k1;
+  nn::Decoder<float, Cpu> dec(model, o);
+  std::vector<int32_t> prompt(static_cast<size_t>(context), 17), drafts(size_t(k1), 23);
+  dec.prefill(0, prompt);
+  const nn::StepRow row{0, drafts, -1, nn::RowLogits::all};
+  double seconds = 0;
+  for (auto _ : state) {
+    dec.truncate(0, context);
+    const auto t0 = std::chrono::steady_clock::now();
+    dec.step(std::span(&row, 1));
+    seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  const double per_step = seconds / double(std::max<int64_t>(state.iterations(), 1));
+  state.counters["decode steps"] = per_step / decode_step_seconds(dec, context);
+  bench::report(state, 4.0 * double(model.params().numel()),
+                2.0 * double(model.params().numel()) * double(k1), bench::cpu_ceiling());
+}
+
 }  // namespace
 
 BENCHMARK(BM_teacher_load)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_llama135m_cpu_prefill)->ArgName("tokens")->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_llama135m_cpu_decode)->ArgName("context")->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_llama135m_cpu_verify)->ArgName("tokens")->Arg(5)->Unit(benchmark::kMillisecond)->UseRealTime();

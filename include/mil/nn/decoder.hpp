@@ -68,6 +68,8 @@ struct StepRow {
 template <Element T, Device D>
 class Decoder {
  public:
+  static constexpr size_t kGraphTokensPerRow = 16;  // longer rows run eagerly
+
   Decoder(const HybridModel<T, D>& model, DecoderOptions o = {})
       : weights_(model.weights()), hybrid_(model.config()), cfg_(hybrid_.llama), opt_(o) {
     MIL_CHECK(o.slots >= 1 && o.max_seq >= 1 && o.max_tokens >= 1 && o.max_logits >= 0 &&
@@ -335,9 +337,10 @@ class Decoder {
     logits_in_place_ = l == 0 || logit_index[l - 1] - logit_index[0] == l - 1;
     logits_first_ = l ? logit_index[0] : 0;
     // CUDA graphs for steps whose host-side decisions depend only on (rows, tokens per row,
-    // logits): every row continues its sequence with the same number of tokens.
+    // logits): every row continues its sequence with the same number of tokens, and few of them
+    // (decode, verification; a prompt's chunks are long enough that launches do not matter).
     graph_key_ = {0, 0, 0};
-    bool uniform = step_.groups.size() == 1;
+    bool uniform = step_.groups.size() == 1 && rows[0].ids.size() <= kGraphTokensPerRow;
     for (const StepRow& r : rows)
       uniform = uniform && resolved_start(r) > 0 && r.logits == rows[0].logits;
     if (uniform)
