@@ -30,14 +30,18 @@ namespace mil::cpu {
 namespace linear_rows_detail {
 
 inline constexpr int kVectorBytes = 64;
-// Rows that share one read of a weight row: every accumulator stays in a register when a lane
-// vector is one register (AVX-512); with two or four registers per vector, half as many.
-// Weight rows that share one read of an x block: 2 where the 2 x 8 accumulators fit the registers.
+// A tile of R rows and C weight rows keeps R x C lane vectors of accumulators in registers: up to
+// 16 where a lane vector is one register (AVX-512's 32), 6 where it is two or four. R rows share
+// each weight read; the C weight rows share each x read and give the FMA latency independent
+// chains when R is small.
 #if defined(__AVX512F__)
-inline constexpr int kMaxTileRows = 8, kTileColumns = 2;
+inline constexpr int kMaxTileRows = 8, kAccumulators = 16;
 #else
-inline constexpr int kMaxTileRows = 4, kTileColumns = 1;
+inline constexpr int kMaxTileRows = 4, kAccumulators = 6;
 #endif
+inline constexpr int tile_columns_for(int rows) {
+  return std::max(1, std::min(4, kAccumulators / rows));
+}
 // Weight rows per thread task: 64 rows of 576 floats (144 KiB) stay in L2 while the row tiles of
 // a prefill pass over them.
 inline constexpr int64_t kColumnBlock = 64;
@@ -136,9 +140,9 @@ void tile(T* y, const T* x, const T* w, int64_t out, int64_t in, int64_t j0, int
   const int64_t full = in - in % kLanes<T>;
   Vec<T> x_tail[R];  // the zero-padded last block of each row, built once per tile
   for (int r = 0; r < R; ++r) load_partial<T>(x_tail[r], x + r * in + full, in - full);
+  constexpr int C = tile_columns_for(R);
   int64_t j = j0;
-  for (; j + kTileColumns <= j1; j += kTileColumns)
-    tile_columns<T, R, kTileColumns>(y, x, w, out, in, j, x_tail, accumulate);
+  for (; j + C <= j1; j += C) tile_columns<T, R, C>(y, x, w, out, in, j, x_tail, accumulate);
   for (; j < j1; ++j) tile_columns<T, R, 1>(y, x, w, out, in, j, x_tail, accumulate);
 }
 
