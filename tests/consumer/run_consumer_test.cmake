@@ -43,7 +43,20 @@ message(STATUS "consumer test: installing mil (MIL_CUDA=${cuda}) into ${prefix}"
 run("configuring mil" ${CMAKE_COMMAND} -S ${MIL_SOURCE_DIR} -B ${mil_build} ${generator}
     -DCMAKE_BUILD_TYPE=Release -DMIL_CUDA=${cuda} -DMIL_BUILD_TESTS=OFF -DMIL_BUILD_BENCH=OFF
     -DMIL_BUILD_EXAMPLES=OFF -DCMAKE_INSTALL_PREFIX=${prefix})
+string(FIND "${run_output}" "(MIL_NATIVE) ON" native_at)
 run("installing mil" ${CMAKE_COMMAND} --build ${mil_build} --target install)
+# MIL_NATIVE (on for this Release build where the compiler has -march=native) is for the project's
+# own programs: the installed target must not hand -march=native to mil's users.
+file(GLOB_RECURSE package_files ${prefix}/*/mil*.cmake)
+foreach(f ${package_files})
+  file(READ ${f} text)
+  if(text MATCHES "march=native")
+    message(FATAL_ERROR "consumer test: ${f} passes -march=native on to mil's users")
+  endif()
+endforeach()
+if(native_at EQUAL -1)
+  message(STATUS "consumer test: MIL_NATIVE was off, so the -march=native check proves nothing")
+endif()
 foreach(f include/mil/mil.hpp include/mil/core/tensor.hpp)
   if(NOT EXISTS ${prefix}/${f})
     message(FATAL_ERROR "consumer test: ${f} was not installed into ${prefix}")

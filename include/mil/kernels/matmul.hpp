@@ -20,6 +20,7 @@
 #endif
 
 #include "../core/error.hpp"
+#include "linear_rows.hpp"  // the inference product beside it
 
 namespace mil {
 
@@ -42,34 +43,6 @@ inline void check_gemm_shape(const GemmShape& s) {
 }
 
 namespace cpu {
-
-// Inference product y[r, :] = x[r, :] W^T (+ y[r, :] when accumulate) for a weight W [out, in].
-// Each output element is one dot product summed in a fixed order, and the work is split over
-// output columns only, so a row's result does not depend on how many rows share the call or on
-// the thread count: verifying k tokens in one call equals k single-token steps bitwise.
-template <class T>
-void linear_rows(T* y, const T* x, const T* w, int64_t rows, int64_t out, int64_t in,
-                 bool accumulate) {
-  static_assert(std::is_floating_point_v<T>, "cpu::linear_rows runs in float or double");
-  MIL_CHECK(rows >= 0 && out >= 0 && in >= 0, "linear_rows: negative size rows=", rows,
-            " out=", out, " in=", in);
-  (void)checked_mul(rows, in), (void)checked_mul(out, in), (void)checked_mul(rows, out);
-  if (rows == 0 || out == 0) return;
-  MIL_CHECK(y && (in == 0 || (x && w)), "linear_rows: null operand pointer");
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(static)
-#endif
-  for (int64_t j = 0; j < out; ++j) {
-    const T* wj = w + j * in;
-    for (int64_t r = 0; r < rows; ++r) {
-      const T* xr = x + r * in;
-      T acc = 0;
-      for (int64_t i = 0; i < in; ++i) acc += xr[i] * wj[i];
-      y[r * out + j] = accumulate ? y[r * out + j] + acc : acc;
-    }
-  }
-}
-
 
 // beta == 0 never reads C (it may hold NaN poison). C must not overlap A or B.
 template <class T>
