@@ -455,8 +455,7 @@ std::string teacher_path() {
 #endif
 }
 std::string golden_path() {
-  std::filesystem::path here = std::filesystem::path(__FILE__).parent_path();
-  return (here / "golden" / "smollm2_gguf_golden.json").string();
+  return std::string(MIL_SOURCE_DIR) + "/tests/io/golden/smollm2_gguf_golden.json";
 }
 
 }  // namespace

@@ -17,10 +17,9 @@ using namespace mil::text;
 
 namespace {
 
-std::filesystem::path repo_root() {
-  // tests/text/<this file> -> the repository root.
-  return std::filesystem::path(__FILE__).parent_path().parent_path().parent_path();
-}
+// MIL_SOURCE_DIR, not __FILE__: a compiler cache with a base directory makes __FILE__ relative
+// to the build folder, and the teacher would then look absent (a silent skip).
+std::filesystem::path repo_root() { return std::filesystem::path(MIL_SOURCE_DIR); }
 
 nlohmann::json read_json(const std::filesystem::path& p) {
   std::ifstream in(p, std::ios::binary);
