@@ -171,7 +171,7 @@ TEST_CASE("gguf: dequantize rejects unsupported types and partial blocks") {
 }
 
 TEST_CASE("gguf: dequantize matches the gguf package on random blocks of every type") {
-  auto path = std::filesystem::path(__FILE__).parent_path() / "golden" / "dequant_golden.json";
+  auto path = std::filesystem::path(MIL_SOURCE_DIR) / "tests/io/golden/dequant_golden.json";
   auto g = test::Json::load(path.string());
   std::map<std::string, GgmlType> types = {
       {"F32", GgmlType::F32}, {"F16", GgmlType::F16}, {"BF16", GgmlType::BF16},

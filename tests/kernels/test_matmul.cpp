@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include <mil/core/threads.hpp>
 #include <mil/kernels/matmul.hpp>
 
 #include "common/compare.hpp"
@@ -168,4 +169,65 @@ TEST_CASE("matmul: backward as matmul calls matches central differences for all 
       test::require_close("matmul accumulate " + describe(s), got, want, 1e-14);
     }
   }
+}
+
+TEST_CASE("linear_rows: y = x W^T matches a triple loop - accumulate adds to y") {
+  // out = 37 columns split over the threads; in = 19 and rows = 5 have no special size.
+  const int64_t rows = 5, out = 37, in = 19;
+  const auto check = [&](auto zero, double tol) {
+    using T = decltype(zero);
+    const auto x = test::random_vector<T>(size_t(rows * in), 71);
+    const auto w = test::random_vector<T>(size_t(out * in), 72);
+    const auto y0 = test::random_vector<T>(size_t(rows * out), 73);
+    // y = x W^T is op(A) op(B) with A = x (rows, in) and B = W stored (out, in).
+    const auto ref = triple_loop(GemmShape{rows, out, in, false, true}, x, w, y0);
+    std::vector<T> y(y0.size(), std::numeric_limits<T>::quiet_NaN());  // overwrite never reads y
+    cpu::linear_rows(y.data(), x.data(), w.data(), rows, out, in, false);
+    test::require_close(std::string("linear_rows ") + (sizeof(T) == 4 ? "f32" : "f64"), y, ref, tol);
+    std::vector<T> acc = y0;
+    cpu::linear_rows(acc.data(), x.data(), w.data(), rows, out, in, true);
+    std::vector<double> want(ref.size());
+    for (size_t i = 0; i < want.size(); ++i) want[i] = double(y0[i]) + ref[i];
+    test::require_close(std::string("linear_rows accumulate ") + (sizeof(T) == 4 ? "f32" : "f64"),
+                        acc, want, tol);
+  };
+  check(0.f, 1e-6);
+  check(0.0, 1e-14);
+}
+
+TEST_CASE("linear_rows: a row's result does not depend on the rows beside it or the threads") {
+  const int64_t rows = 7, out = 45, in = 300;  // sums long enough for the order to show
+  const auto x = test::random_vector<float>(size_t(rows * in), 81);
+  const auto w = test::random_vector<float>(size_t(out * in), 82);
+  std::vector<float> all(size_t(rows * out));
+  cpu::linear_rows(all.data(), x.data(), w.data(), rows, out, in, false);
+  for (int64_t r = 0; r < rows; ++r) {
+    std::vector<float> one(static_cast<size_t>(out));
+    cpu::linear_rows(one.data(), x.data() + r * in, w.data(), 1, out, in, false);
+    CHECK(test::bytes_of(one) == test::bytes_of(std::vector<float>(all.begin() + r * out,
+                                                                   all.begin() + (r + 1) * out)));
+  }
+  const int threads = cpu::threads();
+  cpu::set_threads(threads == 1 ? 3 : 1);
+  std::vector<float> other(all.size());
+  cpu::linear_rows(other.data(), x.data(), w.data(), rows, out, in, false);
+  cpu::set_threads(threads);
+  CHECK(test::bytes_of(other) == test::bytes_of(all));
+  CHECK_THROWS_AS(cpu::set_threads(0), Error);
+}
+
+TEST_CASE("linear_rows: empty sizes write nothing - in = 0 gives zeros - bad arguments throw") {
+  std::vector<float> y(6, 0.5f);
+  cpu::linear_rows<float>(y.data(), nullptr, nullptr, 2, 3, 0, true);  // adds empty sums
+  CHECK(y == std::vector<float>(6, 0.5f));
+  cpu::linear_rows<float>(y.data(), nullptr, nullptr, 2, 3, 0, false);
+  CHECK(y == std::vector<float>(6, 0.f));
+  cpu::linear_rows<float>(nullptr, nullptr, nullptr, 0, 3, 4, false);
+  cpu::linear_rows<float>(nullptr, nullptr, nullptr, 2, 0, 4, false);
+  std::vector<float> x(8, 1.f);
+  CHECK_THROWS_AS(cpu::linear_rows<float>(y.data(), x.data(), x.data(), -1, 3, 4, false), Error);
+  CHECK_THROWS_AS(cpu::linear_rows<float>(y.data(), x.data(), nullptr, 2, 3, 4, false), Error);
+  CHECK_THROWS_AS(cpu::linear_rows<float>(y.data(), x.data(), x.data(), int64_t(1) << 40,
+                                          int64_t(1) << 40, 1, false),
+                  Error);
 }

@@ -1,5 +1,7 @@
 #include <doctest/doctest.h>
 
+#include <cmath>
+
 #include <mil/optim/schedule.hpp>
 
 using mil::optim::CosineSchedule;
@@ -11,6 +13,9 @@ TEST_CASE("schedule: linear warm-up - cosine to the floor - flat after the end")
   CHECK(s.lr(9) == doctest::Approx(1.0));
   CHECK(s.lr(10) == doctest::Approx(1.0));
   CHECK(s.lr(60) == doctest::Approx(0.55));  // half way: (max + min) / 2
+  // A quarter and three quarters of the way: cosine, not a straight line (0.775 and 0.325).
+  CHECK(s.lr(35) == doctest::Approx(0.1 + 0.45 * (1 + std::sqrt(0.5))));
+  CHECK(s.lr(85) == doctest::Approx(0.1 + 0.45 * (1 - std::sqrt(0.5))));
   CHECK(s.lr(110) == doctest::Approx(0.1));
   CHECK(s.lr(500) == doctest::Approx(0.1));
   for (int64_t t = 10; t < 110; ++t) CHECK(s.lr(t + 1) <= s.lr(t));

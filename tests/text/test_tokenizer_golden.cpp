@@ -3,7 +3,6 @@
 // scripts/setup.sh) the tests report skipped.
 #include <doctest/doctest.h>
 
-#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -18,10 +17,9 @@ using namespace mil::text;
 
 namespace {
 
-std::filesystem::path repo_root() {
-  // tests/text/<this file> -> the repository root.
-  return std::filesystem::path(__FILE__).parent_path().parent_path().parent_path();
-}
+// MIL_SOURCE_DIR, not __FILE__: a compiler cache with a base directory makes __FILE__ relative
+// to the build folder, and the teacher would then look absent (a silent skip).
+std::filesystem::path repo_root() { return std::filesystem::path(MIL_SOURCE_DIR); }
 
 nlohmann::json read_json(const std::filesystem::path& p) {
   std::ifstream in(p, std::ios::binary);
@@ -79,11 +77,8 @@ TEST_CASE("tokenizer: SmolLM2 chat markup and pathological inputs") {
   CHECK(tok.eos() == ids.back());
   for (const std::string& s : {std::string(100000, 'a'), std::string(50000, '_'),
                                std::string(50000, ' '), std::string(30000, '1')}) {
-    const auto t0 = std::chrono::steady_clock::now();
-    const auto out = tok.encode(s);
-    const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const auto out = tok.encode(s);  // timed in bench/text/bench_tokenizer.cpp
     CAPTURE(s.size());
-    CHECK(sec < 1.0);
     CHECK(tok.decode(out) == s);
   }
 }
