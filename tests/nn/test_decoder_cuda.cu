@@ -104,7 +104,7 @@ TEST_CASE("decoder cuda: graph replays equal eager steps bitwise") {
 // restored and replayed through a captured graph. The GPU is not row-invariant (its products
 // tile differently per row count), so logits are compared within bf16 tolerance and greedy
 // choices may part only at near-ties; the count is reported.
-TEST_CASE("decoder cuda: a verification step follows single decode steps; snapshots restore") {
+TEST_CASE("decoder cuda: a verification step follows single decode steps and snapshots restore") {
   MIL_GPU_TEST_GUARD();
   for (auto kind : {nn::MixerKind::mamba2, nn::MixerKind::mamba1}) {
     CAPTURE(nn::mixer_name(kind));

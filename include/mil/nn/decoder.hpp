@@ -423,8 +423,7 @@ class Decoder {
     } else {
       copy_blocks(live_ring, snap_ring, n_mamba_, ring, stride_ring, stride_ring);
       copy_blocks(live_ssm, snap_ssm, n_mamba_, state_size_, stride_ssm, stride_ssm);
-    }
-    finish();
+    }  // stream-ordered before the next step: no wait, so a captured sequence may include it
   }
 
   void run() {
