@@ -5,7 +5,7 @@
 # Extra arguments go to mil-demo (e.g. --steps 100; see build/default/examples/mil-demo --help).
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-"$repo/scripts/setup.sh" --preset default
+"$repo/scripts/setup.sh" --preset default --target mil-demo  # only the program the demo runs
 mkdir -p "$repo/out"
 cd "$repo"
 mapfile -t corpus < <(find README.md docs include/mil -type f \( -name '*.md' -o -name '*.hpp' \) | sort)

@@ -3,10 +3,12 @@
 # default teacher model into models/ and configures and builds a CMake preset.
 # Safe to run again: each step that is already done is checked and skipped.
 #
-# Usage: scripts/setup.sh [--no-model] [--no-build] [--preset NAME] [-- EXTRA CMAKE ARGS...]
+# Usage: scripts/setup.sh [--no-model] [--no-build] [--preset NAME] [--target NAME]...
+#                         [-- EXTRA CMAKE ARGS...]
 #   --no-model     do not fetch the teacher (models/SmolLM2-135M-Instruct.Q4_1.gguf)
 #   --no-build     install dependencies (and the teacher) only
 #   --preset NAME  configure/build preset from CMakePresets.json (default: default)
+#   --target NAME  build only this program (repeatable; default: everything of the preset)
 #   -- ARGS        extra arguments for the configure step (they stay in that preset's cache)
 # Environment: MIL_JOBS = parallel build jobs (default: nproc).
 set -euo pipefail
@@ -19,11 +21,12 @@ die() {
   printf '[mil setup] error: %s\n' "$*" >&2
   exit 1
 }
-usage() { sed -n '2,11s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '2,13s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
 
 with_model=1
 with_build=1
 preset=default
+targets=()
 extra_args=()
 while (($#)); do
   case "$1" in
@@ -35,6 +38,12 @@ while (($#)); do
       shift
       ;;
     --preset=*) preset=${1#*=} ;;
+    --target)
+      (($# >= 2)) || die "--target needs a name (e.g. mil-demo)"
+      targets+=(--target "$2")
+      shift
+      ;;
+    --target=*) targets+=(--target "${1#*=}") ;;
     -h | --help) usage; exit 0 ;;
     --) shift; extra_args=("$@"); break ;;
     *) die "unknown option '$1' (try --help)" ;;
@@ -160,7 +169,7 @@ if ((with_build)); then
   say "configuring preset '$preset'"
   cmake --preset "$preset" "${extra_args[@]}"
   say "building preset '$preset' with $jobs jobs"
-  cmake --build --preset "$preset" -j "$jobs"
+  cmake --build --preset "$preset" -j "$jobs" "${targets[@]}"
   say "built build/$preset"
 else
   say "build: skipped (--no-build)"
