@@ -97,16 +97,4 @@ class ParameterStore {
   std::unordered_map<std::string, size_t> index_;
 };
 
-// dst's values = src's, rounded once on the host into dst's element type (the stores must have the
-// same layout: the same model in another type or on another device).
-template <Element To, Device DTo, Element T, Device D>
-void copy_converted(ParameterStore<To, DTo>& dst, const ParameterStore<T, D>& src) {
-  MIL_CHECK(dst.numel() == src.numel() && dst.entries().size() == src.entries().size(),
-            "copy_converted: the parameter stores differ in layout");
-  const auto host = src.values().template to<Cpu>();
-  auto cast = Tensor<To, Cpu>::empty(host.shape());
-  for (int64_t i = 0; i < host.numel(); ++i) cast[i] = To(to_acc(host[i]));
-  dst.values().copy_from(cast);
-}
-
 }  // namespace mil::nn
