@@ -21,7 +21,7 @@
 #include <mil/generate/generate.hpp>
 #include <mil/nn/decoder.hpp>
 #include <mil/nn/model_load.hpp>
-#include <mil/text/chat_template.hpp>
+#include <mil/text/chat_prompt.hpp>
 
 using namespace mil;
 
@@ -62,10 +62,7 @@ int run(const Options& o, const nn::HybridModel<T, D>& model, const text::Tokeni
   g.max_new_tokens = o.n_predict;
   g.sampling = o.sampling;
   g.stop_strings = o.stop;
-  if (tok.eos() >= 0) g.stop_tokens.push_back(tok.eos());
-  if (tmpl)
-    for (const std::string& s : text::end_of_turn_tokens(*tmpl))
-      if (int32_t id = tok.token_id(s); id >= 0) g.stop_tokens.push_back(id);
+  g.stop_tokens = text::stop_token_ids(tok, tmpl);
 
   Session session;
   if (!o.system.empty()) session.messages.push_back({"system", o.system});
@@ -73,8 +70,7 @@ int run(const Options& o, const nn::HybridModel<T, D>& model, const text::Tokeni
     std::vector<int32_t> ids;
     if (tmpl) {
       session.messages.push_back({"user", user});
-      ids = tok.encode(text::render_chat(*tmpl, session.messages, true),
-                       tok.data().add_bos && !text::renders_bos(*tmpl), true);
+      ids = text::encode_chat_prompt(tok, *tmpl, session.messages);
     } else {
       ids = tok.encode(user, tok.data().add_bos && session.cached.empty(), true);
       ids.insert(ids.begin(), session.cached.begin(), session.cached.end());

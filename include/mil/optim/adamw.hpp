@@ -93,10 +93,14 @@ class AdamW {
     return r;
   }
 
-  // Optimizer state for checkpoints: first and second moments (and fp32 masters on the GPU).
+  // Optimizer state for checkpoints: first and second moments, the fp32 master weights of a
+  // low-precision store (undefined for float parameters, which are their own masters) and the
+  // counts. A resumed run restores all of them and continues bitwise.
   Tensor<float, D>& first_moment() { return m_; }
   Tensor<float, D>& second_moment() { return v_; }
+  Tensor<float, D>& master_weights() { return master_; }
   void set_steps_taken(int64_t s) { step_ = s; }
+  void set_steps_skipped(int64_t s) { skipped_ = s; }
 
  private:
   static constexpr bool master_is_param = std::is_same_v<T, float>;
