@@ -22,18 +22,12 @@
 #include <mil/nn/llama_gguf.hpp>
 #include <mil/text/gguf_tokenizer.hpp>
 
+#include "common/teacher.hpp"
+
 using namespace mil;
 namespace fs = std::filesystem;
 
 namespace {
-
-fs::path repo_root() {
-#ifdef MIL_SOURCE_DIR
-  return fs::path(MIL_SOURCE_DIR);
-#else
-  return fs::path(__FILE__).parent_path().parent_path().parent_path();  // tests/nn/<this file>
-#endif
-}
 
 nlohmann::json read_json(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
@@ -49,29 +43,12 @@ std::string from_hex(const std::string& hex) {
 }
 
 const nlohmann::json& golden() {
-  static const nlohmann::json g = read_json(repo_root() / "tests/nn/golden/smollm2_llamacpp.json");
+  static const nlohmann::json g = read_json(test::repo_root() / "tests/nn/golden/smollm2_llamacpp.json");
   return g;
 }
 
-struct Teacher {
-  nn::HybridModel<float, Cpu> model;
-  text::Tokenizer tokenizer;
-};
-
-// The teacher, loaded once per process (a few seconds) and shared by the cases; nothing (and the
-// skip message) when it is absent.
-const Teacher* teacher() {
-  static const std::optional<Teacher> t = []() -> std::optional<Teacher> {
-    const fs::path path = repo_root() / "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-    if (!fs::exists(path)) return std::nullopt;
-    const auto f = io::GgufFile::open(path.string());
-    return Teacher{nn::load_gguf_model(f), text::Tokenizer(text::tokenizer_data_from_gguf(f))};
-  }();
-  if (!t)
-    std::printf("[mil] teacher model not found: test skipped (%s; run scripts/setup.sh)\n",
-                (repo_root() / "models/SmolLM2-135M-Instruct.Q4_1.gguf").string().c_str());
-  return t ? &*t : nullptr;
-}
+using Teacher = test::RealTeacher;
+const Teacher* teacher() { return test::real_teacher(); }
 
 // Logits [ids.size(), vocab] of one sequence through the training forward, without a tape.
 std::vector<float> forward_logits(const nn::HybridModel<float, Cpu>& model,

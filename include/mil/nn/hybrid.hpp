@@ -160,6 +160,20 @@ class HybridModel {
   ModelWeights<T, D> weights_;
 };
 
+// The first `n` layers of a model with its embeddings, final norm and LM head: a small model of
+// real structure (tests, quick runs, a draft model). Attention layers beyond n are dropped from
+// the layout.
+inline HybridModel<float, Cpu> first_layers(const HybridModel<float, Cpu>& m, int64_t n) {
+  MIL_CHECK(n >= 1 && n <= m.config().llama.n_layers, "first_layers: ", n, " of a model of ",
+            m.config().llama.n_layers, " layers");
+  HybridConfig c = m.config();
+  c.llama.n_layers = n;
+  std::erase_if(c.attn_layers, [&](int64_t l) { return l >= n; });
+  HybridModel<float, Cpu> out(c);
+  out.copy_owned_from(m);
+  return out;
+}
+
 // The same model in another element type or on another device (e.g. float CPU weights loaded from
 // a file -> bf16 on the GPU): every weight is rounded once, on the host.
 template <Element To, Device DTo, Element T, Device D>

@@ -1,0 +1,62 @@
+#pragma once
+// The real teacher (SmolLM2-135M-Instruct, Q4_1 GGUF from models/, made by scripts/setup.sh),
+// loaded once per test process and shared by the cases that need it. Without the file the cases
+// report skipped (the message below is what ctest's skip pattern looks for). Real-model training
+// runs are too slow under the sanitizers: real_teacher_for_training() skips there.
+#include <cstdio>
+#include <filesystem>
+#include <optional>
+
+#include <mil/nn/llama_gguf.hpp>
+#include <mil/text/gguf_tokenizer.hpp>
+
+namespace mil::test {
+
+inline std::filesystem::path repo_root() {
+#ifdef MIL_SOURCE_DIR
+  return std::filesystem::path(MIL_SOURCE_DIR);
+#else
+  return std::filesystem::path(__FILE__).parent_path().parent_path().parent_path();
+#endif
+}
+
+inline std::filesystem::path teacher_path() {
+  return repo_root() / "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+}
+
+struct RealTeacher {
+  nn::HybridModel<float, Cpu> model;
+  text::Tokenizer tokenizer;
+};
+
+// The teacher, or nullptr (and the skip message) when the file is absent.
+inline const RealTeacher* real_teacher() {
+  static const std::optional<RealTeacher> t = []() -> std::optional<RealTeacher> {
+    if (!std::filesystem::exists(teacher_path())) return std::nullopt;
+    const auto f = io::GgufFile::open(teacher_path().string());
+    return RealTeacher{nn::load_gguf_model(f), text::Tokenizer(text::tokenizer_data_from_gguf(f))};
+  }();
+  if (!t)
+    std::printf("[mil] teacher model not found: test skipped (%s; run scripts/setup.sh)\n",
+                teacher_path().string().c_str());
+  return t ? &*t : nullptr;
+}
+
+inline constexpr bool kSanitizedBuild =
+#if defined(__SANITIZE_ADDRESS__)
+    true;
+#else
+    false;
+#endif
+
+// The teacher for a training run on real weights; nullptr (reported as skipped) under the
+// sanitizers, where such a run takes too long, or without the file.
+inline const RealTeacher* real_teacher_for_training() {
+  if (kSanitizedBuild) {
+    std::printf("[mil] real-model test skipped under the sanitizers (it runs in the Release build)\n");
+    return nullptr;
+  }
+  return real_teacher();
+}
+
+}  // namespace mil::test
