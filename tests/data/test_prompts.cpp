@@ -128,9 +128,10 @@ TEST_CASE("prompts: a malformed line is an error naming its file and line") {
     CHECK(err.find(file.string() + ":3") != std::string::npos);
     CHECK(err.find(c.phrase) != std::string::npos);
   }
-  // Catches: a missing file read as an empty one.
+  // Catches: a missing file or a folder read as an empty file.
   CHECK(error_of([&] { read_prompts_jsonl(dir / "absent.jsonl"); })
             .find("cannot open prompts file") != std::string::npos);
+  CHECK(error_of([&] { read_prompts_jsonl(dir); }).find("is a folder") != std::string::npos);
 }
 
 TEST_CASE("prompts: conversations that cannot be prompts are skipped and counted") {

@@ -178,6 +178,10 @@ class FetchPrompts(unittest.TestCase):
         keys = sorted((fp.prompt_key(eval_sample(i)["input"]) for i in range(50)),
                       key=lambda k: hashlib.sha256(k.encode()).hexdigest())[:4]
         self.assertEqual([fp.prompt_key(l["messages"]) for l in arith], keys)
+        with open(os.path.join(self.out, "manifest.json")) as f:
+            entry = json.load(f)["files"]["evals.jsonl"]
+        self.assertEqual(entry["dropped"]["over the cap of 4 per eval"], 46)
+        self.assertEqual(entry["sets"], 2)
 
     def test_output_is_the_same_on_every_run(self):
         self.run_main()

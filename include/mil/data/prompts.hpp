@@ -1,7 +1,8 @@
 #pragma once
 // Chat prompts for pseudo-labelling: JSONL files read into prompts (a conversation up to and
 // including its first user message, which the teacher answers), deduplicated, and split into a
-// training and a held-out set by a seeded shuffle that is the same on every machine.
+// training and a held-out set by a seeded shuffle that is the same on every machine. The default
+// prompts (data/prompts/*.jsonl) are written by scripts/fetch_prompts.py, which setup.sh runs.
 //
 // Each non-blank line is one JSON object in one of these layouts (the first present wins):
 //   {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}
@@ -178,6 +179,8 @@ inline uint64_t fnv1a(std::string_view s) {
 // given, receives the counts of records read and skipped.
 inline std::vector<Prompt> read_prompts_jsonl(const std::filesystem::path& file,
                                               PromptReadStats* stats = nullptr) {
+  MIL_CHECK(!std::filesystem::is_directory(file), "prompts file '", file.string(),
+            "' is a folder: name its .jsonl files");
   std::ifstream in(file, std::ios::binary);
   MIL_CHECK(in.good(), "cannot open prompts file '", file.string(),
             "': check the path and its permissions");
