@@ -1,0 +1,446 @@
+// mil-distill: a Transformer in, a distilled hybrid out (docs/METHOD.md §5), in one program that
+// reads top to bottom:
+//   1. label:  the teacher answers chat prompts (its pseudo-labels; held-out prompts apart)
+//   2. stage1: each step of the conversion schedule: convert (init from attention, or from the
+//              previous step), then distil with the MLPs frozen (CE + KL to the teacher)
+//   3. stage2: supervised fine-tuning of every parameter on the labels (optional)
+//   4. eval:   teacher-relative metrics on the held-out answers, before and after; curves; answers
+// Each step writes into the output folder and is skipped when a rerun finds it done, so a killed
+// run continues where it stopped (training steps from their newest checkpoint, bitwise on the CPU),
+// and `--only STEP` runs one step alone.
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <filesystem>
+#include <optional>
+
+#include <mil/data/prompts.hpp>
+#include <mil/data/pseudo_labels.hpp>
+#include <mil/data/token_dataset.hpp>
+#include <mil/distill/conversion_schedule.hpp>
+#include <mil/distill/student.hpp>
+#include <mil/distill/trainer.hpp>
+#include <mil/eval/answers.hpp>
+#include <mil/eval/teacher_relative.hpp>
+#include <mil/nn/hybrid_checkpoint.hpp>
+#include <mil/nn/model_load.hpp>
+#include <mil/text/chat_prompt.hpp>
+#include <mil/text/hf_tokenizer_writer.hpp>
+#include <mil/util/progress.hpp>
+#include <mil/util/sha256.hpp>
+#if MIL_CUDA_ENABLED && defined(__CUDACC__)
+#include <mil/core/cuda_launch.hpp>
+#endif
+
+using namespace mil;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Options {
+  std::string teacher, out, only, layout, attn_layers, mamba_layers, schedule, mixer = "mamba2";
+  std::vector<std::string> prompts;
+  std::string device = "auto";
+  int64_t teacher_layers = 0;      // > 0: only the teacher's first N layers (tests, quick looks)
+  // Labels.
+  int64_t max_prompts = 2000, heldout = 64, slots = 16, max_prompt = 256, max_answer = 256;
+  int32_t topk = 0;
+  // Training.
+  std::string tokens = "50k", sft_tokens = "0";
+  std::string trainable = "mixers";
+  float lr = 1e-3f, sft_lr = 2e-5f, warmup = 0.05f, clip = 1.f, ce_weight = 1.f, kl_weight = 0.1f,
+        temperature = 1.f;
+  int64_t micro_batch = 4, accumulation = 1, seq_len = 256, checkpoint_every = 20;
+  uint64_t seed = 0;
+  int threads = 0;
+  // Evaluation.
+  int64_t eval_seqs = 32;
+  std::vector<std::string> show_prompts = {"What is the capital of France?",
+                                           "Give me three tips for staying healthy."};
+  int64_t show_tokens = 48;
+};
+
+bool runs(const Options& o, const std::string& step) { return o.only.empty() || o.only == step; }
+
+void say(const char* fmt, auto... args) {
+  std::fprintf(stderr, "[mil-distill] ");
+  std::fprintf(stderr, fmt, args...);
+  std::fputc('\n', stderr);
+}
+
+// The run's identity: a folder holding a run with another identity is refused.
+nlohmann::json run_identity(const Options& o, const std::string& teacher_sha256) {
+  return {{"teacher_sha256", teacher_sha256}, {"teacher_layers", o.teacher_layers},
+          {"prompts", o.prompts},             {"max_prompts", o.max_prompts},
+          {"heldout", o.heldout},             {"seed", o.seed}};
+}
+
+void claim_output_folder(const fs::path& dir, const nlohmann::json& identity) {
+  const fs::path file = dir / "run.json";
+  if (fs::exists(file)) {
+    const std::string diff = distill::first_difference(io::read_json_file_strict(file), identity);
+    MIL_CHECK(diff.empty(), "'", dir.string(), "' holds another run (", diff,
+              "); give another output folder (-o)");
+    return;
+  }
+  MIL_CHECK(!fs::exists(dir) || fs::is_empty(dir), "'", dir.string(),
+            "' is not empty and holds no mil-distill run; give a new or empty folder (-o)");
+  fs::create_directories(dir);
+  io::write_text_file_atomic(file, identity.dump(2) + "\n");
+}
+
+// The conversion steps: --schedule, else one step from --layout / --attn-layers / --mamba-layers.
+std::vector<distill::ConversionStep> conversion_steps(const Options& o, int64_t n_layers) {
+  if (!o.schedule.empty()) return distill::parse_conversion_schedule(o.schedule, n_layers);
+  distill::ConversionStep s;
+  s.tokens = distill::parse_token_count(o.tokens);
+  auto parse_list = [&](const std::string& text) {
+    std::vector<int64_t> out;
+    std::stringstream ss(text);
+    for (std::string item; std::getline(ss, item, ',');) {
+      MIL_CHECK(!item.empty() && item.find_first_not_of("0123456789") == std::string::npos,
+                "bad layer list '", text, "' (expected e.g. 1,3,5)");
+      out.push_back(std::stoll(item));
+      MIL_CHECK(out.back() < n_layers, "layer ", out.back(), " is beyond the teacher's ", n_layers, " layers");
+    }
+    std::sort(out.begin(), out.end());
+    return out;
+  };
+  if (!o.attn_layers.empty()) {
+    s.name = "custom";
+    s.attn_layers = parse_list(o.attn_layers);
+  } else if (!o.mamba_layers.empty()) {
+    s.name = "custom";
+    const auto mamba = parse_list(o.mamba_layers);
+    for (int64_t l = 0; l < n_layers; ++l)
+      if (!std::binary_search(mamba.begin(), mamba.end(), l)) s.attn_layers.push_back(l);
+  } else {
+    s.name = o.layout.empty() ? "50%" : o.layout;
+    s.attn_layers = nn::attention_layout(n_layers, s.name);
+  }
+  MIL_CHECK(int64_t(s.attn_layers.size()) < n_layers, "the layout converts no layer");
+  return {s};
+}
+
+std::string folder_name(const distill::ConversionStep& s) {
+  std::string n = s.name == "custom" ? "custom" : s.name.substr(0, s.name.find('%'));
+  std::replace(n.begin(), n.end(), '.', '_');
+  return n == "custom" ? n : "attn" + n;
+}
+
+std::string describe(const eval::TeacherRelative& r) {
+  char b[200];
+  std::snprintf(b, sizeof b, "ppl ratio %.3f | KL %.3f | top-1 agreement %.1f%% (%lld tokens)",
+                r.ppl_ratio, r.kl, 100 * r.top1_agreement, (long long)r.tokens);
+  return b;
+}
+
+nlohmann::json to_json(const eval::TeacherRelative& r) {
+  return {{"teacher_ppl", r.teacher_ppl}, {"model_ppl", r.model_ppl}, {"ppl_ratio", r.ppl_ratio},
+          {"kl", r.kl},                   {"top1_agreement", r.top1_agreement},
+          {"tokens", r.tokens}};
+}
+
+template <Element T, Device D>
+class Pipeline {
+ public:
+  Pipeline(const Options& o, const nn::LoadedModel& loaded, const nn::HybridModel<T, D>& teacher,
+           std::string teacher_sha256)
+      : o_(o), loaded_(loaded), teacher_(teacher), teacher_sha256_(std::move(teacher_sha256)),
+        dir_(o.out) {
+    tmpl_ = text::detect_chat_template(loaded.chat_template);
+  }
+
+  int run() {
+    // ---- 1. labels -------------------------------------------------------------------------
+    if (runs(o_, "label")) label();
+    if (o_.only == "label") return 0;
+    const auto train = read_labels("train"), heldout = read_labels("heldout");
+    say("labels: %zu training answers (%lld tokens), %zu held out", train.sequences.size(),
+        (long long)train.manifest.answer_tokens, heldout.sequences.size());
+    std::span<const data::LabelledSequence> eval_set(heldout.sequences);
+    eval_set = eval_set.first(std::min<size_t>(eval_set.size(), size_t(o_.eval_seqs)));
+
+    // ---- 2. stage 1 per conversion step ---------------------------------------------------
+    const auto steps = conversion_steps(o_, loaded_.model.config().llama.n_layers);
+    std::optional<nn::HybridModel<float, Cpu>> previous;
+    nlohmann::json report = {{"teacher", loaded_.name}, {"steps", nlohmann::json::array()}};
+    fs::path last_model;
+    for (const auto& step : steps) {
+      nn::HybridConfig cfg = loaded_.model.config();
+      cfg.attn_layers = step.attn_layers;
+      cfg.mixer = nn::parse_mixer(o_.mixer);
+      const fs::path run_dir = dir_ / ("stage1-" + folder_name(step));
+      last_model = run_dir / "model";
+      if (!runs(o_, "stage1")) {
+        if (fs::exists(last_model / kDone)) previous = nn::load_model(last_model.string()).model;
+        continue;
+      }
+      auto init = distill::init_from_attention(loaded_.model, cfg, o_.seed, previous ? &*previous : nullptr);
+      say("stage 1, %s attention (%lld Mamba layers of %lld): %s tokens", step.name.c_str(),
+          (long long)cfg.n_mamba_layers(), (long long)cfg.llama.n_layers,
+          std::to_string(step.tokens).c_str());
+      auto student = distill::make_student(teacher_, cfg, distill::parse_trainable(o_.trainable), init);
+      nlohmann::json entry = {{"layout", step.name}, {"attn_layers", step.attn_layers}};
+      entry["before"] = evaluate(student, eval_set, "converted, before training");
+      if (!fs::exists(last_model / kDone)) {
+        train_stage(student, &teacher_, train.sequences, stage1_options(step.tokens, train.sequences), run_dir,
+              {{"stage", "1"}, {"attn_layers", step.attn_layers}, {"mixer", o_.mixer},
+               {"trainable", o_.trainable}, {"previous", previous.has_value()}});
+        save(student, last_model);
+      } else {
+        say("stage 1 of this step is done already: %s", last_model.string().c_str());
+        student.copy_owned_from(nn::load_model(last_model.string()).model);
+      }
+      entry["after"] = evaluate(student, eval_set, "after stage 1");
+      entry["model"] = last_model.string();
+      report["steps"].push_back(entry);
+      previous.emplace(cfg);
+      previous->copy_owned_from(student);
+    }
+    if (o_.only == "stage1") return finish(report);
+
+    // ---- 3. stage 2: all parameters, CE on the labels ----------------------------------------
+    const int64_t sft_tokens = distill::parse_token_count(o_.sft_tokens == "0" ? "1" : o_.sft_tokens);
+    if (o_.sft_tokens != "0" && runs(o_, "stage2")) {
+      MIL_CHECK(previous, "stage 2 needs the stage-1 model: run stage 1 first");
+      const fs::path run_dir = dir_ / "stage2";
+      nn::HybridModel<T, D> student(previous->config());
+      student.copy_owned_from(*previous);
+      if (!fs::exists(run_dir / "model" / kDone)) {
+        say("stage 2 (SFT, every parameter): %lld tokens", (long long)sft_tokens);
+        auto so = stage1_options(sft_tokens, train.sequences);
+        so.stage = distill::Stage::sft;
+        so.lr = o_.sft_lr;
+        train_stage(student, nullptr, train.sequences, so, run_dir, {{"stage", "2"}});
+        save(student, run_dir / "model");
+      } else {
+        student.copy_owned_from(nn::load_model((run_dir / "model").string()).model);
+      }
+      report["stage2"] = evaluate(student, eval_set, "after stage 2");
+      last_model = run_dir / "model";
+    }
+
+    // ---- 4. answers side by side ------------------------------------------------------------
+    if (runs(o_, "eval") && !last_model.empty() && fs::exists(last_model / kDone)) {
+      const auto final_model = nn::load_model(last_model.string());
+      const auto model = nn::convert_model<T, D>(final_model.model);
+      const auto a = eval::greedy_answers(teacher_, loaded_.tokenizer, tmpl_, o_.show_prompts, o_.show_tokens);
+      const auto b = eval::greedy_answers(model, loaded_.tokenizer, tmpl_, o_.show_prompts, o_.show_tokens);
+      for (size_t i = 0; i < o_.show_prompts.size(); ++i) {
+        std::printf("\n> %s\n  teacher: %s\n  hybrid:  %s\n", o_.show_prompts[i].c_str(), a[i].c_str(),
+                    b[i].c_str());
+        report["answers"].push_back({{"prompt", o_.show_prompts[i]}, {"teacher", a[i]}, {"hybrid", b[i]}});
+      }
+      std::printf("\nthe distilled hybrid: %s\n  chat with it: mil-chat -m %s\n", last_model.string().c_str(),
+                  last_model.string().c_str());
+    }
+    return finish(report);
+  }
+
+ private:
+  static constexpr const char* kDone = "mil_distill_done";
+
+  // ---- labelling ------------------------------------------------------------------------------
+  void label() {
+    MIL_CHECK(!o_.prompts.empty(), "no prompt files (--prompts FILE...; scripts/setup.sh fetches the ",
+              "default sets into data/prompts/)");
+    data::PromptSetOptions po;
+    po.heldout_count = o_.heldout;
+    po.max_prompts = o_.max_prompts;
+    po.seed = o_.seed;
+    std::vector<fs::path> files(o_.prompts.begin(), o_.prompts.end());
+    const auto set = data::read_prompt_set(files, po);
+    say("prompts: %zu for training, %zu held out (%lld duplicates dropped)", set.train.size(),
+        set.heldout.size(), (long long)set.duplicates_dropped);
+    data::DatasetManifest identity;
+    identity.teacher_name = loaded_.name;
+    identity.teacher_sha256 = teacher_sha256_;
+    identity.tokenizer_fingerprint = data::tokenizer_fingerprint(loaded_.tokenizer);
+    identity.vocab_size = loaded_.tokenizer.vocab_size();
+    identity.chat_template = text::to_string(tmpl_.family);
+    identity.compute = std::is_same_v<D, Cpu> ? "cpu f32" : "cuda bf16";
+    data::LabelConfig lc;
+    lc.seed = o_.seed;
+    lc.slots = o_.slots;
+    lc.max_prompt = o_.max_prompt;
+    lc.max_answer = o_.max_answer;
+    lc.store_topk = o_.topk;
+    const auto stops = text::stop_token_ids(loaded_.tokenizer, tmpl_);
+    for (const auto& [name, prompts] : {std::pair{"train", &set.train}, std::pair{"heldout", &set.heldout}}) {
+      std::vector<std::vector<int32_t>> tokens;
+      for (const auto& p : *prompts) tokens.push_back(text::encode_chat_prompt(loaded_.tokenizer, tmpl_, p.messages));
+      const fs::path out = dir_ / "labels" / name;
+      say("labelling %zu %s prompts into %s", tokens.size(), name, out.string().c_str());
+      const auto s = data::label_prompts(teacher_, tokens, stops, lc, out, identity);
+      say("  %lld answers, %lld answer tokens, %.1f tokens/s; skipped: %lld too long, %lld empty",
+          (long long)s.sequences, (long long)s.answer_tokens,
+          double(s.generated_tokens) / std::max(s.seconds, 1e-9), (long long)s.skipped_too_long,
+          (long long)s.skipped_empty);
+    }
+  }
+
+  data::TokenDataset read_labels(const std::string& name) const {
+    auto d = data::read_token_dataset(dir_ / "labels" / name);
+    data::check_dataset_matches(d.manifest, teacher_sha256_, data::tokenizer_fingerprint(loaded_.tokenizer));
+    MIL_CHECK(!d.sequences.empty(), (dir_ / "labels" / name).string(), " holds no answers");
+    return d;
+  }
+
+  // ---- training -------------------------------------------------------------------------------
+  distill::TrainOptions stage1_options(int64_t tokens, const std::vector<data::LabelledSequence>& seqs) const {
+    distill::TrainOptions t;
+    t.loss = {.ce_weight = o_.ce_weight, .kl_weight = o_.kl_weight, .temperature = o_.temperature};
+    t.lr = o_.lr;
+    t.min_lr = o_.lr / 10;
+    t.micro_batch = o_.micro_batch;
+    t.accumulation = o_.accumulation;
+    t.seq_len = o_.seq_len;
+    t.max_grad_norm = o_.clip;
+    t.seed = o_.seed;
+    t.checkpoint_every = o_.checkpoint_every;
+    t.pad_id = std::max<int32_t>(loaded_.tokenizer.eos(), 0);
+    // Steps from the token budget: a step reads micro_batch x accumulation sequences of the
+    // data's mean (cut) length.
+    double mean_len = 0;
+    for (const auto& s : seqs) mean_len += double(std::min<int64_t>(int64_t(s.tokens.size()) - 1, o_.seq_len));
+    mean_len /= double(seqs.size());
+    t.steps = std::max<int64_t>(1, int64_t(double(tokens) / (mean_len * double(t.micro_batch * t.accumulation)) + 0.5));
+    t.warmup_steps = int64_t(o_.warmup * float(t.steps));
+    return t;
+  }
+
+  void train_stage(nn::HybridModel<T, D>& student, const nn::HybridModel<T, D>* teacher,
+             const std::vector<data::LabelledSequence>& seqs, const distill::TrainOptions& t,
+             const fs::path& run_dir, const nlohmann::json& identity) {
+    distill::Trainer<T, D> trainer(student, teacher, seqs, t, run_dir, identity);
+    if (trainer.resume()) say("resumed at step %lld of %lld", (long long)trainer.state().step, (long long)t.steps);
+    say("%lld steps of %lld x %lld sequences (<= %lld tokens), lr %g, %lld trainable parameters; "
+        "writing %s", (long long)t.steps, (long long)t.micro_batch, (long long)t.accumulation,
+        (long long)t.seq_len, double(t.lr), (long long)student.params().trainable_numel(),
+        run_dir.string().c_str());
+    util::ProgressBar bar(t.stage == distill::Stage::distill ? "stage 1" : "stage 2", t.steps);
+    while (!trainer.done()) {
+      const auto m = trainer.step();
+      char fields[160];
+      std::snprintf(fields, sizeof fields, "loss %.3f ce %.3f kl %.3f | %.0f tok/s%s", m.loss, m.ce,
+                    m.kl, m.tokens_per_s, m.skipped_total ? " | skipped steps" : "");
+      bar.update(trainer.state().step, fields);
+    }
+    distill::plot_metrics(run_dir / "metrics.jsonl", run_dir / "loss.svg",
+                          t.stage == distill::Stage::distill ? "stage 1: distillation" : "stage 2: SFT",
+                          t.stage == distill::Stage::distill ? std::vector<std::string>{"loss", "ce", "kl"}
+                                                             : std::vector<std::string>{"ce"});
+    say("curves: %s", (run_dir / "loss.svg").string().c_str());
+  }
+
+  // The model in the reference format (mil-chat and the reference code load it), marked done.
+  void save(const nn::HybridModel<T, D>& student, const fs::path& dir) {
+    nn::HybridModel<float, Cpu> full(student.config());
+    full.copy_owned_from(student);
+    nn::HybridSaveOptions so;
+    nn::save_hybrid(dir, full, so);
+    text::save_hf_tokenizer(dir, loaded_.tokenizer.data(), loaded_.chat_template);
+    io::write_text_file_atomic(dir / kDone, "");
+    say("model: %s", dir.string().c_str());
+  }
+
+  nlohmann::json evaluate(const nn::HybridModel<T, D>& model, std::span<const data::LabelledSequence> seqs,
+                          const char* what) {
+    if (!runs(o_, "eval") && !runs(o_, "stage1")) return nullptr;
+    util::ProgressBar bar("eval", int64_t(seqs.size()));
+    eval::EvalOptions eo;
+    eo.max_len = o_.seq_len + 1;
+    eo.on_progress = [&](int64_t done, int64_t) { bar.update(done); };
+    const auto r = eval::teacher_relative(teacher_, model, seqs, eo);
+    say("%s: %s", what, describe(r).c_str());
+    return to_json(r);
+  }
+
+  int finish(const nlohmann::json& report) {
+    io::write_text_file_atomic(dir_ / "report.json", report.dump(2) + "\n");
+    say("report: %s", (dir_ / "report.json").string().c_str());
+    return 0;
+  }
+
+  const Options& o_;
+  const nn::LoadedModel& loaded_;
+  const nn::HybridModel<T, D>& teacher_;
+  std::string teacher_sha256_;
+  fs::path dir_;
+  text::ChatTemplate tmpl_;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"mil-distill: distil a Transformer into a hybrid Mamba model (label -> stage 1 -> "
+               "stage 2 -> eval)"};
+  Options o;
+  app.add_option("--teacher", o.teacher, "the Transformer: GGUF file or Hugging Face folder")->required();
+  app.add_option("-o,--out", o.out, "output folder (a rerun continues what it finds there)")->required();
+  app.add_option("--prompts", o.prompts, "JSONL prompt files (scripts/setup.sh fetches the defaults)");
+  app.add_option("--only", o.only, "run one step: label, stage1, stage2 or eval")
+      ->check(CLI::IsMember({"label", "stage1", "stage2", "eval"}));
+  auto* layout = app.add_option("--layout", o.layout, "attention kept: 50%, 25%, 12.5% or 0%");
+  auto* attn = app.add_option("--attn-layers", o.attn_layers, "layers that keep attention, e.g. 1,3,5");
+  auto* mamba = app.add_option("--mamba-layers", o.mamba_layers, "layers that become Mamba, e.g. 7,15,23");
+  auto* schedule = app.add_option("--schedule", o.schedule, "stepwise conversion, e.g. 50%:200k,25%:200k");
+  layout->excludes(attn, mamba, schedule);
+  attn->excludes(mamba, schedule);
+  mamba->excludes(schedule);
+  app.add_option("--mixer", o.mixer, "mamba2 or mamba1")->check(CLI::IsMember({"mamba2", "mamba1"}));
+  app.add_option("--tokens", o.tokens, "stage-1 training tokens (e.g. 50k, 2M)");
+  app.add_option("--sft-tokens", o.sft_tokens, "stage-2 training tokens (0: no stage 2)");
+  app.add_option("--teacher-layers", o.teacher_layers, "use only the teacher's first N layers");
+  app.add_option("--max-prompts", o.max_prompts, "prompts to label at most (a seeded sample)");
+  app.add_option("--heldout", o.heldout, "held-out prompts (labelled for evaluation only)");
+  app.add_option("--slots", o.slots, "prompts the teacher answers at once");
+  app.add_option("--max-prompt", o.max_prompt, "longer prompts are skipped");
+  app.add_option("--max-answer", o.max_answer, "answer tokens at most");
+  app.add_option("--topk", o.topk, "store the teacher's top-k log-probabilities with each label");
+  app.add_option("--trainable", o.trainable, "stage-1 parameters: mixers, mixers+attention or all");
+  app.add_option("--lr", o.lr, "stage-1 peak learning rate");
+  app.add_option("--sft-lr", o.sft_lr, "stage-2 peak learning rate");
+  app.add_option("--warmup", o.warmup, "warm-up, as a fraction of the steps");
+  app.add_option("--clip", o.clip, "global gradient-norm clipping (0: off)");
+  app.add_option("--ce-weight", o.ce_weight, "alpha: weight of CE on the labels");
+  app.add_option("--kl-weight", o.kl_weight, "beta: weight of KL(teacher || student)");
+  app.add_option("--temperature", o.temperature, "KL temperature");
+  app.add_option("--micro-batch", o.micro_batch, "sequences per forward/backward");
+  app.add_option("--accumulation", o.accumulation, "micro-batches per optimizer step");
+  app.add_option("--seq-len", o.seq_len, "longest training sequence (longer ones are cut)");
+  app.add_option("--checkpoint-every", o.checkpoint_every, "optimizer steps between checkpoints");
+  app.add_option("--seed", o.seed, "seed of prompts, labels, initialisation and data order");
+  app.add_option("--threads", o.threads, "CPU threads (default: all cores)");
+  app.add_option("--eval-seqs", o.eval_seqs, "held-out answers scored before and after");
+  app.add_option("--show", o.show_prompts, "prompts answered side by side at the end");
+  app.add_option("--device", o.device, "cpu, cuda or auto")->check(CLI::IsMember({"cpu", "cuda", "auto"}));
+  CLI11_PARSE(app, argc, argv);
+
+  try {
+    if (o.threads > 0) cpu::set_threads(o.threads);
+    say("teacher: %s", o.teacher.c_str());
+    auto loaded = nn::load_model(o.teacher);
+    MIL_CHECK(loaded.model.config().n_mamba_layers() == 0, "the teacher '", o.teacher,
+              "' is a hybrid already; give a Transformer");
+    if (o.teacher_layers > 0) loaded.model = nn::first_layers(loaded.model, o.teacher_layers);
+    const std::string sha = util::sha256_model(o.teacher);
+    claim_output_folder(o.out, run_identity(o, sha));
+#if MIL_CUDA_ENABLED && defined(__CUDACC__)
+    if (o.device == "cuda" || (o.device == "auto" && mil::cuda::device_count() > 0)) {
+      MIL_CHECK(mil::cuda::device_count() > 0, "--device cuda: no CUDA device found");
+      say("device: CUDA (bf16 weights, fp32 master weights and moments)");
+      const auto teacher = nn::convert_model<bf16, Cuda>(loaded.model);
+      return Pipeline<bf16, Cuda>(o, loaded, teacher, sha).run();
+    }
+#else
+    MIL_CHECK(o.device != "cuda", "--device cuda: this mil-distill was built without CUDA");
+#endif
+    say("device: CPU (float), %d threads", cpu::threads());
+    return Pipeline<float, Cpu>(o, loaded, loaded.model, sha).run();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "mil-distill: error: %s\n", e.what());
+    return 1;
+  }
+}
