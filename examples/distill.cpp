@@ -212,6 +212,7 @@ class Pipeline {
         auto so = stage1_options(sft_tokens, train.sequences);
         so.stage = distill::Stage::sft;
         so.lr = o_.sft_lr;
+        so.min_lr = o_.sft_lr / 10;
         train_stage(student, nullptr, train.sequences, so, run_dir, {{"stage", "2"}});
         save(student, run_dir / "model");
       } else {

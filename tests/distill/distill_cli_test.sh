@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# mil-distill end to end on the first two layers of the real teacher (a minute on 2 cores): label ->
+# stage 1 -> stage 2 -> eval, outputs in place, a rerun that finds everything done, mil-chat on the
+# result, and the refusals: another run's folder, malformed prompts (file and line named).
+# Usage: distill_cli_test.sh MIL_DISTILL MIL_CHAT SOURCE_DIR WORK_DIR
+set -euo pipefail
+distill=$1 chat=$2 src=$3 work=$4
+teacher=$src/models/SmolLM2-135M-Instruct.Q4_1.gguf
+if [[ ! -f $teacher ]]; then
+  echo "[mil] teacher model not found: test skipped ($teacher; run scripts/setup.sh)"
+  exit 0
+fi
+rm -rf "$work" && mkdir -p "$work"
+fail() { echo "FAILED: $*" >&2; exit 1; }
+args=(--teacher "$teacher" --teacher-layers 2 --prompts "$src/tests/distill/fixtures/prompts.jsonl"
+      --heldout 2 --max-answer 12 --mamba-layers 1 --tokens 300 --sft-tokens 100 --micro-batch 2
+      --checkpoint-every 2 --eval-seqs 2 --show "Hi" --seed 3)
+
+"$distill" "${args[@]}" -o "$work/run" > "$work/first.log" 2>&1 || { cat "$work/first.log"; fail "first run"; }
+for f in run.json report.json labels/train/manifest.json labels/heldout/manifest.json \
+         stage1-custom/metrics.jsonl stage1-custom/loss.svg stage1-custom/model/mil_distill_done \
+         stage1-custom/model/mamba_config.json stage1-custom/model/tokenizer.json \
+         stage2/metrics.jsonl stage2/model/mil_distill_done; do
+  [[ -f $work/run/$f ]] || fail "missing $f"
+done
+grep -q '"after"' "$work/run/report.json" || fail "report.json has no metrics after training"
+grep -q '"stage2"' "$work/run/report.json" || fail "report.json has no stage-2 metrics"
+
+# A rerun finds every step done: nothing is labelled or trained again.
+"$distill" "${args[@]}" -o "$work/run" > "$work/second.log" 2>&1 || { cat "$work/second.log"; fail "rerun"; }
+grep -q "done already" "$work/second.log" || { cat "$work/second.log"; fail "rerun trained again"; }
+if grep -q "^labelling \[" "$work/second.log"; then fail "rerun labelled again"; fi
+
+# The result chats.
+"$chat" -m "$work/run/stage2/model" -p "Hello" -n 4 --temp 0 > "$work/chat.log" 2>&1 || { cat "$work/chat.log"; fail "mil-chat"; }
+
+# Refusals: a folder holding another run; malformed prompts, named by file and line.
+other=("${args[@]:0:${#args[@]}-2}" --seed 4)  # args end with --seed 3
+if "$distill" "${other[@]}" -o "$work/run" > "$work/other.log" 2>&1; then fail "another run's folder accepted"; fi
+grep -q "holds another run" "$work/other.log" || { cat "$work/other.log"; fail "no clear error for another run's folder"; }
+printf '{"messages":[{"role":"user","content":"ok"}]}\n{"messages": [\n' > "$work/bad.jsonl"
+if "$distill" --teacher "$teacher" --teacher-layers 2 --prompts "$work/bad.jsonl" -o "$work/bad" > "$work/bad.log" 2>&1; then fail "malformed prompts accepted"; fi
+grep -q "bad.jsonl:2" "$work/bad.log" || { cat "$work/bad.log"; fail "the error does not name bad.jsonl:2"; }
+echo "mil-distill end to end: ok"
+rm -rf "$work"
