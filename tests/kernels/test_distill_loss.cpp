@@ -173,9 +173,9 @@ TEST_CASE("distill_loss: ignored rows give zero losses and gradient - also when 
   CHECK(s.grad().to_vector() == std::vector<float>(c.student.size(), 0.f));
 }
 
-TEST_CASE("distill_loss: a teacher equal to the student gives KL 0 and exactly the CE gradient") {
+TEST_CASE("distill_loss: a teacher equal to the student gives KL 0 and the CE gradient") {
   // KL's statistics of equal rows are equal bit for bit, so KL and its gradient vanish exactly;
-  // what is left must be ag-independent cross-entropy's own gradient.
+  // what is left must be the cross-entropy kernel's own gradient.
   Case c = make_case(5, 31, 11, 6.f, 0.f);
   c.teacher = c.student;
   for (float tau : {0.7f, 1.f, 2.5f}) {

@@ -110,8 +110,9 @@ DistillLoss<T, D> distill_loss(Tape& tape, const Var<T, D>& student_logits,
 
 // student_hidden [rows, d] (on the tape), student_head [V, d] (on the tape, trainable or not),
 // teacher_hidden [rows, d] and teacher_head [V, d] (no gradient), targets [rows]. Equal to
-// distill_loss on hidden head^T up to the order of float sums. Scratch: two [chunk_rows, V]
-// logit chunks (the student's becomes its gradient in place).
+// distill_loss on hidden head^T up to the order of float sums (in bf16, the head's gradient is
+// also rounded to bf16 once per chunk as it accumulates). Scratch: two [chunk_rows, V] logit
+// chunks (the student's becomes its gradient in place).
 template <Element T, Device D>
 DistillLoss<T, D> distill_loss_lm_head(Tape& tape, const Var<T, D>& student_hidden,
                                        const Var<T, D>& student_head,
