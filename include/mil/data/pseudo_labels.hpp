@@ -50,7 +50,9 @@ struct LabelConfig {
   int64_t max_prompt = 512;            // longer prompts are skipped (and counted)
   int64_t max_answer = 256;            // answer tokens at most, stop token included
   int64_t sequences_per_shard = 1024;
-  int32_t store_topk = 0;              // teacher log-probs stored per answer token; 0: none
+  // The teacher's top-k log-probs stored per answer token (0: none), so that distillation can
+  // skip the teacher's forward: the KL on k tokens approximates the full-vocabulary KL.
+  int32_t store_topk = 0;
   int64_t max_step_tokens = 512;       // tokens per decoder step (prompt chunks + decode)
   bool progress = true;                // a progress bar on stderr
 };

@@ -36,7 +36,7 @@ class Sha256 {
     length_ += bytes.size();
     if (buffered_) {
       const size_t n = std::min(bytes.size(), block_.size() - buffered_);
-      std::memcpy(block_.data() + buffered_, bytes.data(), n);
+      if (n) std::memcpy(block_.data() + buffered_, bytes.data(), n);
       buffered_ += n;
       bytes = bytes.subspan(n);
       if (buffered_ < block_.size()) return;
@@ -44,7 +44,7 @@ class Sha256 {
       buffered_ = 0;
     }
     for (; bytes.size() >= 64; bytes = bytes.subspan(64)) compress(bytes.data());
-    std::memcpy(block_.data(), bytes.data(), bytes.size());
+    if (!bytes.empty()) std::memcpy(block_.data(), bytes.data(), bytes.size());
     buffered_ = bytes.size();
   }
   void update(std::string_view s) { update({reinterpret_cast<const uint8_t*>(s.data()), s.size()}); }
