@@ -233,8 +233,13 @@ class Pipeline {
                     b[i].c_str());
         report["answers"].push_back({{"prompt", o_.show_prompts[i]}, {"teacher", a[i]}, {"hybrid", b[i]}});
       }
-      std::printf("\nthe distilled hybrid: %s\n  chat with it: mil-chat -m %s\n", last_model.string().c_str(),
-                  last_model.string().c_str());
+      // <out>/model names the final model, whichever step made it.
+      const fs::path link = dir_ / "model", tmp = dir_ / ".model.tmp";
+      fs::remove(tmp);
+      fs::create_directory_symlink(fs::relative(last_model, dir_), tmp);
+      fs::rename(tmp, link);
+      std::printf("\nthe distilled hybrid: %s (%s)\n  chat with it: mil-chat -m %s\n", link.string().c_str(),
+                  last_model.string().c_str(), link.string().c_str());
     }
     return finish(report);
   }
@@ -378,9 +383,11 @@ int main(int argc, char** argv) {
   CLI::App app{"mil-distill: distil a Transformer into a hybrid Mamba model (label -> stage 1 -> "
                "stage 2 -> eval)"};
   Options o;
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // scripts add defaults
   app.add_option("--teacher", o.teacher, "the Transformer: GGUF file or Hugging Face folder")->required();
   app.add_option("-o,--out", o.out, "output folder (a rerun continues what it finds there)")->required();
-  app.add_option("--prompts", o.prompts, "JSONL prompt files (scripts/setup.sh fetches the defaults)");
+  app.add_option("--prompts", o.prompts, "JSONL prompt files (scripts/setup.sh fetches the defaults)")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   app.add_option("--only", o.only, "run one step: label, stage1, stage2 or eval")
       ->check(CLI::IsMember({"label", "stage1", "stage2", "eval"}));
   auto* layout = app.add_option("--layout", o.layout, "attention kept: 50%, 25%, 12.5% or 0%");
@@ -415,7 +422,8 @@ int main(int argc, char** argv) {
   app.add_option("--seed", o.seed, "seed of prompts, labels, initialisation and data order");
   app.add_option("--threads", o.threads, "CPU threads (default: all cores)");
   app.add_option("--eval-seqs", o.eval_seqs, "held-out answers scored before and after");
-  app.add_option("--show", o.show_prompts, "prompts answered side by side at the end");
+  app.add_option("--show", o.show_prompts, "prompts answered side by side at the end")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   app.add_option("--device", o.device, "cpu, cuda or auto")->check(CLI::IsMember({"cpu", "cuda", "auto"}));
   CLI11_PARSE(app, argc, argv);
 
