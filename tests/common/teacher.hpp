@@ -10,15 +10,9 @@
 #include <mil/nn/llama_gguf.hpp>
 #include <mil/text/gguf_tokenizer.hpp>
 
-namespace mil::test {
+#include "repo_root.hpp"
 
-inline std::filesystem::path repo_root() {
-#ifdef MIL_SOURCE_DIR
-  return std::filesystem::path(MIL_SOURCE_DIR);
-#else
-  return std::filesystem::path(__FILE__).parent_path().parent_path().parent_path();
-#endif
-}
+namespace mil::test {
 
 inline std::filesystem::path teacher_path() {
   return repo_root() / "models/SmolLM2-135M-Instruct.Q4_1.gguf";

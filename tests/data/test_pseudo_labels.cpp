@@ -18,6 +18,7 @@
 #include <mil/text/chat_template.hpp>
 
 #include "common/error_of.hpp"
+#include "common/repo_root.hpp"
 #include "data/files.hpp"
 
 using namespace mil;
@@ -26,14 +27,6 @@ using test::read_bytes;
 namespace fs = std::filesystem;
 
 namespace {
-
-fs::path repo_root() {
-#ifdef MIL_SOURCE_DIR
-  return fs::path(MIL_SOURCE_DIR);
-#else
-  return fs::path(__FILE__).parent_path().parent_path().parent_path();
-#endif
-}
 
 fs::path scratch(const std::string& name) { return test::scratch_path("pseudo_labels_" + name); }
 
@@ -290,7 +283,7 @@ TEST_CASE("pseudo labels: prompts longer than the context") {
 }
 
 TEST_CASE("pseudo labels: the teacher answers chat prompts") {
-  const fs::path path = repo_root() / "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+  const fs::path path = test::repo_root() / "models/SmolLM2-135M-Instruct.Q4_1.gguf";
   if (!fs::exists(path)) {
     std::printf("[mil] teacher model not found: test skipped (%s; run scripts/setup.sh)\n",
                 path.string().c_str());

@@ -15,6 +15,7 @@
 #include <mil/nn/model_load.hpp>
 
 #include "common/error_of.hpp"
+#include "common/repo_root.hpp"
 
 using namespace mil;
 namespace fs = std::filesystem;
@@ -54,14 +55,6 @@ size_t occurrences(const std::string& text, const std::string& x) {
   size_t n = 0;
   for (size_t at = text.find(x); at != std::string::npos; at = text.find(x, at + 1)) ++n;
   return n;
-}
-
-fs::path repo_root() {
-#ifdef MIL_SOURCE_DIR
-  return fs::path(MIL_SOURCE_DIR);
-#else
-  return fs::path(__FILE__).parent_path().parent_path().parent_path();
-#endif
 }
 
 }  // namespace
@@ -171,7 +164,7 @@ TEST_CASE("greedy_answers: each prompt is answered from a fresh sequence") {
 }
 
 TEST_CASE("passkey: the teacher finds the key at a short length") {
-  const fs::path path = repo_root() / "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+  const fs::path path = test::repo_root() / "models/SmolLM2-135M-Instruct.Q4_1.gguf";
   if (!fs::exists(path)) {
     std::printf("[mil] teacher model not found: test skipped (%s; run scripts/setup.sh)\n",
                 path.string().c_str());

@@ -36,6 +36,25 @@ inline unsigned grid_stride_blocks(int64_t work, int threads, int64_t max_blocks
   return unsigned(std::clamp<int64_t>(ceil_div(work, threads), 1, max_blocks));
 }
 
+// Whether `kernel` can be given `bytes` of dynamic shared memory per block on this device (after
+// its static shared memory). If so, its limit is raised to the device's maximum, not to this
+// call's size, so concurrent callers cannot lower it under each other, and shared memory is
+// preferred over L1 (rows staged in shared memory: two 96 KB rows per SM).
+template <class Kernel>
+bool opt_in_shared_memory(Kernel kernel, size_t bytes) {
+  int device = 0, optin = 0;
+  MIL_CUDA_CHECK(cudaGetDevice(&device));
+  MIL_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  cudaFuncAttributes attr{};
+  MIL_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
+  const size_t limit = size_t(optin) - attr.sharedSizeBytes;
+  if (bytes > limit) return false;
+  MIL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(limit)));
+  MIL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                      int(cudaSharedmemCarveoutMaxShared)));
+  return true;
+}
+
 // Makes `stream` current while temporaries are allocated, so the caching allocator reuses their
 // blocks only for work ordered after this stream's kernels.
 struct StreamScope {

@@ -8,7 +8,7 @@
 
 #include "../generate/generate.hpp"
 #include "../nn/decoder.hpp"
-#include "../text/chat_template.hpp"
+#include "../text/chat_prompt.hpp"
 
 namespace mil::eval {
 
@@ -26,25 +26,13 @@ gen::GenerateResult greedy_continuation(Decoder& decoder, const text::Tokenizer&
   return gen::generate(decoder, 0, tok, ids, g);
 }
 
-// The tokens that end an answer: EOS and, with a chat template, its end-of-turn tokens.
-inline std::vector<int32_t> answer_stop_tokens(const text::Tokenizer& tok,
-                                               const std::optional<text::ChatTemplate>& tmpl) {
-  std::vector<int32_t> stops;
-  if (tok.eos() >= 0) stops.push_back(tok.eos());
-  if (tmpl)
-    for (const std::string& s : text::end_of_turn_tokens(*tmpl))
-      if (int32_t id = tok.token_id(s); id >= 0) stops.push_back(id);
-  return stops;
-}
-
 // The prompt's tokens: a user message through the chat template, or the text as is (raw).
 inline std::vector<int32_t> prompt_tokens(const text::Tokenizer& tok,
                                           const std::optional<text::ChatTemplate>& tmpl,
                                           const std::string& prompt) {
   if (!tmpl) return tok.encode(prompt, tok.data().add_bos, false);
   const text::ChatMessage user{"user", prompt};
-  return tok.encode(text::render_chat(*tmpl, std::span(&user, 1), true),
-                    tok.data().add_bos && !text::renders_bos(*tmpl), true);
+  return text::encode_chat_prompt(tok, *tmpl, std::span(&user, 1));
 }
 
 // Greedy answers (text, up to max_new_tokens tokens each) of `model` to `prompts`.
@@ -66,7 +54,7 @@ std::vector<std::string> greedy_answers(const nn::HybridModel<T, D>& model,
   nn::DecoderOptions o;
   o.max_seq = longest + max_new_tokens;
   nn::Decoder<T, D> decoder(model, o);
-  const auto stops = answer_stop_tokens(tok, tmpl);
+  const auto stops = text::stop_token_ids(tok, tmpl);
   for (const auto& p : ids)
     out.push_back(greedy_continuation(decoder, tok, p, max_new_tokens, stops).text);
   return out;

@@ -135,7 +135,7 @@ std::vector<PasskeyScore> passkey_accuracy(const nn::HybridModel<T, D>& model,
   nn::DecoderOptions dopt;
   dopt.max_seq = *std::max_element(lengths.begin(), lengths.end()) + o.max_new_tokens;
   nn::Decoder<T, D> decoder(model, dopt);
-  const auto stops = answer_stop_tokens(tok, std::nullopt);
+  const auto stops = text::stop_token_ids(tok, std::nullopt);
   std::vector<PasskeyScore> scores;
   int64_t done = 0;
   for (int64_t n : lengths) {

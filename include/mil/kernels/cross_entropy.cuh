@@ -20,6 +20,7 @@
 #include <type_traits>
 
 #include "../core/cuda_check.hpp"
+#include "../core/cuda_launch.hpp"
 #include "../core/cuda_ptx.cuh"
 #include "../core/cuda_vec.cuh"
 #include "../core/dtype.hpp"
@@ -220,25 +221,7 @@ void cross_entropy_forward_backward(float* losses, std::type_identity_t<T>* dlog
   // The staged row: vocab elements plus up to V - 1 of alignment shift.
   const size_t stage_bytes = size_t(((vocab + V) * int64_t(sizeof(T)) + 15) / 16 * 16);
   auto staged_kernel = d::cross_entropy_kernel<T, true>;
-  bool staged = false;
-  if (dlogits) {
-    int device = 0, optin = 0;
-    MIL_CUDA_CHECK(cudaGetDevice(&device));
-    MIL_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    cudaFuncAttributes attr{};
-    MIL_CUDA_CHECK(cudaFuncGetAttributes(&attr, staged_kernel));
-    const size_t limit = size_t(optin) - attr.sharedSizeBytes;
-    staged = stage_bytes <= limit;
-    if (staged) {
-      // Always the device's maximum (not this call's size), so concurrent callers cannot lower it
-      // under each other; and prefer shared memory over L1 so two 96 KB rows fit on an SM.
-      MIL_CUDA_CHECK(cudaFuncSetAttribute(staged_kernel,
-                                          cudaFuncAttributeMaxDynamicSharedMemorySize, int(limit)));
-      MIL_CUDA_CHECK(cudaFuncSetAttribute(staged_kernel,
-                                          cudaFuncAttributePreferredSharedMemoryCarveout,
-                                          int(cudaSharedmemCarveoutMaxShared)));
-    }
-  }
+  const bool staged = dlogits != nullptr && opt_in_shared_memory(staged_kernel, stage_bytes);
   const dim3 grid{unsigned(rows)};
   if (staged)
     staged_kernel<<<grid, threads, stage_bytes, stream>>>(losses, dlogits, logits, targets, vocab,

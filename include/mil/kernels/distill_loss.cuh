@@ -23,6 +23,7 @@
 #include <type_traits>
 
 #include "../core/cuda_check.hpp"
+#include "../core/cuda_launch.hpp"
 #include "../core/cuda_ptx.cuh"
 #include "../core/cuda_vec.cuh"
 #include "../core/dtype.hpp"
@@ -272,25 +273,7 @@ void distill_loss_forward_backward(float* ce, float* kl, std::type_identity_t<T>
   const bool unit_tau = p.temperature == 1.f;
   auto staged_kernel = unit_tau ? d::distill_loss_kernel<T, true, true>
                                 : d::distill_loss_kernel<T, true, false>;
-  bool staged = false;
-  if (dstudent) {
-    int device = 0, optin = 0;
-    MIL_CUDA_CHECK(cudaGetDevice(&device));
-    MIL_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    cudaFuncAttributes attr{};
-    MIL_CUDA_CHECK(cudaFuncGetAttributes(&attr, staged_kernel));
-    const size_t limit = size_t(optin) - attr.sharedSizeBytes;
-    staged = stage_bytes <= limit;
-    if (staged) {
-      // Always the device's maximum (not this call's size), so concurrent callers cannot lower it
-      // under each other.
-      MIL_CUDA_CHECK(cudaFuncSetAttribute(staged_kernel,
-                                          cudaFuncAttributeMaxDynamicSharedMemorySize, int(limit)));
-      MIL_CUDA_CHECK(cudaFuncSetAttribute(staged_kernel,
-                                          cudaFuncAttributePreferredSharedMemoryCarveout,
-                                          int(cudaSharedmemCarveoutMaxShared)));
-    }
-  }
+  const bool staged = dstudent != nullptr && opt_in_shared_memory(staged_kernel, stage_bytes);
   auto kernel = staged ? staged_kernel
                        : unit_tau ? d::distill_loss_kernel<T, false, true>
                                   : d::distill_loss_kernel<T, false, false>;
