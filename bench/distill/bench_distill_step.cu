@@ -2,8 +2,9 @@
 // SmolLM2-135M at 16 x 1024, against the reference stack (HF Llama teacher + MambaInLlama Mamba-2
 // layers with mamba_ssm's Triton SSD kernels, PyTorch depthwise conv): 65k tokens/s on an H100
 // (docs/PERFORMANCE.md); target 3x. Stage 2 beside it.
-#include "common/cuda_timer.cuh"
 #include "distill/distill_step.hpp"
+
+#include "common/cuda_timer.cuh"
 
 namespace {
 

@@ -29,8 +29,11 @@ std::vector<data::LabelledSequence> text_windows(const text::Tokenizer& tok, int
   }
   const auto ids = tok.encode(text, false, false);
   std::vector<data::LabelledSequence> out;
-  for (size_t i = 0; i + size_t(len) <= ids.size(); i += size_t(len))
-    out.push_back({std::vector<int32_t>(ids.begin() + ptrdiff_t(i), ids.begin() + ptrdiff_t(i) + len), 8});
+  for (size_t i = 0; i + size_t(len) <= ids.size(); i += size_t(len)) {
+    data::LabelledSequence& s = out.emplace_back();
+    s.tokens.assign(ids.begin() + ptrdiff_t(i), ids.begin() + ptrdiff_t(i) + len);
+    s.prompt_len = 8;
+  }
   return out;
 }
 

@@ -217,7 +217,11 @@ TEST_CASE("distill: a step with a non-finite loss changes no weight and is count
   Fixture fx;
   // Token 7's embedding is NaN: every sequence below reads it.
   fx.teacher.weights().tok_embeddings.value().data()[7 * tiny_llama().d_model] = NAN;
-  std::vector<data::LabelledSequence> poisoned = {{{1, 2, 7, 3, 4, 5}, 3}, {{7, 7, 2, 1, 9}, 2}};
+  std::vector<data::LabelledSequence> poisoned(2);
+  poisoned[0].tokens = {1, 2, 7, 3, 4, 5};
+  poisoned[0].prompt_len = 3;
+  poisoned[1].tokens = {7, 7, 2, 1, 9};
+  poisoned[1].prompt_len = 2;
   auto student = fx.student();
   const auto before = student.params().values().to_vector();
   const fs::path dir = fresh_dir("nan");
