@@ -14,6 +14,7 @@
 #include <mil/eval/passkey.hpp>
 #include <mil/nn/model_load.hpp>
 
+#include "eval/byte_tokenizer.hpp"
 #include "common/error_of.hpp"
 #include "common/repo_root.hpp"
 
@@ -21,22 +22,6 @@ using namespace mil;
 namespace fs = std::filesystem;
 
 namespace {
-
-// One token per byte (the one merge, "qz", is in no text here), and an end-of-text control
-// token (id 257).
-text::Tokenizer byte_tokenizer() {
-  text::TokenizerData d;
-  d.model = "gpt2";
-  d.pre = "gpt2";
-  for (int b = 0; b < 256; ++b) d.tokens.push_back(text::to_utf8(text::byte_to_unicode()[b]));
-  d.tokens.push_back("qz");
-  d.merges = {"q z"};
-  d.tokens.push_back("<|endoftext|>");
-  d.token_types.assign(d.tokens.size(), text::kTokenNormal);
-  d.token_types.back() = text::kTokenControl;
-  d.eos = 257;
-  return text::Tokenizer(d);
-}
 
 nn::HybridConfig tiny_hybrid() {
   nn::HybridConfig h;
@@ -60,7 +45,7 @@ size_t occurrences(const std::string& text, const std::string& x) {
 }  // namespace
 
 TEST_CASE("passkey: the prompt holds the key once at the seeded depth and has the asked length") {
-  const auto tok = byte_tokenizer();
+  const auto tok = test::byte_tokenizer();
   const int64_t filler = int64_t(eval::kPasskeyFiller.size());  // tokens, one per byte
   std::vector<double> depths;
   for (int64_t length : {int64_t(400), int64_t(1000), int64_t(2500)}) {
@@ -127,7 +112,7 @@ TEST_CASE("passkey: lengths are multiples of the training length capped at the c
 TEST_CASE("passkey: accuracy per length through the decoder of a hybrid") {
   nn::HybridModel<float, Cpu> m(tiny_hybrid());
   m.init_random(4, 0.3f);
-  const auto tok = byte_tokenizer();
+  const auto tok = test::byte_tokenizer();
   eval::PasskeyOptions o;
   o.train_len = 300;
   o.multiples = {1, 2};
@@ -154,7 +139,7 @@ TEST_CASE("passkey: accuracy per length through the decoder of a hybrid") {
 TEST_CASE("greedy_answers: each prompt is answered from a fresh sequence") {
   nn::HybridModel<float, Cpu> m(tiny_hybrid());
   m.init_random(5, 0.5f);
-  const auto tok = byte_tokenizer();
+  const auto tok = test::byte_tokenizer();
   const std::vector<std::string> both = {"Hello there, how are", "The sky is"};
   const auto answers = eval::greedy_answers(m, tok, std::nullopt, both, 10);
   REQUIRE(answers.size() == 2);
