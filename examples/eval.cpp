@@ -70,16 +70,6 @@ std::vector<data::LabelledSequence> read_heldout(const Options& o, const Entry& 
   return std::move(d.sequences);
 }
 
-// A fingerprint of how a tokenizer maps text to ids (data::tokenizer_fingerprint), where
-// add_space_prefix, which only SentencePiece ("llama") tokenizers use, does not count: the GGUF
-// and tokenizer.json readers leave it differently for byte-level ones.
-std::string token_ids_fingerprint(const text::Tokenizer& tok) {
-  if (tok.data().model == "llama") return data::tokenizer_fingerprint(tok);
-  text::TokenizerData d = tok.data();
-  d.add_space_prefix = false;
-  return data::tokenizer_fingerprint(text::Tokenizer(std::move(d)));
-}
-
 // A progress bar for one piece of work, as a callback for the library.
 std::function<void(int64_t, int64_t)> progress(std::optional<util::ProgressBar>& bar,
                                                const std::string& label) {
@@ -260,8 +250,8 @@ int main(int argc, char** argv) {
       if (o.max_seqs > 0 && int64_t(heldout.size()) > o.max_seqs) heldout.resize(size_t(o.max_seqs));
       MIL_CHECK(!heldout.empty(), "no held-out sequences in '", o.data + o.sequences, "'");
       for (size_t i = 1; i < entries.size(); ++i)
-        MIL_CHECK(token_ids_fingerprint(entries[i].loaded.tokenizer) ==
-                      token_ids_fingerprint(entries[0].loaded.tokenizer),
+        MIL_CHECK(data::tokenizer_fingerprint(entries[i].loaded.tokenizer) ==
+                      data::tokenizer_fingerprint(entries[0].loaded.tokenizer),
                   "model '", entries[i].path, "' has another tokenizer than the teacher: token ",
                   "ids of the held-out data would mean other text to it");
       std::fprintf(stderr, "[mil-eval] %s: %zu held-out sequences\n", (o.data + o.sequences).c_str(),

@@ -61,7 +61,10 @@ inline std::string tokenizer_fingerprint(const text::Tokenizer& tokenizer) {
   h.update_value(uint64_t(d.merges.size()));
   for (const std::string& m : d.merges) str(m);
   for (int32_t id : {d.bos, d.eos, d.unk, d.pad}) h.update_value(id);
-  for (bool flag : {d.add_bos, d.add_space_prefix, d.ignore_merges}) h.update_value(uint8_t(flag));
+  // The space prefix is SentencePiece's ("llama"); byte-level BPE never reads it, and the GGUF and
+  // tokenizer.json readers set it differently for the same byte-level tokenizer.
+  const bool space_prefix = d.model == "llama" && d.add_space_prefix;
+  for (bool flag : {d.add_bos, space_prefix, d.ignore_merges}) h.update_value(uint8_t(flag));
   return h.finish_hex();
 }
 
