@@ -13,6 +13,7 @@
 #include "common/compare.hpp"
 #include "common/error_of.hpp"
 #include "common/gradcheck.hpp"
+#include "common/preference_batch.hpp"
 #include "common/random.hpp"
 
 using namespace mil;
@@ -21,36 +22,11 @@ namespace {
 
 constexpr int32_t kIgnore = -100;
 
-// A batch of pairs: logits [rows, vocab], targets (prompt and padding rows ignored), the sequence
-// offsets and reference log-probabilities.
-struct Batch {
-  int64_t rows = 0, vocab = 0;
-  std::vector<double> logits;
-  std::vector<int32_t> targets;
-  std::vector<int64_t> offsets{0};
-  std::vector<double> ref;
-};
+using Batch = test::PreferenceBatch<double>;
 
-// Sequence s has prompts[s] prompt rows, answers[s] answer rows and pads[s] padding rows.
 Batch make_batch(const std::vector<int64_t>& prompts, const std::vector<int64_t>& answers,
                  const std::vector<int64_t>& pads, int64_t vocab, uint64_t seed, float range = 4.f) {
-  Batch b;
-  b.vocab = vocab;
-  for (size_t s = 0; s < prompts.size(); ++s) {
-    for (int64_t i = 0; i < prompts[s]; ++i) b.targets.push_back(kIgnore);
-    for (int64_t i = 0; i < answers[s]; ++i)
-      b.targets.push_back(int32_t((int64_t(b.targets.size()) * 7919 + int64_t(seed)) % vocab));
-    for (int64_t i = 0; i < pads[s]; ++i) b.targets.push_back(kIgnore);
-    b.offsets.push_back(int64_t(b.targets.size()));
-  }
-  b.rows = int64_t(b.targets.size());
-  b.logits = test::random_vector(size_t(b.rows * vocab), seed, -range, range);
-  // References near the policy's log-probabilities (-answers log vocab on average), so that the
-  // margins are of either sign.
-  const auto noise = test::random_vector(prompts.size(), seed + 1, -3.f, 3.f);
-  for (size_t s = 0; s < prompts.size(); ++s)
-    b.ref.push_back(-double(answers[s]) * std::log(double(vocab)) + noise[s]);
-  return b;
+  return test::make_preference_batch<double>(prompts, answers, pads, vocab, seed, range);
 }
 
 // Four pairs of unequal lengths, with prompts and padding.
@@ -165,7 +141,7 @@ TEST_CASE("cross_entropy: row scales weigh each row's gradient and leave the los
       ref_grad[size_t(r * vocab + j)] = double(dloss) * scales[size_t(r)] *
           (std::exp(x[size_t(r * vocab + j)] - m) / sum - (j == targets[size_t(r)]));
   }
-  auto check = [&](auto zero, double tol) {
+  auto check = [&](auto zero, const std::string& type, double tol) {
     using T = decltype(zero);
     const auto logits = test::cast_vector<T>(x);
     const auto row_scales = test::cast_vector<acc_t<T>>(scales);
@@ -173,13 +149,13 @@ TEST_CASE("cross_entropy: row scales weigh each row's gradient and leave the los
     std::vector<T> grad(x.size(), test::poison<T>());
     cpu::cross_entropy_forward_backward<T>(losses.data(), grad.data(), logits.data(), targets.data(),
                                            rows, vocab, dloss, kIgnore, row_scales.data());
-    const std::string what = std::string("row scales ") + test::type_name<T>();
+    const std::string what = "row scales " + type;
     test::require_close(what + " losses", losses, ref_loss, tol);
     test::require_close(what + " gradient", grad, ref_grad, tol);
     for (int64_t j = 0; j < vocab; ++j) CHECK(double(to_acc(grad[size_t(3 * vocab + j)])) == 0.0);
   };
-  check(0.0, 1e-13);
-  check(0.f, 1e-6);
+  check(0.0, "double", 1e-13);
+  check(0.f, "float", 1e-6);
 }
 
 TEST_CASE("sequence_logprob: per-sequence sums and row scales follow the offsets") {
@@ -218,6 +194,13 @@ TEST_CASE("dpo_loss: hand-computed pair losses for sigmoid - label smoothing and
   CHECK(dpo_pair_loss(3.0, {0.5, 0.5, DpoObjective::sigmoid}).loss ==
         doctest::Approx(dpo_pair_loss(-3.0, {0.5, 0.5, DpoObjective::sigmoid}).loss).epsilon(1e-15));
   CHECK(dpo_pair_loss(0.0, {0.5, 0.5, DpoObjective::sigmoid}).dloss_dmargin == 0.0);
+  // A well-separated pair, beta h = 40: loss log(1 + e^-40) and slope -beta sigmoid(-40), both
+  // about e^-40 and not 0 (-log sigmoid(40) taken directly is -log(1) = 0 in double, and
+  // 1 - sigmoid(40) is 0 as well).
+  const auto far = dpo_pair_loss(80.0, {0.5, 0.0, DpoObjective::sigmoid});
+  // (Relative errors: doctest::Approx would accept any value within 1e-12 of these.)
+  CHECK(std::abs(far.loss / std::exp(-40.0) - 1) < 1e-12);
+  CHECK(std::abs(far.dloss_dmargin / (-0.5 * std::exp(-40.0)) - 1) < 1e-12);
   // h = 0: log 2 whatever beta.
   CHECK(dpo_pair_loss(0.0, {3.0, 0.0, DpoObjective::sigmoid}).loss ==
         doctest::Approx(std::log(2.0)).epsilon(1e-15));
@@ -320,8 +303,8 @@ TEST_CASE("dpo_loss: as beta goes to 0 the sigmoid losses' gradient vanishes in 
 }
 
 TEST_CASE("dpo_loss: extreme margins give finite losses and gradients") {
-  // beta h of about +-2000: log(sigmoid) written directly would be log(0) = -inf, and
-  // sigmoid(-x) as 1 - sigmoid(x) would lose the gradient entirely.
+  // beta h of about +-2000: log(sigmoid) written directly would be log(0) = -inf (and
+  // log(1 + exp(-x)) would overflow to inf).
   Batch b = standard_batch(41);
   for (double shift : {-4000.0, 4000.0}) {
     std::vector<double> ref = b.ref;
