@@ -358,6 +358,19 @@ TEST_CASE("dpo_loss: prompt and padding rows get zero gradient and do not count"
   CHECK(other_grad == grad);
 }
 
+TEST_CASE("dpo_loss: a batch without pairs has loss 0 and no metrics to divide") {
+  // A mean over zero pairs taken literally is NaN, which would poison a training log.
+  ag::Tape tape;
+  auto logits = var<float>({}, 0, 11);
+  const auto loss = ag::dpo_loss(tape, logits, Tensor<int32_t, Cpu>::from(Shape{0}, {}), {0}, {}, {});
+  tape.backward();
+  CHECK(loss.pairs() == 0);
+  CHECK(loss.mean() == 0.0);
+  CHECK(loss.reward_margin() == 0.0);
+  CHECK(loss.accuracy() == 0.0);
+  CHECK(logits.grad().numel() == 0);
+}
+
 TEST_CASE("dpo_loss: bad input gives a clear error and records nothing") {
   const Batch b = standard_batch(61, 7);
   ag::Tape tape;
