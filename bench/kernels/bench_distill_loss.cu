@@ -125,20 +125,12 @@ void BM_distill_loss_lm_head_gpu_bf16(benchmark::State& state) {
       }
       tape.backward();
     };
-    // Memory: the cache emptied, one step, the growth of what the allocator holds.
-    MIL_CUDA_CHECK(cudaDeviceSynchronize());
-    allocator.release_cached();
-    const size_t before = allocator.stats().bytes_reserved;
-    step();
-    MIL_CUDA_CHECK(cudaDeviceSynchronize());
-    const double step_bytes = double(allocator.stats().bytes_reserved - before);
-    bench::time_cuda(state, [&](int) { step(); });
+    bench::time_cuda_step(state, step);
     // Bytes: both logits read and the gradient written once (the chunked form's compulsory
     // traffic is far less: that is the point), FLOPs: the four head products.
     const double elements = double(kRows) * double(kVocab);
     bench::report(state, 3.0 * sizeof(bf16) * elements, 4 * 2.0 * elements * double(kHidden),
                   bench::h100_bf16);
-    state.counters["step_MiB"] = step_bytes / double(1 << 20);
   }
   allocator.release_cached();
 }

@@ -7,8 +7,8 @@
 // when the tape runs backward. The teacher is a plain tensor and gets no gradient.
 //
 // distill_loss_lm_head fuses the output heads: logits are formed chunk_rows rows at a time into a
-// scratch chunk, so neither model's [rows, vocab] logits exist at once, and the gradient reaches
-// the hidden states (and a trainable head) chunk by chunk.
+// scratch chunk (lm_head_chunks.hpp), so neither model's [rows, vocab] logits exist at once, and
+// the gradient reaches the hidden states (and a trainable head) chunk by chunk.
 #include <algorithm>
 #include <cstdint>
 
@@ -16,7 +16,7 @@
 #if defined(__CUDACC__)
 #include "../kernels/distill_loss.cuh"
 #endif
-#include "ops.hpp"
+#include "lm_head_chunks.hpp"
 
 namespace mil::ag {
 
@@ -99,12 +99,7 @@ DistillLoss<T, D> distill_loss(Tape& tape, const Var<T, D>& student_logits,
   MIL_RUN(D, distill_loss_forward_backward, loss.ce.data(), loss.kl.data(), dstudent.data(),
           student_logits.value().data(), teacher_logits.data(), targets.data(), rows, vocab,
           distill_detail::params(config, loss.divisor()));
-  struct Node {
-    Var<T, D> logits;
-    Tensor<T, D> dlogits;
-    void backward() { give_grad(logits, std::move(dlogits)); }
-  };
-  if (record) tape.record(Node{student_logits, std::move(dstudent)});
+  if (record) record_loss_grad(tape, student_logits, std::move(dstudent));
   return loss;
 }
 
@@ -121,62 +116,28 @@ DistillLoss<T, D> distill_loss_lm_head(Tape& tape, const Var<T, D>& student_hidd
                                        const Tensor<int32_t, D>& targets,
                                        const DistillLossConfig& config,
                                        int64_t chunk_rows = 1024) {
-  check_rank2("distill_loss_lm_head student hidden", student_hidden.shape());
-  check_rank2("distill_loss_lm_head student head", student_head.shape());
+  const int64_t vocab = lm_head_vocab("distill_loss_lm_head student", student_hidden, student_head);
   check_same_shape("distill_loss_lm_head teacher hidden", teacher_hidden, student_hidden.value());
   check_rank2("distill_loss_lm_head teacher head", teacher_head.shape());
-  const int64_t rows = student_hidden.size(0), dim = student_hidden.size(1),
-                vocab = student_head.size(0);
-  MIL_CHECK(student_head.size(1) == dim, "distill_loss_lm_head: student head ",
-            student_head.shape().str(), " does not take hidden states of width ", dim);
-  MIL_CHECK(teacher_head.size(0) == vocab && teacher_head.size(1) == dim,
+  MIL_CHECK(teacher_head.size(0) == vocab && teacher_head.size(1) == student_head.size(1),
             "distill_loss_lm_head: teacher head ", teacher_head.shape().str(),
             " differs from the student head ", student_head.shape().str());
-  MIL_CHECK(chunk_rows > 0, "distill_loss_lm_head: chunk_rows must be positive, got ", chunk_rows);
+  const int64_t rows = student_hidden.size(0), dim = student_hidden.size(1);
+  const std::vector<int64_t> bounds = even_chunks(rows, chunk_rows);
   auto loss = distill_detail::begin<T, D>(targets, rows, vocab, config);
   const DistillLossParams params = distill_detail::params(config, loss.divisor());
-  const bool grad_hidden = student_hidden.requires_grad(), grad_head = student_head.requires_grad();
-  const bool record = tape.recording() && (grad_hidden || grad_head);
-
-  const int64_t chunk = std::min(chunk_rows, std::max<int64_t>(rows, 1));
-  Tensor<T, D> student_chunk = Tensor<T, D>::empty(Shape{chunk, vocab});
-  Tensor<T, D> teacher_chunk = Tensor<T, D>::empty(Shape{chunk, vocab});
-  Tensor<T, D> dhidden = record && grad_hidden ? Tensor<T, D>::empty(student_hidden.shape())
-                                               : Tensor<T, D>();
-  Tensor<T, D> dhead = record && grad_head ? Tensor<T, D>::empty(student_head.shape())
-                                           : Tensor<T, D>();
-  const T* hidden = student_hidden.value().data();
-  const T* head = student_head.value().data();
-  for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
-    const int64_t n = std::min(chunk, rows - r0);
-    T* s = student_chunk.data();
-    T* t = teacher_chunk.data();
-    // Logits of both models for rows [r0, r0 + n): hidden head^T.
-    MIL_RUN(D, matmul, GemmShape{n, vocab, dim, false, true}, s, hidden + r0 * dim, head);
-    MIL_RUN(D, matmul, GemmShape{n, vocab, dim, false, true}, t, teacher_hidden.data() + r0 * dim,
-            teacher_head.data());
-    // Loss of the chunk; its gradient replaces the student's logits.
-    MIL_RUN(D, distill_loss_forward_backward, loss.ce.data() + r0, loss.kl.data() + r0,
-            record ? s : nullptr, s, t, targets.data() + r0, n, vocab, params);
-    if (!record) continue;
-    if (grad_hidden)  // dhidden[r0 : r0 + n] = ds head
-      MIL_RUN(D, matmul, GemmShape{n, dim, vocab}, dhidden.data() + r0 * dim, s, head);
-    if (grad_head) {  // dhead += ds^T hidden[r0 : r0 + n]
-      GemmShape g{vocab, dim, n, true, false};
-      g.beta = r0 > 0 ? 1.f : 0.f;
-      MIL_RUN(D, matmul, g, dhead.data(), s, hidden + r0 * dim);
-    }
-  }
-  if (record && grad_head && rows == 0) dhead.zero_();
-  struct Node {
-    Var<T, D> hidden, head;
-    Tensor<T, D> dhidden, dhead;
-    void backward() {
-      if (dhidden.defined()) give_grad(hidden, std::move(dhidden));
-      if (dhead.defined()) give_grad(head, std::move(dhead));
-    }
-  };
-  if (record) tape.record(Node{student_hidden, student_head, std::move(dhidden), std::move(dhead)});
+  Tensor<T, D> teacher_chunk =
+      Tensor<T, D>::empty(Shape{std::min(chunk_rows, std::max<int64_t>(rows, 1)), vocab});
+  lm_head_loss_chunks(tape, student_hidden, student_head, bounds,
+                      [&](int64_t r0, int64_t n, T* logits, bool record) {
+                        T* t = teacher_chunk.data();
+                        MIL_RUN(D, matmul, GemmShape{n, vocab, dim, false, true}, t,
+                                teacher_hidden.data() + r0 * dim, teacher_head.data());
+                        // The chunk's gradient replaces the student's logits.
+                        MIL_RUN(D, distill_loss_forward_backward, loss.ce.data() + r0,
+                                loss.kl.data() + r0, record ? logits : nullptr, logits, t,
+                                targets.data() + r0, n, vocab, params);
+                      });
   return loss;
 }
 

@@ -61,6 +61,18 @@ void give_grad(const Var<T, D>& v, Tensor<T, D>&& g) {
   MIL_RUN(D, add_into, grad.data(), g.data(), g.numel(), accumulate);
 }
 
+// A loss computes its input's gradient in the same pass as its value (it seeds the backward
+// pass): records a node that hands that gradient over when the tape runs backward.
+template <Element T, Device D>
+void record_loss_grad(Tape& tape, const Var<T, D>& input, Tensor<T, D>&& grad) {
+  struct Node {
+    Var<T, D> input;
+    Tensor<T, D> grad;
+    void backward() { give_grad(input, std::move(grad)); }
+  };
+  tape.record(Node{input, std::move(grad)});
+}
+
 inline void check_rank2(const char* op, const Shape& s) {
   MIL_CHECK(s.rank() == 2, op, ": expected a [rows, features] tensor, got ", s.str());
 }
@@ -342,12 +354,7 @@ Loss<T, D> cross_entropy(Tape& tape, const Var<T, D>& logits, const Tensor<int32
   float dloss = loss.count ? weight / float(loss.count) : 0.f;
   MIL_RUN(D, cross_entropy_forward_backward, loss.per_row.data(), dlogits.data(),
           logits.value().data(), targets.data(), rows, vocab, dloss, ignore_index);
-  struct Node {
-    Var<T, D> logits;
-    Tensor<T, D> dlogits;
-    void backward() { give_grad(logits, std::move(dlogits)); }
-  };
-  if (record) tape.record(Node{logits, std::move(dlogits)});
+  if (record) record_loss_grad(tape, logits, std::move(dlogits));
   return loss;
 }
 

@@ -8,6 +8,8 @@
 // is 96 KB, two rows per H100 SM. The gradient pass reads that copy and writes the gradient once
 // with 16-byte stores. A row too wide for shared memory is read from global memory a second time.
 //
+// row_scale, when given, multiplies row r's gradient by row_scale[r] (a device array).
+//
 // Targets are validated on the host by the autograd op. A kernel cannot throw, so here a target
 // outside [0, vocab) other than ignore_index makes that row's loss and gradient NaN.
 // dlogits is either logits itself (in place) or a buffer that does not overlap it.
@@ -99,7 +101,8 @@ template <class T, bool kStaged>
 __global__ void __launch_bounds__(kMaxThreads, 2)
     cross_entropy_kernel(float* __restrict__ losses, T* dlogits, const T* logits,
                          const int32_t* __restrict__ targets, int64_t vocab, float dloss,
-                         int32_t ignore_index, bool vector_store) {
+                         const float* __restrict__ row_scale, int32_t ignore_index,
+                         bool vector_store) {
   constexpr int V = kVec<T>;
   extern __shared__ uint4 stage_vectors[];
   const int64_t row = blockIdx.x;
@@ -156,7 +159,8 @@ __global__ void __launch_bounds__(kMaxThreads, 2)
   if (!dx) return;
 
   // Pass 2: dloss * (softmax - onehot), written once.
-  const float scale = valid ? dloss : NAN, inv_sum = 1.f / total.sum;
+  const float scale = valid ? dloss * (row_scale ? row_scale[row] : 1.f) : NAN;
+  const float inv_sum = 1.f / total.sum;
   if (vector_store) {
     // Each thread revisits exactly the vectors and scalars it staged itself.
     uint4* dv = reinterpret_cast<uint4*>(dx + s.head);
@@ -198,13 +202,14 @@ __global__ void __launch_bounds__(kMaxThreads, 2)
 
 }  // namespace cross_entropy_detail
 
-// losses: [rows] (float); logits, dlogits: [rows, vocab]; dlogits null computes the loss only,
-// dlogits == logits computes the gradient in place. See cross_entropy.hpp for the formulas.
+// losses: [rows] (float); logits, dlogits: [rows, vocab]; row_scale: [rows] or null; dlogits null
+// computes the loss only, dlogits == logits computes the gradient in place. See cross_entropy.hpp
+// for the formulas.
 template <class T>
 void cross_entropy_forward_backward(float* losses, std::type_identity_t<T>* dlogits,
                                     const T* logits, const int32_t* targets, int64_t rows,
                                     int64_t vocab, float dloss, int32_t ignore_index,
-                                    cudaStream_t stream) {
+                                    const float* row_scale, cudaStream_t stream) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, bf16>,
                 "cuda::cross_entropy_forward_backward runs in float or bf16");
   namespace d = cross_entropy_detail;
@@ -224,12 +229,22 @@ void cross_entropy_forward_backward(float* losses, std::type_identity_t<T>* dlog
   const bool staged = dlogits != nullptr && opt_in_shared_memory(staged_kernel, stage_bytes);
   const dim3 grid{unsigned(rows)};
   if (staged)
-    staged_kernel<<<grid, threads, stage_bytes, stream>>>(losses, dlogits, logits, targets, vocab,
-                                                          dloss, ignore_index, vector_store);
+    staged_kernel<<<grid, threads, stage_bytes, stream>>>(
+        losses, dlogits, logits, targets, vocab, dloss, row_scale, ignore_index, vector_store);
   else
     d::cross_entropy_kernel<T, false><<<grid, threads, 0, stream>>>(
-        losses, dlogits, logits, targets, vocab, dloss, ignore_index, vector_store);
+        losses, dlogits, logits, targets, vocab, dloss, row_scale, ignore_index, vector_store);
   MIL_CUDA_CHECK_LAUNCH("cross_entropy_kernel");
+}
+
+// Every row at the same scale dloss.
+template <class T>
+void cross_entropy_forward_backward(float* losses, std::type_identity_t<T>* dlogits,
+                                    const T* logits, const int32_t* targets, int64_t rows,
+                                    int64_t vocab, float dloss, int32_t ignore_index,
+                                    cudaStream_t stream) {
+  cross_entropy_forward_backward<T>(losses, dlogits, logits, targets, rows, vocab, dloss,
+                                    ignore_index, nullptr, stream);
 }
 
 }  // namespace mil::cuda

@@ -2,9 +2,11 @@
 // Softmax cross-entropy, forward and backward in one call (CPU reference; CUDA in
 // cross_entropy.cuh). For row r with target t:
 //   losses[r]  = logsumexp(logits[r]) - logits[r, t]
-//   dlogits[r] = dloss * (softmax(logits[r]) - onehot(t))
+//   dlogits[r] = dloss * row_scale[r] * (softmax(logits[r]) - onehot(t))
 // Rows whose target is ignore_index get loss 0 and gradient 0. The mean over counted rows is the
-// caller's: dloss = weight / count_targets(...). No gradient accumulation: dlogits is always
+// caller's: dloss = weight / count_targets(...). row_scale (null: 1 for every row) weighs rows
+// differently, e.g. by the gradient of a per-sequence loss (autograd/dpo_loss.hpp: the
+// log-probability of a target is -losses[r]). No gradient accumulation: dlogits is always
 // overwritten, and may alias logits (the logits buffer becomes the gradient).
 #include <algorithm>
 #include <cmath>
@@ -35,12 +37,13 @@ inline void check_targets(const int32_t* targets, int64_t rows, int64_t vocab,
 }
 
 // losses: [rows] (acc_t<T>, so double gradient checks stay in double); logits, dlogits:
-// [rows, vocab]; dlogits null computes the loss only. Targets are checked before anything is
-// written. dlogits is not deduced, so a literal nullptr works.
+// [rows, vocab]; row_scale: [rows] or null; dlogits null computes the loss only. Targets are
+// checked before anything is written. dlogits is not deduced, so a literal nullptr works.
 template <class T>
 void cross_entropy_forward_backward(acc_t<T>* losses, std::type_identity_t<T>* dlogits,
                                     const T* logits, const int32_t* targets, int64_t rows,
-                                    int64_t vocab, float dloss, int32_t ignore_index = -100) {
+                                    int64_t vocab, float dloss, int32_t ignore_index = -100,
+                                    const acc_t<T>* row_scale = nullptr) {
   using A = acc_t<T>;
   MIL_CHECK(rows >= 0 && vocab > 0, "cross_entropy: bad sizes rows=", rows, " vocab=", vocab);
   (void)checked_mul(rows, vocab);
@@ -69,7 +72,7 @@ void cross_entropy_forward_backward(acc_t<T>* losses, std::type_identity_t<T>* d
     }
     losses[r] = (max - target_logit) + A(std::log(sum));  // max - x_t is exact for nearby values
     if (!dx) continue;
-    const A inv_sum = A(1.0 / sum), scale = A(dloss);
+    const A inv_sum = A(1.0 / sum), scale = A(dloss) * (row_scale ? row_scale[r] : A(1));
     for (int64_t j = 0; j < vocab; ++j) {
       A e = keep_exp ? to_acc(dx[j]) : std::exp(to_acc(x[j]) - max);
       dx[j] = T(scale * (e * inv_sum - (j == t ? A(1) : A(0))));
