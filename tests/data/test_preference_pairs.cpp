@@ -32,6 +32,9 @@ fs::path scratch(const std::string& name) { return test::scratch_path("preferenc
 
 constexpr int64_t kVocab = 40;
 constexpr int32_t kStop = 3;
+// Stop tokens: several, so that the student's samples end at different lengths.
+const std::vector<int32_t> kStops = {3, 5, 7, 9, 11};
+bool is_stop(int32_t t) { return std::find(kStops.begin(), kStops.end(), t) != kStops.end(); }
 
 template <class T>
 nn::HybridModel<T, Cpu> teacher_model() {
@@ -53,19 +56,19 @@ nn::HybridModel<T, Cpu> student_model(uint64_t seed = 8) {
 
 const std::string kTokenizer = util::sha256_hex("small tokenizer");
 
-// Prompt i's labelled sequence: 2 to 8 prompt tokens, then a chosen answer of 1 to 5 tokens, and
-// a stop token after it for every other prompt.
+// Prompt i's labelled sequence: 2 to 8 prompt tokens, then a chosen answer of 1 to 5 tokens (no
+// stop token among them), and a stop token after it for every other prompt.
 data::LabelledSequence labelled(int64_t i) {
   data::LabelledSequence s;
   s.prompt_len = int32_t(2 + (i * 5) % 7);
   for (int64_t t = 0; t < s.prompt_len; ++t) s.tokens.push_back(int32_t(8 + (i * 11 + t * 5) % 32));
   const int64_t answer = 1 + (i * 3) % 5;
-  for (int64_t t = 0; t < answer; ++t) s.tokens.push_back(int32_t(4 + (i * 7 + t * 3) % 36));
+  for (int64_t t = 0; t < answer; ++t) s.tokens.push_back(int32_t(12 + (i * 7 + t * 3) % 28));
   if (i % 2 == 0) s.tokens.push_back(kStop);
   return s;
 }
 
-data::DatasetManifest label_settings(int64_t prompts) {
+data::DatasetManifest label_settings(int64_t prompts, const std::vector<int32_t>& stops) {
   data::DatasetManifest m;
   m.teacher_name = "small random";
   m.teacher_sha256 = util::sha256_hex("small random teacher");
@@ -74,7 +77,7 @@ data::DatasetManifest label_settings(int64_t prompts) {
   m.chat_template = "chatml";
   m.max_prompt = 8;
   m.max_answer = 6;
-  m.stop_ids = {kStop};
+  m.stop_ids = stops;
   m.sequences_per_shard = 4;
   m.prompt_count = prompts;
   m.prompts_sha256 = util::sha256_hex("prompts");
@@ -82,9 +85,10 @@ data::DatasetManifest label_settings(int64_t prompts) {
 }
 
 // A complete pseudo-label dataset of `seqs`, written and read back as labelling leaves one.
-data::TokenDataset write_labels(const std::string& name, const std::vector<data::LabelledSequence>& seqs) {
+data::TokenDataset write_labels(const std::string& name, const std::vector<data::LabelledSequence>& seqs,
+                               const std::vector<int32_t>& stops = kStops) {
   const fs::path d = scratch(name);
-  data::TokenDatasetWriter w(d, label_settings(int64_t(seqs.size())));
+  data::TokenDatasetWriter w(d, label_settings(int64_t(seqs.size()), stops));
   for (size_t i = 0; i < seqs.size(); ++i) w.add(int64_t(i), seqs[i]);
   w.finish();
   data::TokenDataset ds = data::read_token_dataset(d);
@@ -92,10 +96,10 @@ data::TokenDataset write_labels(const std::string& name, const std::vector<data:
   return ds;
 }
 
-data::TokenDataset labels(int64_t n = 10) {
+data::TokenDataset labels(int64_t n = 10, const std::vector<int32_t>& stops = kStops) {
   std::vector<data::LabelledSequence> seqs;
   for (int64_t i = 0; i < n; ++i) seqs.push_back(labelled(i));
-  return write_labels("labels", seqs);
+  return write_labels("labels", seqs, stops);
 }
 
 data::PairConfig config() {
@@ -133,7 +137,7 @@ std::vector<int32_t> replay_sample(const nn::HybridModel<T, Cpu>& student, const
     const int32_t token = sampler.sample(row, seq);
     seq.push_back(token);
     answer.push_back(token);
-    if (token == kStop) break;
+    if (is_stop(token)) break;
   }
   return answer;
 }
@@ -167,7 +171,7 @@ TEST_CASE("preference pairs: rejected answers are the student's samples and refe
     CAPTURE(i);
     const data::LabelledSequence& s = ls.sequences[size_t(i)];
     const std::vector<int32_t> rejected = replay_sample(student, c, s, i, 0);
-    if (rejected == answer_of(s) || (rejected.size() == 1 && rejected[0] == kStop)) {
+    if (rejected == answer_of(s) || data::is_empty_answer(rejected, kStops)) {
       ++same;  // skipped
       continue;
     }
@@ -232,7 +236,7 @@ TEST_CASE("preference pairs: of n samples the one the teacher finds least likely
   const data::PreferenceDataset ps = data::read_preference_pairs(d);
   CHECK(ps.manifest.pairs.samples_per_prompt == 3);
   size_t at = 0;
-  int64_t not_first = 0;
+  int64_t not_first = 0, per_token_matters = 0;
   for (int64_t i = 0; i < int64_t(ls.sequences.size()); ++i) {
     CAPTURE(i);
     const data::LabelledSequence& s = ls.sequences[size_t(i)];
@@ -240,21 +244,27 @@ TEST_CASE("preference pairs: of n samples the one the teacher finds least likely
     std::vector<std::vector<int32_t>> candidates;
     for (int64_t k = 0; k < 3; ++k) {
       std::vector<int32_t> a = replay_sample(student, c, s, i, k);
-      if (a != answer_of(s) && !(a.size() == 1 && a[0] == kStop)) candidates.push_back(a);
+      if (a != answer_of(s) && !data::is_empty_answer(a, kStops)) candidates.push_back(a);
     }
     if (candidates.empty()) continue;
-    size_t best = 0;
-    double best_score = INFINITY;
+    size_t best = 0, best_sum = 0;
+    double best_score = INFINITY, lowest_sum = INFINITY;
     for (size_t k = 0; k < candidates.size(); ++k) {
-      const double score = test::answer_logprob(teacher, prompt, candidates[k]) / double(candidates[k].size());
-      if (score < best_score) best_score = score, best = k;
+      const double sum = test::answer_logprob(teacher, prompt, candidates[k]);
+      if (sum / double(candidates[k].size()) < best_score) best_score = sum / double(candidates[k].size()), best = k;
+      if (sum < lowest_sum) lowest_sum = sum, best_sum = k;
     }
     not_first += best != 0;
+    per_token_matters += best != best_sum;
     REQUIRE(at < ps.pairs.size());
     CHECK(ps.pairs[at++].rejected == candidates[best]);
   }
   CHECK(at == ps.pairs.size());
   CHECK(not_first > 0);  // the choice mattered
+  CHECK(per_token_matters > 0);  // the data tells a score per token from one per sequence
+  // Per token, not per sequence (which would prefer long samples), ties to the first sample.
+  CHECK(data::least_likely(std::vector<double>{-10.0, -6.0}, std::vector<int64_t>{10, 2}) == 1);
+  CHECK(data::least_likely(std::vector<double>{-3.0, -6.0, -9.0}, std::vector<int64_t>{1, 2, 3}) == 0);
   fs::remove_all(d);
 }
 
@@ -264,7 +274,7 @@ TEST_CASE("preference pairs: the same files at any slot count and after a stoppe
   // in, and a continued run that skips, repeats or reorders prompts.
   const auto teacher = teacher_model<float>();
   const auto student = student_model<float>();
-  const data::TokenDataset ls = labels(12);
+  const data::TokenDataset ls = labels(12, {kStop});  // one stop: an empty sample is rare
   data::PairConfig one = config();
   one.slots = 1;
   one.score_batch = 1;
@@ -324,7 +334,7 @@ TEST_CASE("preference pairs: the same files at any slot count and after a stoppe
   other_ref.reference_sha256 = util::sha256_hex("frozen student");
   CHECK(contains(test::error_of([&] { data::make_preference_pairs(student, teacher, student, ls, one, part, other_ref); }),
                  "other settings (\"pairs\""));
-  const data::TokenDataset fewer = labels(11);
+  const data::TokenDataset fewer = labels(11, {kStop});
   CHECK(contains(test::error_of([&] { data::make_preference_pairs(student, teacher, fewer, one, part, identity()); }),
                  "other settings (\"labelling\""));
   require_same_files(a, part);
@@ -378,11 +388,11 @@ TEST_CASE("preference pairs: empty and same answers are skipped and counted") {
   seqs[0].tokens.resize(size_t(seqs[0].prompt_len));
   seqs[0].tokens.push_back(kStop);
   const std::vector<int32_t> greedy = replay_sample(student, c, seqs[1], 1, 0);
-  REQUIRE(!data::is_empty_answer(greedy, std::vector<int32_t>{kStop}));
+  REQUIRE(!data::is_empty_answer(greedy, kStops));
   seqs[1].tokens.resize(size_t(seqs[1].prompt_len));
   seqs[1].tokens.insert(seqs[1].tokens.end(), greedy.begin(), greedy.end());
   const std::vector<int32_t> third = replay_sample(student, c, seqs[2], 2, 0);
-  REQUIRE((third != answer_of(seqs[2]) && !data::is_empty_answer(third, std::vector<int32_t>{kStop})));
+  REQUIRE((third != answer_of(seqs[2]) && !data::is_empty_answer(third, kStops)));
   const data::TokenDataset ls = write_labels("bad_labels", seqs);
   const fs::path d = scratch("bad");
   const data::PairStats st = data::make_preference_pairs(student, teacher, ls, c, d, identity());
