@@ -27,6 +27,7 @@ template <Element T, Device D>
 std::vector<double> answer_logprobs(const nn::HybridModel<T, D>& model,
                                     std::span<const LabelledSequence> seqs, int64_t batch = 4) {
   MIL_CHECK(batch >= 1, "answer_logprobs: batch ", batch, " must be >= 1");
+  if (seqs.empty()) return {};
   const int64_t vocab = model.config().llama.vocab;
   int64_t longest = 1, step_tokens = 1;
   for (size_t i = 0; i < seqs.size(); ++i) {
@@ -46,7 +47,7 @@ std::vector<double> answer_logprobs(const nn::HybridModel<T, D>& model,
     step_tokens = std::max(step_tokens, tokens);
   }
   nn::DecoderOptions o;
-  o.slots = std::min<int64_t>(batch, std::max<int64_t>(1, int64_t(seqs.size())));
+  o.slots = std::min<int64_t>(batch, int64_t(seqs.size()));
   o.max_seq = longest;
   o.max_tokens = std::max(step_tokens, o.slots);
   o.max_logits = o.max_tokens;
