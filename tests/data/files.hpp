@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <cstdint>
 #include <fstream>
 #include <iterator>
 #include <string>
@@ -26,6 +27,18 @@ inline std::string read_bytes(const std::filesystem::path& p) {
 
 inline void write_bytes(const std::filesystem::path& p, const std::string& bytes) {
   std::ofstream(p, std::ios::binary) << bytes;
+}
+
+// Every file of folder `a` is in `b` with the same bytes, and `b` has no other.
+inline void require_same_files(const std::filesystem::path& a, const std::filesystem::path& b) {
+  int64_t files = 0;
+  for (const auto& e : std::filesystem::directory_iterator(a)) {
+    CAPTURE(e.path().filename().string());
+    REQUIRE(read_bytes(e.path()) == read_bytes(b / e.path().filename()));
+    ++files;
+  }
+  REQUIRE(std::distance(std::filesystem::directory_iterator(b), std::filesystem::directory_iterator{}) ==
+          files);
 }
 
 inline bool contains(const std::string& text, const std::string& part) {

@@ -19,44 +19,23 @@
 
 #include "common/error_of.hpp"
 #include "common/repo_root.hpp"
+#include "data/small_models.hpp"
 #include "data/files.hpp"
 
 using namespace mil;
 using test::contains;
+using test::forward_logits;
 using test::read_bytes;
+using test::require_same_files;
 namespace fs = std::filesystem;
 
 namespace {
 
 fs::path scratch(const std::string& name) { return test::scratch_path("pseudo_labels_" + name); }
 
-// Every file of folder `a` is in `b` with the same bytes, and `b` has no other.
-void require_same_files(const fs::path& a, const fs::path& b) {
-  int64_t files = 0;
-  for (const auto& e : fs::directory_iterator(a)) {
-    CAPTURE(e.path().filename().string());
-    REQUIRE(read_bytes(e.path()) == read_bytes(b / e.path().filename()));
-    ++files;
-  }
-  REQUIRE(std::distance(fs::directory_iterator(b), fs::directory_iterator{}) == files);
-}
-
-nn::LlamaConfig small_config() {
-  nn::LlamaConfig c;
-  c.vocab = 40;
-  c.d_model = 32;
-  c.n_layers = 2;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.head_dim = 8;
-  c.d_ff = 48;
-  c.rope_theta = 500.f;
-  return c;
-}
-
 template <class T>
 nn::HybridModel<T, Cpu> small_model() {
-  nn::HybridModel<T, Cpu> m(nn::all_attention(small_config()));
+  nn::HybridModel<T, Cpu> m(nn::all_attention(test::small_llama(40)));
   m.init_random(21, 0.4f);
   return m;
 }
@@ -94,17 +73,6 @@ data::DatasetManifest identity() {
   m.tokenizer_fingerprint = util::sha256_hex("small tokenizer");
   m.chat_template = "chatml";
   return m;
-}
-
-// Logits [ids.size(), vocab] through the training forward.
-template <class T>
-std::vector<double> forward_logits(const nn::HybridModel<T, Cpu>& model, const std::vector<int32_t>& ids) {
-  const int64_t seq = int64_t(ids.size());
-  ag::Tape tape;
-  ag::NoGrad ng(tape);
-  const auto t = Tensor<int32_t, Cpu>::from(Shape{seq}, ids);
-  const auto v = model.forward(tape, t, nn::sequence_positions<Cpu>(1, seq), 1, seq).value().to_vector();
-  return {v.begin(), v.end()};
 }
 
 }  // namespace

@@ -175,38 +175,47 @@ inline uint64_t fnv1a(std::string_view s) {
 
 }  // namespace prompts_detail
 
-// Reads one JSONL file of prompts (layouts and rules in the header comment); `stats`, when
-// given, receives the counts of records read and skipped.
-inline std::vector<Prompt> read_prompts_jsonl(const std::filesystem::path& file,
-                                              PromptReadStats* stats = nullptr) {
-  MIL_CHECK(!std::filesystem::is_directory(file), "prompts file '", file.string(),
+// Calls `each(record, where)` for every non-blank line of a JSONL file (`what` names the file's
+// kind in errors, e.g. "prompts"), parsed strictly; `where` is "file:line". A byte-order mark and
+// CRLF line ends are accepted.
+template <class Each>
+void for_each_jsonl_record(const std::filesystem::path& file, const char* what, Each&& each) {
+  MIL_CHECK(!std::filesystem::is_directory(file), what, " file '", file.string(),
             "' is a folder: name its .jsonl files");
   std::ifstream in(file, std::ios::binary);
-  MIL_CHECK(in.good(), "cannot open prompts file '", file.string(),
+  MIL_CHECK(in.good(), "cannot open ", what, " file '", file.string(),
             "': check the path and its permissions");
-  const std::string name = file.filename().string();
-  std::vector<Prompt> prompts;
-  PromptReadStats st;
   std::string line;
   for (int64_t n = 1; std::getline(in, line); ++n) {
     if (n == 1 && line.starts_with("\xEF\xBB\xBF")) line.erase(0, 3);  // a UTF-8 byte-order mark
     if (!line.empty() && line.back() == '\r') line.pop_back();          // CRLF line ends
     if (line.find_first_not_of(" \t") == std::string::npos) continue;
     const std::string where = file.string() + ":" + std::to_string(n);
-    const nlohmann::json record = io::parse_json_strict(line, where);
+    each(io::parse_json_strict(line, where), where);
+  }
+  MIL_CHECK(!in.bad(), "error reading ", what, " file '", file.string(), "'");
+}
+
+// Reads one JSONL file of prompts (layouts and rules in the header comment); `stats`, when
+// given, receives the counts of records read and skipped.
+inline std::vector<Prompt> read_prompts_jsonl(const std::filesystem::path& file,
+                                              PromptReadStats* stats = nullptr) {
+  const std::string name = file.filename().string();
+  std::vector<Prompt> prompts;
+  PromptReadStats st;
+  for_each_jsonl_record(file, "prompts", [&](const nlohmann::json& record, const std::string& where) {
     ++st.records;
     Prompt p;
     switch (prompts_detail::prompt_from_record(record, where, p.messages)) {
-      case prompts_detail::Outcome::assistant_first: ++st.assistant_first; continue;
-      case prompts_detail::Outcome::no_user_message: ++st.no_user_message; continue;
-      case prompts_detail::Outcome::blank_user_message: ++st.blank_user_message; continue;
+      case prompts_detail::Outcome::assistant_first: ++st.assistant_first; return;
+      case prompts_detail::Outcome::no_user_message: ++st.no_user_message; return;
+      case prompts_detail::Outcome::blank_user_message: ++st.blank_user_message; return;
       case prompts_detail::Outcome::prompt: break;
     }
     const std::string* source = prompts_detail::string_member(record, "source", where);
     p.source = source ? *source : name;
     prompts.push_back(std::move(p));
-  }
-  MIL_CHECK(!in.bad(), "error reading prompts file '", file.string(), "'");
+  });
   if (stats) *stats += st;
   return prompts;
 }

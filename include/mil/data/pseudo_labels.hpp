@@ -2,11 +2,9 @@
 // Pseudo-labels (docs/METHOD.md §5): the teacher answers each prompt by sampling, and the prompt
 // with its answer becomes one sequence of a token dataset (data/token_dataset.hpp).
 //
-// The prompts are decoded in a batch of `slots` sequences through the decoder's step plan
-// (nn/decoder.hpp), continuously: a free slot takes the next prompt, one step feeds every live
-// slot its last sampled token and fills what is left of the step with prompt chunks, and a slot
-// whose answer ended (a stop token, kept in the answer so that the student learns to stop, or
-// max_answer tokens) is refilled. The draws of prompt i come from its own sampler, seeded from
+// The prompts are decoded in a batch of `slots` sequences, continuously (data/sample_answers.hpp):
+// an answer ends with a stop token, kept so that the student learns to stop, or after max_answer
+// tokens. The draws of prompt i come from its own sampler, seeded from
 // (seed, i), so an answer does not depend on which slot or step carried it; on the CPU the
 // products are row-invariant, so the same seed gives bitwise the same dataset at any slot count.
 // On the GPU the data is reproducible on the same device and build only.
@@ -26,8 +24,8 @@
 
 #include "../core/rng.hpp"
 #include "../generate/sampler.hpp"
-#include "../nn/decoder.hpp"
 #include "../util/progress.hpp"
+#include "sample_answers.hpp"
 #include "token_dataset.hpp"
 
 namespace mil::data {
@@ -158,23 +156,10 @@ LabelStats label_prompts(const nn::HybridModel<T, D>& teacher,
   };
   if (writer.complete()) return finish();
 
-  nn::DecoderOptions o;
-  o.slots = cfg.slots;
-  o.max_seq = cfg.max_prompt + cfg.max_answer;
-  o.max_tokens = cfg.max_step_tokens;
-  nn::Decoder<T, D> dec(teacher, o);
-
-  struct Slot {
-    int64_t prompt = -1;  // -1: free
-    int64_t fed = 0;      // tokens of `seq` run through the teacher
-    LabelledSequence seq;
-    std::optional<gen::Sampler> sampler;
-  };
-  std::vector<Slot> slots(size_t(cfg.slots));
   // Finished prompts wait here until every earlier one is written (slots finish out of order).
   std::map<int64_t, std::optional<LabelledSequence>> ready;  // nullopt: skipped
   std::vector<SkipReason> skip_reason(size_t(n), SkipReason::empty);
-  int64_t next = writer.next_prompt(), live = 0;
+  int64_t next = writer.next_prompt(), generated = 0;
   std::vector<int32_t> topk_scratch;
 
   auto write_ready = [&] {
@@ -185,90 +170,42 @@ LabelStats label_prompts(const nn::HybridModel<T, D>& teacher,
       else
         writer.skip(it->first, skip_reason[size_t(it->first)]);
     }
-    if (cfg.progress) {
-      const double s = bar.seconds();
-      char fields[96];
-      std::snprintf(fields, sizeof fields, "%.0f tok/s (%lld answer tokens)",
-                    s > 0 ? double(stats.generated_tokens) / s : 0.0,
-                    (long long)stats.generated_tokens);
-      bar.update(writer.next_prompt() - stats.resumed_at, fields);
-    }
+    if (cfg.progress)
+      bar.update(writer.next_prompt() - stats.resumed_at, answer_rate(generated, bar.seconds()));
   };
-
-  std::vector<nn::StepRow> rows;
-  std::vector<size_t> row_slot;  // the slot of each row
-  for (;;) {
-    for (size_t s = 0; s < slots.size() && next < n; ++s) {
-      if (slots[s].prompt >= 0) continue;
-      for (; next < n; ++next) {  // skipped prompts are settled at once
-        const auto& p = prompt_tokens[size_t(next)];
-        if (!p.empty() && int64_t(p.size()) <= cfg.max_prompt) break;
-        skip_reason[size_t(next)] = p.empty() ? SkipReason::empty : SkipReason::too_long;
-        ready[next] = std::nullopt;
-      }
-      if (next == n) break;
-      Slot& slot = slots[s];
-      slot.prompt = next;
-      slot.fed = 0;
-      slot.seq = {};
-      slot.seq.tokens = prompt_tokens[size_t(next)];
-      slot.seq.prompt_len = int32_t(slot.seq.tokens.size());
-      slot.seq.topk = cfg.store_topk;
-      gen::SamplingConfig sc = cfg.sampling;
-      sc.seed = prompt_seed(cfg.seed, next);
-      slot.sampler.emplace(sc);
-      ++live;
-      ++next;
+  auto next_job = [&]() -> std::optional<AnswerJob> {
+    for (; next < n; ++next) {  // skipped prompts are settled at once
+      const auto& p = prompt_tokens[size_t(next)];
+      if (!p.empty() && int64_t(p.size()) <= cfg.max_prompt) break;
+      skip_reason[size_t(next)] = p.empty() ? SkipReason::empty : SkipReason::too_long;
+      ready[next] = std::nullopt;
     }
     write_ready();
-    if (live == 0) break;
-
-    // One step: every slot past its prompt feeds its last token; prompt chunks fill the rest.
-    rows.clear();
-    row_slot.clear();
-    int64_t budget = dec.max_tokens();
-    for (size_t s = 0; s < slots.size(); ++s) {
-      Slot& slot = slots[s];
-      if (slot.prompt < 0 || slot.fed < slot.seq.prompt_len) continue;
-      rows.push_back({int32_t(s), std::span(slot.seq.tokens).subspan(size_t(slot.fed), 1), -1,
-                      nn::RowLogits::last});
-      row_slot.push_back(s);
-      --budget;
-    }
-    for (size_t s = 0; s < slots.size() && budget > 0; ++s) {
-      Slot& slot = slots[s];
-      if (slot.prompt < 0 || slot.fed >= slot.seq.prompt_len) continue;
-      const int64_t chunk = std::min(budget, slot.seq.prompt_len - slot.fed);
-      const bool last = slot.fed + chunk == slot.seq.prompt_len;
-      rows.push_back({int32_t(s), std::span(slot.seq.tokens).subspan(size_t(slot.fed), size_t(chunk)),
-                      slot.fed == 0 ? 0 : -1, last ? nn::RowLogits::last : nn::RowLogits::none});
-      row_slot.push_back(s);
-      budget -= chunk;
-      stats.prefill_tokens += chunk;
-    }
-    dec.step(rows);
-    const std::vector<float> logits = dec.logits_host();
-
-    for (size_t r = 0; r < rows.size(); ++r) {
-      Slot& slot = slots[row_slot[r]];
-      slot.fed += int64_t(rows[r].ids.size());
-      if (rows[r].logits == nn::RowLogits::none) continue;
-      const std::span<const float> row(logits.data() + dec.logit_offset(r) * model_vocab,
-                                       size_t(vocab));
-      LabelledSequence& seq = slot.seq;
-      if (cfg.store_topk)
-        append_topk(row, cfg.store_topk, seq.topk_ids, seq.topk_logprobs, topk_scratch);
-      const int32_t token = slot.sampler->sample(row, seq.tokens);
-      seq.tokens.push_back(token);
-      ++stats.generated_tokens;
-      const bool stop = std::find(stop_ids.begin(), stop_ids.end(), token) != stop_ids.end();
-      if (stop || seq.answer_len() == cfg.max_answer) {
-        ready[slot.prompt] = std::move(seq);
-        slot.prompt = -1;
-        --live;
-      }
-    }
-  }
+    if (next == n) return std::nullopt;
+    const int64_t i = next++;
+    return AnswerJob{i, prompt_tokens[size_t(i)], prompt_seed(cfg.seed, i)};
+  };
+  auto on_row = [&](int64_t, std::span<const float> row, LabelledSequence& seq) {
+    if (cfg.store_topk)
+      append_topk(row, cfg.store_topk, seq.topk_ids, seq.topk_logprobs, topk_scratch);
+    ++generated;
+  };
+  auto on_done = [&](int64_t prompt, LabelledSequence&& seq) {
+    seq.topk = cfg.store_topk;
+    ready[prompt] = std::move(seq);
+    write_ready();
+  };
+  AnswerSampling as;
+  as.sampling = cfg.sampling;
+  as.stop_ids = stop_ids;
+  as.slots = cfg.slots;
+  as.max_prompt = cfg.max_prompt;
+  as.max_answer = cfg.max_answer;
+  as.max_step_tokens = cfg.max_step_tokens;
+  as.vocab = vocab;
+  const AnswerCounts counts = sample_answers(teacher, as, next_job, on_row, on_done);
+  stats.generated_tokens = counts.generated_tokens;
+  stats.prefill_tokens = counts.prefill_tokens;
   writer.finish();
   return finish();
 }

@@ -1,7 +1,9 @@
 #pragma once
-// A token dataset on disk: a folder with manifest.json and shard files of labelled sequences
-// (data/sequence.hpp), as the pseudo-labeller writes them and distillation and evaluation read
-// them. docs/dataset_format.md describes the format.
+// A token dataset on disk: a folder with manifest.json and shard files of records, as the
+// pseudo-labeller writes them (kind "sequences": labelled sequences, data/sequence.hpp) and the
+// preference-pair maker (kind "preference_pairs", data/preference_pair.hpp); distillation and
+// evaluation read them. docs/dataset_format.md describes the format. One writer and one shard
+// reader serve every kind: a record type brings its codec (ShardCodec), the rest is shared.
 //
 // - The manifest identifies what made the data (the teacher's SHA-256, the tokenizer's
 //   fingerprint, the chat template family) and how (sampler settings, seed, length limits, top-k),
@@ -35,6 +37,8 @@ namespace mil::data {
 
 inline constexpr const char* kManifestName = "manifest.json";
 inline constexpr const char* kDatasetFormat = "mil-token-dataset";
+inline constexpr const char* kSequencesKind = "sequences";
+inline constexpr const char* kPreferencePairsKind = "preference_pairs";
 inline constexpr int kDatasetVersion = 1;
 inline constexpr char kShardMagic[8] = {'M', 'I', 'L', 'T', 'O', 'K', 'S', '\0'};
 inline constexpr int64_t kShardHeaderBytes = 80;
@@ -79,7 +83,19 @@ struct ShardInfo {
   std::string payload_sha256;         // as in the shard's header
 };
 
+// How a preference-pair dataset was made (kind "preference_pairs"; unused for other kinds).
+struct PairSettings {
+  std::string source;            // "on_policy" (rejected: the student's samples) or "jsonl"
+  std::string student_name;      // on-policy: the model whose samples are the rejected answers
+  std::string student_sha256;
+  std::string reference_name;    // the model of the stored reference log-probabilities
+  std::string reference_sha256;
+  int64_t samples_per_prompt = 1;  // on-policy: the least likely of these (by the teacher) is kept
+};
+
 struct DatasetManifest {
+  std::string kind = kSequencesKind;    // what a record is: kSequencesKind, kPreferencePairsKind
+  PairSettings pairs;                   // kind == kPreferencePairsKind only
   // What made the data (filled by the labeller's caller).
   std::string teacher_name;
   std::string teacher_sha256;           // util::sha256_model of the teacher file or folder
@@ -102,7 +118,8 @@ struct DatasetManifest {
   int64_t prompts_done = 0;             // prompts [0, prompts_done) are in the shards or skipped
   int64_t sequences = 0, prompt_tokens = 0, answer_tokens = 0;
   int64_t skipped_too_long = 0;         // prompt longer than max_prompt
-  int64_t skipped_empty = 0;            // prompt with no tokens
+  int64_t skipped_empty = 0;            // prompt (or a pair's answer) with no tokens
+  int64_t skipped_same_answer = 0;      // preference pairs: rejected == chosen
   std::vector<ShardInfo> shards;
 
   std::string source;                   // where it was read from (errors); not stored
@@ -127,6 +144,7 @@ using ojson = nlohmann::ordered_json;
 // The parts of a manifest that must agree for a run to continue another: identity and settings.
 inline ojson settings_json(const DatasetManifest& m) {
   ojson j;
+  j["kind"] = m.kind;
   j["teacher"] = {{"name", m.teacher_name}, {"sha256", m.teacher_sha256}};
   j["tokenizer"] = {{"fingerprint", m.tokenizer_fingerprint}, {"vocab_size", m.vocab_size}};
   j["chat_template"] = m.chat_template;
@@ -144,6 +162,13 @@ inline ojson settings_json(const DatasetManifest& m) {
                     {"topk", m.topk},
                     {"sequences_per_shard", m.sequences_per_shard},
                     {"prompts", {{"count", m.prompt_count}, {"sha256", m.prompts_sha256}}}};
+  if (m.kind == kPreferencePairsKind) {
+    const PairSettings& p = m.pairs;
+    j["pairs"] = {{"source", p.source},
+                  {"student", {{"name", p.student_name}, {"sha256", p.student_sha256}}},
+                  {"reference", {{"name", p.reference_name}, {"sha256", p.reference_sha256}}},
+                  {"samples_per_prompt", p.samples_per_prompt}};
+  }
   return j;
 }
 
@@ -160,6 +185,8 @@ inline ojson manifest_json(const DatasetManifest& m) {
                    {"prompt_tokens", m.prompt_tokens},
                    {"answer_tokens", m.answer_tokens},
                    {"skipped", {{"too_long", m.skipped_too_long}, {"empty", m.skipped_empty}}}};
+  if (m.kind == kPreferencePairsKind)
+    j["progress"]["skipped"]["same_answer"] = m.skipped_same_answer;
   ojson shards = ojson::array();
   for (const ShardInfo& s : m.shards)
     shards.push_back({{"file", s.file},
@@ -189,6 +216,22 @@ inline std::string shard_name(int64_t index) {
 // the sums of the shards', every prompt done either labelled or skipped.
 inline void check_manifest(const DatasetManifest& m) {
   const std::string& w = m.source;
+  MIL_CHECK(m.kind == kSequencesKind || m.kind == kPreferencePairsKind, w, ": kind '", m.kind,
+            "' (expected ", kSequencesKind, " or ", kPreferencePairsKind, ")");
+  if (m.kind == kPreferencePairsKind) {
+    const PairSettings& p = m.pairs;
+    MIL_CHECK(p.source == "on_policy" || p.source == "jsonl", w, ": pairs source '", p.source,
+              "' (expected on_policy or jsonl)");
+    MIL_CHECK(is_hex_digest(p.reference_sha256), w, ": reference sha256 '", p.reference_sha256,
+              "' is not 64 lowercase hex digits");
+    MIL_CHECK(p.source != "on_policy" || is_hex_digest(p.student_sha256), w, ": student sha256 '",
+              p.student_sha256, "' is not 64 lowercase hex digits");
+    MIL_CHECK(p.samples_per_prompt >= 1 && p.samples_per_prompt <= 1024, w,
+              ": samples_per_prompt ", p.samples_per_prompt, " must be in [1, 1024]");
+    MIL_CHECK(m.topk == 0, w, ": preference pairs store no top-k (topk ", m.topk, ")");
+  }
+  MIL_CHECK(m.kind == kPreferencePairsKind || m.skipped_same_answer == 0, w,
+            ": only preference pairs skip same answers");
   MIL_CHECK(is_hex_digest(m.teacher_sha256), w, ": teacher sha256 '", m.teacher_sha256,
             "' is not 64 lowercase hex digits");
   MIL_CHECK(is_hex_digest(m.tokenizer_fingerprint), w, ": tokenizer fingerprint '",
@@ -235,9 +278,10 @@ inline void check_manifest(const DatasetManifest& m) {
             w, ": counts (", m.sequences, " sequences, ", m.prompt_tokens, " + ", m.answer_tokens,
             " tokens) are not the sums over the shards (", seqs, ", ", prompt_tokens, " + ",
             answer_tokens, ")");
-  MIL_CHECK(m.skipped_too_long >= 0 && m.skipped_empty >= 0 &&
-                m.sequences + m.skipped_too_long + m.skipped_empty == m.prompts_done,
-            w, ": ", m.sequences, " sequences and ", m.skipped_too_long + m.skipped_empty,
+  const int64_t skipped = m.skipped_too_long + m.skipped_empty + m.skipped_same_answer;
+  MIL_CHECK(m.skipped_too_long >= 0 && m.skipped_empty >= 0 && m.skipped_same_answer >= 0 &&
+                m.sequences + skipped == m.prompts_done,
+            w, ": ", m.sequences, " sequences and ", skipped,
             " skipped prompts do not add up to the ", m.prompts_done, " prompts done");
 }
 
@@ -286,6 +330,14 @@ class ByteReader {
   size_t at_ = 0;
 };
 
+// Every id of a record read from a shard is in [0, vocab); `what` names the field in errors.
+inline void check_ids(const std::vector<int32_t>& ids, int64_t vocab, const std::string& rec,
+                      const char* what) {
+  for (size_t t = 0; t < ids.size(); ++t)
+    MIL_CHECK(ids[t] >= 0 && ids[t] < vocab, rec, ": ", what, " ", t, " is id ", ids[t],
+              ", outside the vocabulary of ", vocab);
+}
+
 }  // namespace detail
 
 // Writes a manifest (under a temporary name, renamed onto manifest.json).
@@ -310,6 +362,17 @@ inline DatasetManifest read_manifest(const std::filesystem::path& dir) {
     const int version = j.at("version").get<int>();
     MIL_CHECK(version == kDatasetVersion, w, ": format version ", version, "; this build reads ",
               "version ", kDatasetVersion);
+    m.kind = j.value("kind", std::string(kSequencesKind));  // version-1 files before kinds
+    if (m.kind == kPreferencePairsKind) {
+      const auto& p = j.at("pairs");
+      m.pairs.source = p.at("source").get<std::string>();
+      m.pairs.student_name = p.at("student").at("name").get<std::string>();
+      m.pairs.student_sha256 = p.at("student").at("sha256").get<std::string>();
+      m.pairs.reference_name = p.at("reference").at("name").get<std::string>();
+      m.pairs.reference_sha256 = p.at("reference").at("sha256").get<std::string>();
+      m.pairs.samples_per_prompt = p.at("samples_per_prompt").get<int64_t>();
+      m.skipped_same_answer = j.at("progress").at("skipped").at("same_answer").get<int64_t>();
+    }
     m.teacher_name = j.at("teacher").at("name").get<std::string>();
     m.teacher_sha256 = j.at("teacher").at("sha256").get<std::string>();
     m.tokenizer_fingerprint = j.at("tokenizer").at("fingerprint").get<std::string>();
@@ -366,32 +429,88 @@ inline void check_dataset_matches(const DatasetManifest& m, std::string_view tea
             "(fingerprint ", tokenizer_fingerprint, "): its token ids mean other text");
 }
 
-// The bytes of a shard holding `seqs` (each with m.topk top-k entries per answer token).
-inline std::vector<uint8_t> serialize_shard(const std::vector<LabelledSequence>& seqs, int32_t topk) {
-  std::vector<uint8_t> payload;
-  uint64_t tokens = 0, answer = 0;
-  for (const LabelledSequence& s : seqs) {
+// How one kind of record is stored: ShardCodec<Record> names the kind and its shard magic, counts
+// a record's prompt and answer tokens, checks a record before it is written, and writes and reads
+// its bytes. The header, hashing, checks and atomic writes around them are shared.
+template <class Record>
+struct ShardCodec;
+
+template <>
+struct ShardCodec<LabelledSequence> {
+  static constexpr const char* kind = kSequencesKind;
+  static constexpr const char* magic = kShardMagic;
+  static int64_t prompt_tokens(const LabelledSequence& s) { return s.prompt_len; }
+  static int64_t answer_tokens(const LabelledSequence& s) { return s.answer_len(); }
+
+  // A record the writer is given (prompt `prompt`): lengths within the limits, ids in the vocabulary.
+  static void check(const LabelledSequence& s, const DatasetManifest& m, int64_t prompt) {
     MIL_CHECK(s.prompt_len >= 1 && s.answer_len() >= 1, "token dataset: a sequence needs a ",
               "prompt and an answer (", s.prompt_len, " + ", s.answer_len(), " tokens)");
-    MIL_CHECK(s.topk == topk && int64_t(s.topk_ids.size()) == s.answer_len() * topk &&
+    MIL_CHECK(s.prompt_len <= m.max_prompt && s.answer_len() <= m.max_answer,
+              "token dataset: prompt ", prompt, " gives ", s.prompt_len, " + ", s.answer_len(),
+              " tokens, beyond max_prompt ", m.max_prompt, " / max_answer ", m.max_answer);
+    for (int32_t id : s.tokens)
+      MIL_CHECK(id >= 0 && id < m.vocab_size, "token dataset: prompt ", prompt, " has id ", id,
+                ", outside the vocabulary of ", m.vocab_size);
+    MIL_CHECK(s.topk == m.topk && int64_t(s.topk_ids.size()) == s.answer_len() * m.topk &&
                   s.topk_logprobs.size() == s.topk_ids.size(),
               "token dataset: a sequence has top-", s.topk, " data of ", s.topk_ids.size(), "/",
-              s.topk_logprobs.size(), " entries, the dataset stores top-", topk);
-    detail::put_u32(payload, uint32_t(s.tokens.size()));
-    detail::put_u32(payload, uint32_t(s.prompt_len));
-    detail::put_array(payload, s.tokens);
-    detail::put_array(payload, s.topk_ids);
-    detail::put_array(payload, s.topk_logprobs);
-    tokens += s.tokens.size();
-    answer += uint64_t(s.answer_len());
+              s.topk_logprobs.size(), " entries, the dataset stores top-", m.topk);
+  }
+
+  static void put(std::vector<uint8_t>& out, const LabelledSequence& s) {
+    detail::put_u32(out, uint32_t(s.tokens.size()));
+    detail::put_u32(out, uint32_t(s.prompt_len));
+    detail::put_array(out, s.tokens);
+    detail::put_array(out, s.topk_ids);
+    detail::put_array(out, s.topk_logprobs);
+  }
+
+  // One record (`rec` names it in errors), checked: lengths, ids, log-probs.
+  static LabelledSequence get(detail::ByteReader& r, const DatasetManifest& m,
+                              const std::string& rec) {
+    LabelledSequence s;
+    const int64_t n = r.u32("token count"), prompt_len = r.u32("prompt length");
+    MIL_CHECK(prompt_len >= 1 && prompt_len <= m.max_prompt && n > prompt_len &&
+                  n - prompt_len <= m.max_answer,
+              rec, ": ", prompt_len, " prompt + ", n - prompt_len, " answer tokens; expected 1 to ",
+              m.max_prompt, " + 1 to ", m.max_answer);
+    s.prompt_len = int32_t(prompt_len);
+    s.tokens.resize(size_t(n));
+    r.read(s.tokens.data(), size_t(n), "tokens");
+    detail::check_ids(s.tokens, m.vocab_size, rec, "token");
+    s.topk = m.topk;
+    const size_t entries = size_t(n - prompt_len) * size_t(m.topk);
+    s.topk_ids.resize(entries);
+    s.topk_logprobs.resize(entries);
+    r.read(s.topk_ids.data(), entries, "top-k ids");
+    r.read(s.topk_logprobs.data(), entries, "top-k log-probs");
+    detail::check_ids(s.topk_ids, m.vocab_size, rec, "top-k id");
+    for (size_t e = 0; e < entries; ++e)
+      MIL_CHECK(!std::isnan(s.topk_logprobs[e]) && s.topk_logprobs[e] <= 0.f, rec,
+                ": top-k log-prob ", s.topk_logprobs[e], " is not <= 0");
+    return s;
+  }
+};
+
+// The bytes of a shard holding `records` (checked by the writer; topk: the manifest's).
+template <class Record>
+std::vector<uint8_t> serialize_shard(const std::vector<Record>& records, int32_t topk) {
+  using Codec = ShardCodec<Record>;
+  std::vector<uint8_t> payload;
+  uint64_t tokens = 0, answer = 0;
+  for (const Record& rec : records) {
+    Codec::put(payload, rec);
+    tokens += uint64_t(Codec::prompt_tokens(rec) + Codec::answer_tokens(rec));
+    answer += uint64_t(Codec::answer_tokens(rec));
   }
   util::Sha256 h;
   h.update(payload);
   const util::Sha256::Digest digest = h.finish();
-  std::vector<uint8_t> out(kShardMagic, kShardMagic + 8);
+  std::vector<uint8_t> out(Codec::magic, Codec::magic + 8);
   detail::put_u32(out, uint32_t(kDatasetVersion));
   detail::put_u32(out, uint32_t(topk));
-  detail::put_u64(out, seqs.size());
+  detail::put_u64(out, records.size());
   detail::put_u64(out, tokens);
   detail::put_u64(out, answer);
   detail::put_u64(out, payload.size());
@@ -408,18 +527,21 @@ inline std::string shard_payload_sha256(std::span<const uint8_t> shard) {
 }
 
 // Reads one shard and checks it against the manifest's entry `info`: header, length, hash, counts,
-// and every record (lengths within the limits, ids within the vocabulary, log-probs <= 0).
-inline void read_shard(const std::filesystem::path& path, const DatasetManifest& m,
-                       const ShardInfo& info, std::vector<LabelledSequence>& out) {
+// and every record (ShardCodec<Record>::get).
+template <class Record>
+void read_shard(const std::filesystem::path& path, const DatasetManifest& m, const ShardInfo& info,
+                std::vector<Record>& out) {
+  using Codec = ShardCodec<Record>;
   const std::string w = "dataset shard '" + path.string() + "'";
+  MIL_CHECK(m.kind == Codec::kind, w, ": the dataset holds ", m.kind, ", not ", Codec::kind);
   std::ifstream in(path, std::ios::binary);
   MIL_CHECK(in.good(), w, ": cannot open it (the manifest lists it; was it moved or deleted?)");
   std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   MIL_CHECK(!in.bad(), w, ": error reading it");
   MIL_CHECK(int64_t(bytes.size()) >= kShardHeaderBytes &&
-                std::memcmp(bytes.data(), kShardMagic, 8) == 0,
-            w, ": not a shard of a token dataset (no ", kShardHeaderBytes, "-byte header with its ",
-            "magic)");
+                std::memcmp(bytes.data(), Codec::magic, 8) == 0,
+            w, ": not a shard of a token dataset of ", Codec::kind, " (no ", kShardHeaderBytes,
+            "-byte header with its magic)");
   const std::span<const uint8_t> all(bytes);
   detail::ByteReader head(all.subspan(8, size_t(kShardHeaderBytes) - 8 - 32), w);
   const uint32_t version = head.u32("version");
@@ -447,38 +569,33 @@ inline void read_shard(const std::filesystem::path& path, const DatasetManifest&
   detail::ByteReader r(payload, w);
   uint64_t seen_tokens = 0, seen_answer = 0;
   for (uint64_t i = 0; i < sequences; ++i) {
-    const std::string rec = w + " record " + std::to_string(i);
-    LabelledSequence s;
-    const int64_t n = r.u32("token count"), prompt_len = r.u32("prompt length");
-    MIL_CHECK(prompt_len >= 1 && prompt_len <= m.max_prompt && n > prompt_len &&
-                  n - prompt_len <= m.max_answer,
-              rec, ": ", prompt_len, " prompt + ", n - prompt_len, " answer tokens; expected 1 to ",
-              m.max_prompt, " + 1 to ", m.max_answer);
-    s.prompt_len = int32_t(prompt_len);
-    s.tokens.resize(size_t(n));
-    r.read(s.tokens.data(), size_t(n), "tokens");
-    for (int64_t t = 0; t < n; ++t)
-      MIL_CHECK(s.tokens[size_t(t)] >= 0 && s.tokens[size_t(t)] < m.vocab_size, rec, ": token ",
-                t, " is id ", s.tokens[size_t(t)], ", outside the vocabulary of ", m.vocab_size);
-    s.topk = int32_t(topk);
-    const size_t entries = size_t(n - prompt_len) * topk;
-    s.topk_ids.resize(entries);
-    s.topk_logprobs.resize(entries);
-    r.read(s.topk_ids.data(), entries, "top-k ids");
-    r.read(s.topk_logprobs.data(), entries, "top-k log-probs");
-    for (size_t e = 0; e < entries; ++e) {
-      MIL_CHECK(s.topk_ids[e] >= 0 && s.topk_ids[e] < m.vocab_size, rec, ": top-k id ",
-                s.topk_ids[e], " is outside the vocabulary");
-      MIL_CHECK(!std::isnan(s.topk_logprobs[e]) && s.topk_logprobs[e] <= 0.f, rec,
-                ": top-k log-prob ", s.topk_logprobs[e], " is not <= 0");
-    }
-    seen_tokens += uint64_t(n);
-    seen_answer += uint64_t(n - prompt_len);
-    out.push_back(std::move(s));
+    Record rec = Codec::get(r, m, w + " record " + std::to_string(i));
+    seen_tokens += uint64_t(Codec::prompt_tokens(rec) + Codec::answer_tokens(rec));
+    seen_answer += uint64_t(Codec::answer_tokens(rec));
+    out.push_back(std::move(rec));
   }
   MIL_CHECK(r.left() == 0 && seen_tokens == tokens && seen_answer == answer, w, ": the records ",
             "hold ", seen_tokens, " tokens (", seen_answer, " answer) and leave ", r.left(),
             " bytes; the header says ", tokens, " (", answer, ")");
+}
+
+// Reads the manifest and every record of a dataset of `Record`s, checking all of it
+// (read_manifest, read_shard). A dataset whose making was interrupted is an error unless
+// `allow_incomplete`. In errors, `what` names the records, `making` the work and `maker` the tool.
+template <class Record>
+std::vector<Record> read_records(const std::filesystem::path& dir, DatasetManifest& m,
+                                 bool allow_incomplete, const char* what, const char* making,
+                                 const char* maker) {
+  m = read_manifest(dir);
+  MIL_CHECK(m.kind == ShardCodec<Record>::kind, m.source, ": the dataset holds ", m.kind,
+            ", not ", what);
+  MIL_CHECK(m.complete || allow_incomplete, m.source, ": ", making, " stopped after ", m.prompts_done,
+            " of ", m.prompt_count, " prompts; run the ", maker, " again with the same settings ",
+            "to finish it");
+  std::vector<Record> records;
+  records.reserve(size_t(m.sequences));
+  for (const ShardInfo& s : m.shards) read_shard(dir / s.file, m, s, records);
+  return records;
 }
 
 struct TokenDataset {
@@ -486,38 +603,35 @@ struct TokenDataset {
   std::vector<LabelledSequence> sequences;  // in prompt order
 };
 
-// Reads a dataset and checks all of it (read_manifest, read_shard). A dataset whose labelling was
-// interrupted is an error unless `allow_incomplete`.
 inline TokenDataset read_token_dataset(const std::filesystem::path& dir,
                                        bool allow_incomplete = false) {
   TokenDataset d;
-  d.manifest = read_manifest(dir);
-  const DatasetManifest& m = d.manifest;
-  MIL_CHECK(m.complete || allow_incomplete, m.source, ": labelling stopped after ", m.prompts_done,
-            " of ", m.prompt_count, " prompts; run the labeller again with the same settings to ",
-            "finish it");
-  d.sequences.reserve(size_t(m.sequences));
-  for (const ShardInfo& s : m.shards) read_shard(dir / s.file, m, s, d.sequences);
+  d.sequences = read_records<LabelledSequence>(dir, d.manifest, allow_incomplete,
+                                               "labelled sequences", "labelling", "labeller");
   return d;
 }
 
-enum class SkipReason { too_long, empty };
+// Why a prompt gave no record: too long, empty (prompt, or a pair's answer), or a pair whose
+// rejected answer is the chosen one.
+enum class SkipReason { too_long, empty, same_answer };
 
-// Writes a dataset, or continues one: the labeller gives it every prompt in order, as a sequence
-// (add) or a skip; each `sequences_per_shard` sequences become a shard, written and then listed
-// in the manifest. Opening a folder that holds a run with other settings (or other data) is an
-// error: nothing of another run is ever overwritten.
-class TokenDatasetWriter {
+// Writes a dataset of `Record`s, or continues one: the maker gives it every prompt in order, as a
+// record (add) or a skip; each `sequences_per_shard` records become a shard, written and then
+// listed in the manifest. Opening a folder that holds a run with other settings (or other data)
+// is an error: nothing of another run is ever overwritten.
+template <class Record>
+class DatasetWriter {
  public:
   // `settings`: identity and settings (progress and shards are ignored).
-  TokenDatasetWriter(const std::filesystem::path& dir, const DatasetManifest& settings)
-      : dir_(dir) {
+  DatasetWriter(const std::filesystem::path& dir, const DatasetManifest& settings) : dir_(dir) {
     namespace fs = std::filesystem;
     m_ = settings;
+    MIL_CHECK(m_.kind == ShardCodec<Record>::kind, "token dataset: a writer of ",
+              ShardCodec<Record>::kind, " given settings of kind ", m_.kind);
     m_.source = "dataset manifest '" + (dir / kManifestName).string() + "'";
     m_.complete = false;
     m_.prompts_done = m_.sequences = m_.prompt_tokens = m_.answer_tokens = 0;
-    m_.skipped_too_long = m_.skipped_empty = 0;
+    m_.skipped_too_long = m_.skipped_empty = m_.skipped_same_answer = 0;
     m_.shards.clear();
     detail::check_manifest(m_);
     std::error_code ec;
@@ -540,23 +654,20 @@ class TokenDatasetWriter {
   int64_t next_prompt() const { return next_prompt_; }
   bool complete() const { return m_.complete; }
 
-  void add(int64_t prompt, LabelledSequence s) {
+  void add(int64_t prompt, Record s) {
     expect(prompt);
-    MIL_CHECK(s.prompt_len <= m_.max_prompt && s.answer_len() <= m_.max_answer,
-              "token dataset: prompt ", prompt, " gives ", s.prompt_len, " + ", s.answer_len(),
-              " tokens, beyond max_prompt ", m_.max_prompt, " / max_answer ", m_.max_answer);
-    for (int32_t id : s.tokens)
-      MIL_CHECK(id >= 0 && id < m_.vocab_size, "token dataset: prompt ", prompt, " has id ", id,
-                ", outside the vocabulary of ", m_.vocab_size);
-    pending_prompt_tokens_ += s.prompt_len;
-    pending_answer_tokens_ += s.answer_len();
+    ShardCodec<Record>::check(s, m_, prompt);
+    pending_prompt_tokens_ += ShardCodec<Record>::prompt_tokens(s);
+    pending_answer_tokens_ += ShardCodec<Record>::answer_tokens(s);
     pending_.push_back(std::move(s));
     if (int64_t(pending_.size()) == m_.sequences_per_shard) write_shard();
   }
 
   void skip(int64_t prompt, SkipReason why) {
     expect(prompt);
-    ++(why == SkipReason::too_long ? pending_too_long_ : pending_empty_);
+    ++(why == SkipReason::too_long ? pending_too_long_
+       : why == SkipReason::empty  ? pending_empty_
+                                   : pending_same_answer_);
   }
 
   // After the last prompt: writes the last shard and marks the dataset complete.
@@ -581,7 +692,8 @@ class TokenDatasetWriter {
   void commit_skips() {
     m_.skipped_too_long += pending_too_long_;
     m_.skipped_empty += pending_empty_;
-    pending_too_long_ = pending_empty_ = 0;
+    m_.skipped_same_answer += pending_same_answer_;
+    pending_too_long_ = pending_empty_ = pending_same_answer_ = 0;
   }
 
   void write_shard() {
@@ -620,7 +732,7 @@ class TokenDatasetWriter {
                have[key].dump(), ", this run: ", value.dump(), "); it is never overwritten: ",
                "give another folder, or the same settings to continue it");
     }
-    std::vector<LabelledSequence> check;  // the finished shards must be intact to build on
+    std::vector<Record> check;  // the finished shards must be intact to build on
     for (const ShardInfo& s : old.shards) {
       read_shard(dir_ / s.file, old, s, check);
       check.clear();
@@ -641,9 +753,11 @@ class TokenDatasetWriter {
   std::filesystem::path dir_;
   DatasetManifest m_;
   int64_t next_prompt_ = 0, shard_first_ = 0;
-  std::vector<LabelledSequence> pending_;
+  std::vector<Record> pending_;
   int64_t pending_prompt_tokens_ = 0, pending_answer_tokens_ = 0;
-  int64_t pending_too_long_ = 0, pending_empty_ = 0;
+  int64_t pending_too_long_ = 0, pending_empty_ = 0, pending_same_answer_ = 0;
 };
+
+using TokenDatasetWriter = DatasetWriter<LabelledSequence>;
 
 }  // namespace mil::data
