@@ -27,7 +27,10 @@ TEST_CASE("pseudo labels cuda: bf16 labels repeat and follow the teacher") {
   cfg.head_dim = 64;  // the flash-attention path for a fresh prompt alone in its step
   cfg.d_ff = 200;
   nn::HybridModel<float, Cpu> cpu_model(nn::all_attention(cfg));
-  cpu_model.init_random(5, 0.3f);
+  // Weights of scale 0.1: at 0.3 this random model is chaotic (rounding its weights to bf16 alone
+  // moves a float log-prob by 1.2), at 0.1 by 0.03, while reading a neighbouring position's
+  // logits moves it by up to 4.6: the bounds below tell bf16 noise from a bug.
+  cpu_model.init_random(5, 0.1f);
   const auto gpu_model = nn::convert_model<bf16, Cuda>(cpu_model);
   cpu_model = nn::convert_model<float, Cpu>(nn::convert_model<bf16, Cpu>(cpu_model));
 
@@ -64,7 +67,8 @@ TEST_CASE("pseudo labels cuda: bf16 labels repeat and follow the teacher") {
   const data::TokenDataset ds = data::read_token_dataset(a);
   CHECK(ds.manifest.compute == "cuda bf16");
   REQUIRE(ds.sequences.size() == prompts.size());
-  double worst = 0;
+  double worst = 0, sum = 0;
+  int64_t count = 0;
   for (size_t i = 0; i < ds.sequences.size(); ++i) {
     CAPTURE(i);
     const data::LabelledSequence& s = ds.sequences[i];
@@ -84,14 +88,19 @@ TEST_CASE("pseudo labels cuda: bf16 labels repeat and follow the teacher") {
       bool sampled_in_top = false;
       for (int32_t r = 0; r < c.store_topk; ++r) {
         const size_t e = size_t(j * c.store_topk + r);
-        worst = std::max(worst, std::abs(s.topk_logprobs[e] - (row[s.topk_ids[e]] - log_z)));
+        const double err = std::abs(s.topk_logprobs[e] - (row[s.topk_ids[e]] - log_z));
+        worst = std::max(worst, err);
+        sum += err;
+        ++count;
         sampled_in_top |= s.topk_ids[e] == s.tokens[size_t(s.prompt_len + j)];
       }
       CHECK(sampled_in_top);
     }
   }
-  MESSAGE("largest top-k log-prob difference, GPU bf16 against CPU float: " << worst);
-  CHECK(worst < 0.1);
+  MESSAGE("top-k log-prob difference, GPU bf16 against CPU float: largest " << worst << ", mean "
+                                                                          << sum / double(count));
+  CHECK(worst < 0.3);
+  CHECK(sum / double(count) < 0.05);
   fs::remove_all(a);
   fs::remove_all(b);
 }
