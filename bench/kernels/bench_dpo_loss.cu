@@ -6,8 +6,9 @@
 // logits. Floor: read the logits once and write their gradient once, 2 * 2 * 8192 * 49152 bytes =
 // 1.61 GB -> 0.54 ms at 2.98 TB/s. The gradient needs every sequence's log-probability first, so
 // the logits are read twice (forward, then backward with per-row scales): 2.42 GB, floor/time
-// 0.67 at best for this structure. The PyTorch eager peer of the same loss is
-// bench/peers/dpo_loss_peer.py (no measured time yet, hence no peer counter).
+// 0.67 at best for this structure. Peer: the same loss in PyTorch eager
+// (bench/peers/dpo_loss_peer.py), 6.91 ms on the lent H100 80GB HBM3 on 2026-12-05
+// (bench/results/2026-12-05-nvidia-h100-80gb-hbm3-peers.json); `peer/time` is its time over ours.
 //
 // BM_dpo_loss_lm_head_gpu_bf16: the whole loss from the final hidden states (d = 576) with a
 // trainable output head, forward and backward, in chunks of whole pairs (dpo_loss_lm_head; 1024
@@ -31,6 +32,7 @@ using namespace mil;
 
 constexpr int64_t kPairs = 8, kPrompt = 64, kAnswer = 448, kVocab = 49152, kHidden = 576;
 constexpr int64_t kRows = kPairs * 2 * (kPrompt + kAnswer);
+constexpr double kTorchEagerSeconds = 6.91e-3;  // peer, see above
 
 template <class T>
 __global__ void dpo_bench_fill_kernel(T* p, int64_t n, uint64_t seed, float lo, float hi) {
@@ -86,7 +88,8 @@ void BM_dpo_loss_gpu_bf16_fwd_bwd(benchmark::State& state) {
     });
     // Bytes: the floor's one read and one write. ~5 FLOPs per logit and pass, three passes.
     const double elements = double(kRows) * double(kVocab);
-    bench::report(state, 2.0 * sizeof(bf16) * elements, 15.0 * elements, bench::h100_bf16);
+    bench::report(state, 2.0 * sizeof(bf16) * elements, 15.0 * elements, bench::h100_bf16,
+                  kTorchEagerSeconds);
   }
   mil::cuda::CachingAllocator::instance().release_cached();  // the next case starts clean
 }
