@@ -455,7 +455,9 @@ class Pipeline {
                                      {{"stage", "3"}, {"start_sha256", start_sha},
                                       {"pairs_sha256", train_pairs.manifest.prompts_sha256}});
       run_steps(trainer, policy, t, run_dir);
-      save(policy, run_dir / "model");
+      // In float32: a DPO update (lr 5e-7) is far below bf16's resolution of a weight, and a
+      // bf16 copy would lose most of it.
+      save(policy, run_dir / "model", "float32");
     } else {
       say("stage 3 is done already: %s", (run_dir / "model").string().c_str());
       policy.copy_owned_from(nn::load_model((run_dir / "model").string()).model);
@@ -495,10 +497,12 @@ class Pipeline {
   }
 
   // The model in the reference format (mil-chat and the reference code load it), marked done.
-  void save(const nn::HybridModel<T, D>& student, const fs::path& dir) {
+  void save(const nn::HybridModel<T, D>& student, const fs::path& dir,
+            const std::string& dtype = "bfloat16") {
     nn::HybridModel<float, Cpu> full(student.config());
     full.copy_owned_from(student);
     nn::HybridSaveOptions so;
+    so.hf.dtype = dtype;
     nn::save_hybrid(dir, full, so);
     text::save_hf_tokenizer(dir, loaded_.tokenizer.data(), loaded_.chat_template);
     io::write_text_file_atomic(dir / kDone, "");
