@@ -4,7 +4,11 @@
 //   2. stage1: each step of the conversion schedule: convert (init from attention, or from the
 //              previous step), then distil with the MLPs frozen (CE + KL to the teacher)
 //   3. stage2: supervised fine-tuning of every parameter on the labels (optional)
-//   4. eval:   teacher-relative metrics on the held-out answers, before and after; curves; answers
+//   4. dpo:    stage 3 (optional): preference pairs, on-policy (chosen = the teacher's label,
+//              rejected = the model's own sample) or from JSONL, with the reference's
+//              log-probabilities; DPO on them; held-out preference accuracy and margin and the
+//              teacher-relative metrics before and after
+//   5. eval:   teacher-relative metrics on the held-out answers, before and after; curves; answers
 // Each step writes into the output folder and is skipped when a rerun finds it done, so a killed
 // run continues where it stopped (training steps from their newest checkpoint, bitwise on the CPU),
 // and `--only STEP` runs one step alone.
@@ -14,10 +18,13 @@
 #include <filesystem>
 #include <optional>
 
+#include <mil/data/preference_pairs.hpp>
+#include <mil/data/preference_pairs_jsonl.hpp>
 #include <mil/data/prompts.hpp>
 #include <mil/data/pseudo_labels.hpp>
 #include <mil/data/token_dataset.hpp>
 #include <mil/distill/conversion_schedule.hpp>
+#include <mil/distill/preference_eval.hpp>
 #include <mil/distill/student.hpp>
 #include <mil/distill/trainer.hpp>
 #include <mil/eval/answers.hpp>
@@ -51,6 +58,12 @@ struct Options {
   float lr = 1e-3f, sft_lr = 2e-5f, warmup = 0.05f, clip = 1.f, ce_weight = 1.f, kl_weight = 0.1f,
         temperature = 1.f;
   int64_t micro_batch = 4, accumulation = 1, seq_len = 256, checkpoint_every = 20;
+  // Stage 3 (DPO): off unless a budget is given or --only dpo runs it (then one epoch).
+  std::string dpo_tokens = "0", dpo_ref = "teacher", dpo_pairs;
+  double dpo_epochs = 0, dpo_beta = 0.1, dpo_label_smoothing = 0;
+  float dpo_lr = 5e-7f, dpo_temperature = 1.f;
+  int64_t dpo_samples = 1;
+  bool dpo_ipo = false;
   uint64_t seed = 0;
   int threads = 0;
   // Evaluation.
@@ -61,6 +74,9 @@ struct Options {
 };
 
 bool runs(const Options& o, const std::string& step) { return o.only.empty() || o.only == step; }
+bool dpo_enabled(const Options& o) {
+  return o.dpo_tokens != "0" || o.dpo_epochs > 0 || o.only == "dpo";
+}
 
 void say(const char* fmt, auto... args) {
   std::fprintf(stderr, "[mil-distill] ");
@@ -220,9 +236,21 @@ class Pipeline {
       }
       report["stage2"] = evaluate(student, eval_set, "after stage 2");
       last_model = run_dir / "model";
+    } else if (fs::exists(dir_ / "stage2" / "model" / kDone)) {
+      last_model = dir_ / "stage2" / "model";
     }
 
-    // ---- 4. answers side by side ------------------------------------------------------------
+    // ---- 4. stage 3: DPO on preference pairs, from the stage-2 (or stage-1) model -------------
+    if (dpo_enabled(o_) && runs(o_, "dpo")) {
+      MIL_CHECK(!last_model.empty() && fs::exists(last_model / kDone),
+                "stage 3 needs the stage-1 or stage-2 model: run them first");
+      report["stage3"] = dpo(last_model, train, heldout, eval_set);
+      last_model = dir_ / "stage3" / "model";
+    } else if (fs::exists(dir_ / "stage3" / "model" / kDone)) {
+      last_model = dir_ / "stage3" / "model";
+    }
+
+    // ---- 5. answers side by side ------------------------------------------------------------
     if (runs(o_, "eval") && !last_model.empty() && fs::exists(last_model / kDone)) {
       const auto final_model = nn::load_model(last_model.string());
       const auto model = nn::convert_model<T, D>(final_model.model);
@@ -320,31 +348,161 @@ class Pipeline {
              const std::vector<data::LabelledSequence>& seqs, const distill::TrainOptions& t,
              const fs::path& run_dir, const nlohmann::json& identity) {
     distill::Trainer<T, D> trainer(student, teacher, seqs, t, run_dir, identity);
+    run_steps(trainer, student, t, run_dir);
+  }
+
+  // Runs (or continues) a trainer to its last step, with a progress line, then draws its curves.
+  void run_steps(distill::Trainer<T, D>& trainer, const nn::HybridModel<T, D>& student,
+                 const distill::TrainOptions& t, const fs::path& run_dir) {
+    using distill::Stage;
     if (trainer.resume()) say("resumed at step %lld of %lld", (long long)trainer.state().step, (long long)t.steps);
-    say("%lld steps of %lld x %lld sequences (<= %lld tokens), lr %g, %lld trainable parameters; "
+    say("%lld steps of %lld x %lld %s (<= %lld tokens), lr %g, %lld trainable parameters; "
         "writing %s", (long long)t.steps, (long long)t.micro_batch, (long long)t.accumulation,
-        (long long)t.seq_len, double(t.lr), (long long)student.params().trainable_numel(),
-        run_dir.string().c_str());
-    util::ProgressBar bar(t.stage == distill::Stage::distill ? "stage 1" : "stage 2", t.steps);
+        t.stage == Stage::dpo ? "pairs" : "sequences", (long long)t.seq_len, double(t.lr),
+        (long long)student.params().trainable_numel(), run_dir.string().c_str());
+    const char* names[] = {"stage 1", "stage 2", "stage 3"};
+    util::ProgressBar bar(names[int(t.stage)], t.steps);
     while (!trainer.done()) {
       const auto m = trainer.step();
       char fields[160];
-      std::snprintf(fields, sizeof fields, "loss %.3f ce %.3f kl %.3f | %.0f tok/s%s", m.loss, m.ce,
-                    m.kl, m.tokens_per_s, m.skipped_total ? " | skipped steps" : "");
+      if (t.stage == Stage::dpo)
+        std::snprintf(fields, sizeof fields, "loss %.3f margin %.3f acc %.2f kl_ref %.3f | %.0f tok/s%s",
+                      m.loss, m.reward_margin, m.accuracy, m.kl_ref, m.tokens_per_s,
+                      m.skipped_total ? " | skipped steps" : "");
+      else
+        std::snprintf(fields, sizeof fields, "loss %.3f ce %.3f kl %.3f | %.0f tok/s%s", m.loss, m.ce,
+                      m.kl, m.tokens_per_s, m.skipped_total ? " | skipped steps" : "");
       bar.update(trainer.state().step, fields);
     }
-    distill::plot_metrics(run_dir / "metrics.jsonl", run_dir / "loss.svg",
-                          t.stage == distill::Stage::distill ? "stage 1: distillation" : "stage 2: SFT",
-                          t.stage == distill::Stage::distill ? std::vector<std::string>{"loss", "ce", "kl"}
-                                                             : std::vector<std::string>{"ce"});
+    const char* titles[] = {"stage 1: distillation", "stage 2: SFT", "stage 3: DPO"};
+    const std::vector<std::string> fields[] = {
+        {"loss", "ce", "kl"}, {"ce"}, {"loss", "reward_margin", "kl_ref"}};
+    distill::plot_metrics(run_dir / "metrics.jsonl", run_dir / "loss.svg", titles[int(t.stage)],
+                          fields[int(t.stage)]);
     say("curves: %s", (run_dir / "loss.svg").string().c_str());
   }
 
+  // ---- stage 3 --------------------------------------------------------------------------------
+  // Makes (or finds) the pairs, trains the model at `start` on them with DPO and reports the
+  // held-out preference metrics and the teacher-relative ones before and after.
+  nlohmann::json dpo(const fs::path& start, const data::TokenDataset& train,
+                     const data::TokenDataset& heldout, std::span<const data::LabelledSequence> eval_set) {
+    const auto start_model = nn::load_model(start.string()).model;
+    nn::HybridModel<T, D> policy(start_model.config());
+    policy.copy_owned_from(start_model);
+    // The reference: the teacher (the paper's), or a frozen copy of the starting model.
+    const bool sft_ref = o_.dpo_ref == "sft";
+    std::optional<nn::HybridModel<T, D>> frozen;
+    if (sft_ref) frozen.emplace(start_model.config()), frozen->copy_owned_from(start_model);
+    const nn::HybridModel<T, D>& reference = sft_ref ? *frozen : teacher_;
+    const std::string start_sha = util::sha256_model(start);
+    const std::string ref_sha = sft_ref ? start_sha : teacher_sha256_;
+    const std::string tokenizer = data::tokenizer_fingerprint(loaded_.tokenizer);
+    data::PairIdentity id{start.string(), start_sha, tokenizer, sft_ref ? start.string() : "",
+                          sft_ref ? start_sha : ""};
+
+    // Pairs: on-policy from the labels (the model before stage 3 samples the rejected answers),
+    // or the JSONL file's for training; the held-out ones always on-policy.
+    data::PairConfig pc;
+    pc.sampling.temperature = o_.dpo_temperature;
+    pc.seed = o_.seed;
+    pc.samples_per_prompt = o_.dpo_samples;
+    pc.slots = o_.slots;
+    pc.max_answer = o_.max_answer;
+    auto make_pairs = [&](const data::TokenDataset& labels, const fs::path& out) {
+      say("preference pairs from %zu labels into %s", labels.sequences.size(), out.string().c_str());
+      const auto s = data::make_preference_pairs(policy, teacher_, reference, labels, pc, out, id);
+      say("  %lld pairs; skipped: %lld empty, %lld with the chosen answer as the only sample",
+          (long long)s.pairs, (long long)s.skipped_empty, (long long)s.skipped_same_answer);
+    };
+    const fs::path train_dir = dir_ / "pairs" / "train", heldout_dir = dir_ / "pairs" / "heldout";
+    if (!o_.dpo_pairs.empty()) {
+      data::JsonlPairConfig jc;
+      jc.max_prompt = o_.max_prompt;
+      jc.max_answer = o_.max_answer;
+      say("preference pairs from %s into %s", o_.dpo_pairs.c_str(), train_dir.string().c_str());
+      data::make_jsonl_preference_pairs(reference, loaded_.tokenizer, tmpl_, {fs::path(o_.dpo_pairs)},
+                                        jc, train_dir, id);
+    } else {
+      make_pairs(train, train_dir);
+    }
+    make_pairs(heldout, heldout_dir);
+    auto read_pairs = [&](const fs::path& dir) {
+      auto d = data::read_preference_pairs(dir);
+      data::check_pairs_match(d.manifest, ref_sha, tokenizer);
+      MIL_CHECK(!d.pairs.empty(), dir.string(), " holds no pairs: every prompt was skipped");
+      return d;
+    };
+    const auto train_pairs = read_pairs(train_dir), heldout_pairs = read_pairs(heldout_dir);
+    const std::span<const data::PreferencePair> tp(train_pairs.pairs), hp(heldout_pairs.pairs);
+
+    auto measure = [&](const char* what) {
+      const auto m = distill::preference_metrics(policy, hp, o_.dpo_beta);
+      say("%s: held-out preference accuracy %.1f%%, reward margin %.3f, kl_ref %.3f (%lld pairs)",
+          what, 100 * m.accuracy, m.reward_margin, m.kl_ref, (long long)m.pairs);
+      return nlohmann::json{{"accuracy", m.accuracy},
+                            {"reward_margin", m.reward_margin},
+                            {"kl_ref", m.kl_ref},
+                            {"pairs", m.pairs},
+                            {"teacher_relative", evaluate(policy, eval_set, what)}};
+    };
+    nlohmann::json entry = {{"reference", sft_ref ? "sft" : "teacher"}, {"start", start.string()}};
+    entry["before"] = measure("before stage 3");
+    const fs::path run_dir = dir_ / "stage3";
+    if (!fs::exists(run_dir / "model" / kDone)) {
+      const auto t = dpo_options(tp);
+      distill::Trainer<T, D> trainer(policy, tp, t, run_dir,
+                                     {{"stage", "3"}, {"start_sha256", start_sha},
+                                      {"pairs_sha256", train_pairs.manifest.prompts_sha256}});
+      run_steps(trainer, policy, t, run_dir);
+      // In float32: a DPO update (lr 5e-7) is far below bf16's resolution of a weight, and a
+      // bf16 copy would lose most of it.
+      save(policy, run_dir / "model", "float32");
+    } else {
+      say("stage 3 is done already: %s", (run_dir / "model").string().c_str());
+      policy.copy_owned_from(nn::load_model((run_dir / "model").string()).model);
+    }
+    entry["after"] = measure("after stage 3");
+    return entry;
+  }
+
+  distill::TrainOptions dpo_options(std::span<const data::PreferencePair> pairs) const {
+    distill::TrainOptions t = distill::dpo_options();
+    t.lr = o_.dpo_lr;
+    t.min_lr = o_.dpo_lr / 10;
+    t.dpo.beta = o_.dpo_beta;
+    t.dpo.label_smoothing = o_.dpo_label_smoothing;
+    t.dpo.objective = o_.dpo_ipo ? DpoObjective::ipo : DpoObjective::sigmoid;
+    t.micro_batch = std::max<int64_t>(1, o_.micro_batch / 2);  // as many rows as other stages
+    t.accumulation = o_.accumulation;
+    t.max_grad_norm = o_.clip;
+    t.seed = o_.seed;
+    t.checkpoint_every = o_.checkpoint_every;
+    t.pad_id = std::max<int32_t>(loaded_.tokenizer.eos(), 0);
+    // A row holds a whole prompt and answer (the reference log-probability covers all of it).
+    int64_t longest = 2, tokens = 0;
+    for (const auto& p : pairs) {
+      longest = std::max<int64_t>(longest, int64_t(p.prompt.size()) + std::max(p.chosen_len(), p.rejected_len()));
+      tokens += 2 * int64_t(p.prompt.size()) + p.chosen_len() + p.rejected_len();
+    }
+    t.seq_len = longest - 1;
+    // Steps from the epochs or the token budget (or one epoch).
+    const double per_step = double(t.micro_batch * t.accumulation);
+    const double epochs = o_.dpo_tokens != "0"
+                              ? double(distill::parse_token_count(o_.dpo_tokens)) / double(tokens)
+                              : o_.dpo_epochs > 0 ? o_.dpo_epochs : 1.0;
+    t.steps = std::max<int64_t>(1, int64_t(std::ceil(epochs * double(pairs.size()) / per_step)));
+    t.warmup_steps = int64_t(o_.warmup * float(t.steps));
+    return t;
+  }
+
   // The model in the reference format (mil-chat and the reference code load it), marked done.
-  void save(const nn::HybridModel<T, D>& student, const fs::path& dir) {
+  void save(const nn::HybridModel<T, D>& student, const fs::path& dir,
+            const std::string& dtype = "bfloat16") {
     nn::HybridModel<float, Cpu> full(student.config());
     full.copy_owned_from(student);
     nn::HybridSaveOptions so;
+    so.hf.dtype = dtype;
     nn::save_hybrid(dir, full, so);
     text::save_hf_tokenizer(dir, loaded_.tokenizer.data(), loaded_.chat_template);
     io::write_text_file_atomic(dir / kDone, "");
@@ -353,7 +511,7 @@ class Pipeline {
 
   nlohmann::json evaluate(const nn::HybridModel<T, D>& model, std::span<const data::LabelledSequence> seqs,
                           const char* what) {
-    if (!runs(o_, "eval") && !runs(o_, "stage1")) return nullptr;
+    if (!runs(o_, "eval") && !runs(o_, "stage1") && !runs(o_, "dpo")) return nullptr;
     util::ProgressBar bar("eval", int64_t(seqs.size()));
     eval::EvalOptions eo;
     eo.max_len = o_.seq_len + 1;
@@ -381,15 +539,18 @@ class Pipeline {
 
 int main(int argc, char** argv) {
   CLI::App app{"mil-distill: distil a Transformer into a hybrid Mamba model (label -> stage 1 -> "
-               "stage 2 -> eval)"};
+               "stage 2 -> stage 3 (DPO) -> eval)"};
   Options o;
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // scripts add defaults
   app.add_option("--teacher", o.teacher, "the Transformer: GGUF file or Hugging Face folder")->required();
   app.add_option("-o,--out", o.out, "output folder (a rerun continues what it finds there)")->required();
   app.add_option("--prompts", o.prompts, "JSONL prompt files (scripts/setup.sh fetches the defaults)")
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
-  app.add_option("--only", o.only, "run one step: label, stage1, stage2 or eval")
-      ->check(CLI::IsMember({"label", "stage1", "stage2", "eval"}));
+  auto* only = app.add_option("--only", o.only, "run one step: label, stage1, stage2, dpo or eval")
+                   ->check(CLI::IsMember({"label", "stage1", "stage2", "dpo", "eval"}));
+  app.add_option("--stage", o.only, "the same as --only (e.g. --stage dpo)")
+      ->check(CLI::IsMember({"label", "stage1", "stage2", "dpo", "eval"}))
+      ->excludes(only);
   auto* layout = app.add_option("--layout", o.layout, "attention kept: 50%, 25%, 12.5% or 0%");
   auto* attn = app.add_option("--attn-layers", o.attn_layers, "layers that keep attention, e.g. 1,3,5");
   auto* mamba = app.add_option("--mamba-layers", o.mamba_layers, "layers that become Mamba, e.g. 7,15,23");
@@ -419,6 +580,20 @@ int main(int argc, char** argv) {
   app.add_option("--accumulation", o.accumulation, "micro-batches per optimizer step");
   app.add_option("--seq-len", o.seq_len, "longest training sequence (longer ones are cut)");
   app.add_option("--checkpoint-every", o.checkpoint_every, "optimizer steps between checkpoints");
+  // Stage 3. METHOD §5's full-size settings are the defaults (beta 0.1, lr 5e-7); a few CPU steps
+  // at 5e-7 move nothing measurable: CPU quick starts take e.g. --dpo-lr 1e-5 --dpo-beta 0.1.
+  auto* dpo_tokens = app.add_option("--dpo-tokens", o.dpo_tokens, "stage-3 (DPO) tokens (0: no stage 3)");
+  app.add_option("--dpo-epochs", o.dpo_epochs, "stage-3 epochs over the pairs (instead of --dpo-tokens)")
+      ->excludes(dpo_tokens);
+  app.add_option("--dpo-samples", o.dpo_samples, "student samples per prompt; the teacher's least likely is rejected");
+  app.add_option("--dpo-temperature", o.dpo_temperature, "temperature of the student's samples");
+  app.add_option("--dpo-ref", o.dpo_ref, "reference model: teacher or sft (the model before stage 3)")
+      ->check(CLI::IsMember({"teacher", "sft"}));
+  app.add_option("--dpo-beta", o.dpo_beta, "DPO beta (0.1 for 3 epochs or 0.01 for 1, METHOD §5)");
+  app.add_option("--dpo-lr", o.dpo_lr, "stage-3 peak learning rate (5e-7; 1e-5 for CPU quick starts)");
+  app.add_flag("--dpo-ipo", o.dpo_ipo, "IPO loss instead of sigmoid DPO");
+  app.add_option("--dpo-label-smoothing", o.dpo_label_smoothing, "conservative DPO's eps, in [0, 0.5]");
+  app.add_option("--dpo-pairs", o.dpo_pairs, "training pairs from JSONL (prompt/chosen/rejected or ShareGPT)");
   app.add_option("--seed", o.seed, "seed of prompts, labels, initialisation and data order");
   app.add_option("--threads", o.threads, "CPU threads (default: all cores)");
   app.add_option("--eval-seqs", o.eval_seqs, "held-out answers scored before and after");

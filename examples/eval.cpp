@@ -2,7 +2,9 @@
 // (docs/METHOD.md §7): on held-out teacher answers, perplexity and its ratio to the teacher's,
 // token KL(teacher || model) and top-1 agreement; passkey retrieval at 1x, 2x, 4x, 8x and 20x a
 // training length, capped at the teacher's context, with the teacher's own score as the
-// baseline; and greedy answers of teacher and models to a few prompts, side by side.
+// baseline; with --pairs, held-out preference accuracy and reward margin against the pairs'
+// stored reference log-probabilities (stage 3, docs/METHOD.md §5); and greedy answers of teacher
+// and models to a few prompts, side by side.
 //
 //   mil-eval --teacher models/SmolLM2-135M-Instruct.Q4_1.gguf -m runs/student
 //            --data data/heldout --passkey-train-len 512 --json eval.json
@@ -17,7 +19,9 @@
 #include <string>
 #include <vector>
 
+#include <mil/data/preference_pair.hpp>
 #include <mil/data/token_dataset.hpp>
+#include <mil/distill/preference_eval.hpp>
 #include <mil/eval/passkey.hpp>
 #include <mil/eval/sequences_json.hpp>
 #include <mil/eval/teacher_relative.hpp>
@@ -31,7 +35,8 @@ using ojson = nlohmann::ordered_json;
 namespace {
 
 struct Options {
-  std::string teacher, data, sequences, json, device = "auto", chat_template;
+  std::string teacher, data, sequences, pairs, json, device = "auto", chat_template;
+  double beta = 0.1;  // scale of the rewards beta (logp - ref)
   std::vector<std::string> models, prompts = {"What is the capital of France?",
                                               "Write a haiku about the sea.",
                                               "Explain in two sentences why the sky is blue."};
@@ -46,6 +51,7 @@ struct Entry {
   nn::LoadedModel loaded;
   std::optional<text::ChatTemplate> tmpl;
   std::optional<eval::TeacherRelative> relative;
+  std::optional<distill::PreferenceMetrics> preference;
   std::vector<eval::PasskeyScore> passkey;
   std::vector<std::string> answers;
 };
@@ -84,7 +90,8 @@ std::function<void(int64_t, int64_t)> progress(std::optional<util::ProgressBar>&
 template <Element T, Device D>
 void evaluate(const Options& o, std::vector<Entry>& entries,
               const std::vector<const nn::HybridModel<T, D>*>& models,
-              const std::vector<data::LabelledSequence>& heldout) {
+              const std::vector<data::LabelledSequence>& heldout,
+              std::span<const data::PreferencePair> pairs) {
   std::optional<util::ProgressBar> bar;
   for (size_t i = 0; i < entries.size(); ++i) {
     Entry& e = entries[i];
@@ -92,6 +99,10 @@ void evaluate(const Options& o, std::vector<Entry>& entries,
     if (!heldout.empty() && i > 0) {  // the teacher's own figures come with every model's
       eval::EvalOptions eo{o.max_len, o.batch_tokens, progress(bar, "held-out " + name)};
       e.relative = eval::teacher_relative(*models[0], *models[i], heldout, eo);
+    }
+    if (!pairs.empty() && i > 0) {
+      std::fprintf(stderr, "[mil-eval] preference pairs: %s\n", name.c_str());
+      e.preference = distill::preference_metrics(*models[i], pairs, o.beta);
     }
     if (o.passkey.trials > 0) {
       eval::PasskeyOptions po = o.passkey;
@@ -129,6 +140,20 @@ void print_table(const std::vector<Entry>& entries) {
                 (long long)entries[0].passkey[0].trials);
 }
 
+// Against the pairs' reference: the share of pairs whose chosen answer gets the larger reward,
+// the mean reward margin and the mean (logp - ref) per answer token.
+void print_preferences(const std::vector<Entry>& entries, double beta) {
+  if (entries.size() < 2 || !entries[1].preference) return;
+  std::printf("\n%-28s %9s %9s %8s   (preference pairs: %lld, beta %g)\n", "model", "accuracy",
+              "margin", "kl_ref", (long long)entries[1].preference->pairs, beta);
+  for (size_t i = 1; i < entries.size(); ++i) {
+    const auto& m = *entries[i].preference;
+    std::string name = entries[i].loaded.name;
+    if (name.size() > 28) name = name.substr(0, 25) + "...";
+    std::printf("%-28s %9.4f %9.4f %8.5f\n", name.c_str(), m.accuracy, m.reward_margin, m.kl_ref);
+  }
+}
+
 void print_answers(const Options& o, const std::vector<Entry>& entries) {
   for (size_t p = 0; p < o.prompts.size(); ++p) {
     std::printf("\n### %s\n", o.prompts[p].c_str());
@@ -154,6 +179,11 @@ ojson to_json(const Options& o, const std::vector<Entry>& entries, int64_t heldo
       }
       j["answer_tokens"] = r.tokens;
     }
+    if (e.preference)
+      j["preference"] = {{"pairs", e.preference->pairs},
+                         {"accuracy", e.preference->accuracy},
+                         {"reward_margin", e.preference->reward_margin},
+                         {"kl_ref", e.preference->kl_ref}};
     ojson pk = ojson::array();
     for (const auto& s : e.passkey)
       pk.push_back({{"length", s.length}, {"multiple", s.multiple}, {"correct", s.correct},
@@ -163,6 +193,7 @@ ojson to_json(const Options& o, const std::vector<Entry>& entries, int64_t heldo
   };
   ojson out;
   out["data"] = {{"path", o.data + o.sequences}, {"sequences", heldout_sequences}, {"max_len", o.max_len}};
+  if (!o.pairs.empty()) out["pairs"] = {{"path", o.pairs}, {"beta", o.beta}};
   out["passkey"] = {{"train_len", o.passkey.train_len}, {"context", o.passkey.context},
                     {"trials", o.passkey.trials}, {"seed", o.passkey.seed}};
   out["teacher"] = model_json(entries[0], true);
@@ -194,6 +225,12 @@ int main(int argc, char** argv) {
                                              "[{\"tokens\": [...], \"prompt_len\": n}, ...]")
       ->check(CLI::ExistingFile)
       ->excludes("--data");
+  app.add_option("--pairs", o.pairs, "held-out preference pairs (mil-distill's pairs/heldout): "
+                                    "preference accuracy and reward margin of each model")
+      ->check(CLI::ExistingDirectory);
+  app.add_option("--beta", o.beta, "DPO beta that scales the rewards of --pairs")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   app.add_option("--max-seqs", o.max_seqs, "held-out sequences to use; 0 = all")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--max-len", o.max_len, "tokens per held-out sequence at most")
@@ -257,6 +294,17 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "[mil-eval] %s: %zu held-out sequences\n", (o.data + o.sequences).c_str(),
                    heldout.size());
     }
+    data::PreferenceDataset pairs;
+    if (!o.pairs.empty()) {
+      pairs = data::read_preference_pairs(o.pairs);
+      // Any reference is fine (the pairs name theirs); the token ids must be the models'.
+      for (const Entry& e : entries)
+        data::check_pairs_match(pairs.manifest, pairs.manifest.pairs.reference_sha256,
+                                data::tokenizer_fingerprint(e.loaded.tokenizer));
+      MIL_CHECK(!pairs.pairs.empty(), "no preference pairs in '", o.pairs, "'");
+      std::fprintf(stderr, "[mil-eval] %s: %zu preference pairs (reference %s)\n", o.pairs.c_str(),
+                   pairs.pairs.size(), pairs.manifest.pairs.reference_name.c_str());
+    }
 #if MIL_CUDA_ENABLED && defined(__CUDACC__)
     if (o.device == "cuda" || (o.device == "auto" && mil::cuda::device_count() > 0)) {
       MIL_CHECK(mil::cuda::device_count() > 0, "--device cuda: no CUDA device found");
@@ -265,7 +313,7 @@ int main(int argc, char** argv) {
       std::vector<const nn::HybridModel<bf16, Cuda>*> models;
       for (const Entry& e : entries) gpu.push_back(nn::convert_model<bf16, Cuda>(e.loaded.model));
       for (const auto& m : gpu) models.push_back(&m);
-      evaluate(o, entries, models, heldout);
+      evaluate(o, entries, models, heldout, std::span<const data::PreferencePair>(pairs.pairs));
     } else
 #else
     MIL_CHECK(o.device != "cuda", "--device cuda: this mil-eval was built without CUDA");
@@ -274,9 +322,10 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "[mil-eval] device: CPU (float)\n");
       std::vector<const nn::HybridModel<float, Cpu>*> models;
       for (const Entry& e : entries) models.push_back(&e.loaded.model);
-      evaluate(o, entries, models, heldout);
+      evaluate(o, entries, models, heldout, std::span<const data::PreferencePair>(pairs.pairs));
     }
     print_table(entries);
+    print_preferences(entries, o.beta);
     print_answers(o, entries);
     if (!o.json.empty()) {
       io::write_text_file_atomic(o.json, to_json(o, entries, int64_t(heldout.size())).dump(2) + "\n");

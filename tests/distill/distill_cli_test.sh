@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # mil-distill end to end on the first two layers of the real teacher (a minute on 2 cores): label ->
-# stage 1 -> stage 2 -> eval, outputs in place, a rerun that finds everything done, mil-chat on the
-# result, and the refusals: another run's folder, malformed prompts (file and line named).
+# stage 1 -> stage 2 -> eval, then stage 3 (--stage dpo) on its own, outputs in place, a rerun that
+# finds everything done, mil-chat on the result, and the refusals: another run's folder, malformed
+# prompts (file and line named).
 # Usage: distill_cli_test.sh MIL_DISTILL MIL_CHAT SOURCE_DIR WORK_DIR
 set -euo pipefail
 distill=$1 chat=$2 src=$3 work=$4
@@ -26,9 +27,23 @@ done
 grep -q '"after"' "$work/run/report.json" || fail "report.json has no metrics after training"
 grep -q '"stage2"' "$work/run/report.json" || fail "report.json has no stage-2 metrics"
 
+# Stage 3 from the stage-2 model: on-policy pairs, DPO, metrics before and after.
+"$distill" "${args[@]}" -o "$work/run" --stage dpo --dpo-epochs 1 --dpo-lr 1e-5 > "$work/dpo.log" 2>&1 ||
+  { cat "$work/dpo.log"; fail "stage 3"; }
+for f in pairs/train/manifest.json pairs/heldout/manifest.json stage3/metrics.jsonl stage3/loss.svg \
+         stage3/model/mil_distill_done; do
+  [[ -f $work/run/$f ]] || fail "missing $f"
+done
+grep -q '"reward_margin"' "$work/run/stage3/metrics.jsonl" || fail "stage-3 metrics have no reward margin"
+grep -q "before stage 3: held-out preference accuracy" "$work/dpo.log" || { cat "$work/dpo.log"; fail "no preference metrics before stage 3"; }
+grep -q "after stage 3: ppl ratio" "$work/dpo.log" || { cat "$work/dpo.log"; fail "no teacher-relative metrics after stage 3"; }
+grep -q "stage2/model" "$work/run/report.json" || fail "stage 3 did not start from the stage-2 model"
+
 # A rerun finds every step done: nothing is labelled or trained again.
 "$distill" "${args[@]}" -o "$work/run" > "$work/second.log" 2>&1 || { cat "$work/second.log"; fail "rerun"; }
 grep -q "done already" "$work/second.log" || { cat "$work/second.log"; fail "rerun trained again"; }
+"$distill" "${args[@]}" -o "$work/run" --stage dpo > "$work/dpo2.log" 2>&1 || { cat "$work/dpo2.log"; fail "stage-3 rerun"; }
+grep -q "stage 3 is done already" "$work/dpo2.log" || { cat "$work/dpo2.log"; fail "stage-3 rerun trained again"; }
 if grep -q "^labelling \[" "$work/second.log"; then fail "rerun labelled again"; fi
 
 # The result chats.

@@ -8,8 +8,6 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 
 #include <mil/distill/conversion_schedule.hpp>
 #include <mil/distill/student.hpp>
@@ -18,6 +16,7 @@
 
 #include "common/child_process.hpp"
 #include "common/error_of.hpp"
+#include "run_files.hpp"
 
 using namespace mil;
 namespace fs = std::filesystem;
@@ -91,16 +90,7 @@ struct Fixture {
   }
 };
 
-fs::path fresh_dir(const std::string& name) {
-  const fs::path d = fs::temp_directory_path() / ("mil_test_trainer_" + name + "_" + std::to_string(getpid()));
-  fs::remove_all(d);
-  return d;
-}
-
-std::string read_file(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
-}
+using test::fresh_run_dir, test::file_bytes, test::metrics_without_timings;
 
 // Runs (or resumes) the fixture's training in `dir` to the end.
 void train_to_end(const fs::path& dir, int64_t steps) {
@@ -127,7 +117,7 @@ TEST_CASE("distill: stage 1 lowers the held-out KL and leaves frozen parameters 
   const auto teacher_before = fx.teacher.params().values().to_vector();
   const auto own_before = student.params().values().to_vector();
   const double kl_before = heldout_kl(fx.teacher, student, fx.heldout);
-  const fs::path dir = fresh_dir("kl");
+  const fs::path dir = fresh_run_dir("kl");
   distill::Trainer<float, Cpu> trainer(student, &fx.teacher, fx.train, Fixture::options(40), dir);
   while (!trainer.done()) trainer.step();
   const double kl_after = heldout_kl(fx.teacher, student, fx.heldout);
@@ -159,16 +149,9 @@ int64_t newest_checkpoint(const fs::path& dir) {
   return newest;
 }
 
-// metrics.jsonl without the timings, which differ from run to run.
-std::vector<nlohmann::json> metrics_without_timings(const fs::path& dir) {
-  auto rows = distill::read_metrics(dir / "metrics.jsonl");
-  for (auto& r : rows) r.erase("tokens_per_s");
-  return rows;
-}
-
 TEST_CASE("distill: a run killed at random moments and resumed equals an uninterrupted run bitwise") {
   const int64_t steps = 24;
-  const fs::path a = fresh_dir("straight"), b = fresh_dir("killed");
+  const fs::path a = fresh_run_dir("straight"), b = fresh_run_dir("killed");
   train_to_end(a, steps);
   // The child trains in `b` (resuming what it finds there). Each time, it is killed with SIGKILL
   // once it has checkpointed 1-3 steps beyond where it started, plus 0-3 ms, so kills land
@@ -208,7 +191,7 @@ TEST_CASE("distill: a run killed at random moments and resumed equals an uninter
   REQUIRE(ma.size() == size_t(steps));
   CHECK(ma == mb);
   const auto last = fs::path("checkpoints") / distill::ckpt_detail::step_name(steps) / "state.safetensors";
-  CHECK(read_file(a / last) == read_file(b / last));  // weights and moments
+  CHECK(file_bytes(a / last) == file_bytes(b / last));  // weights and moments
   fs::remove_all(a);
   fs::remove_all(b);
 }
@@ -224,7 +207,7 @@ TEST_CASE("distill: a step with a non-finite loss changes no weight and is count
   poisoned[1].prompt_len = 2;
   auto student = fx.student();
   const auto before = student.params().values().to_vector();
-  const fs::path dir = fresh_dir("nan");
+  const fs::path dir = fresh_run_dir("nan");
   auto o = Fixture::options(3);
   o.micro_batch = 1;
   distill::Trainer<float, Cpu> trainer(student, &fx.teacher, poisoned, o, dir);
@@ -235,7 +218,7 @@ TEST_CASE("distill: a step with a non-finite loss changes no weight and is count
 }
 
 TEST_CASE("distill: checkpoints cut short are skipped or named and other runs are refused") {
-  const fs::path dir = fresh_dir("cut");
+  const fs::path dir = fresh_run_dir("cut");
   train_to_end(dir, 3);  // keeps step-2 and step-3
   const fs::path c2 = dir / "checkpoints/step-00000002", c3 = dir / "checkpoints/step-00000003";
   REQUIRE(fs::exists(c2 / "COMPLETE"));
@@ -255,7 +238,7 @@ TEST_CASE("distill: checkpoints cut short are skipped or named and other runs ar
     CHECK(e.find("step-00000002/state.safetensors") != std::string::npos);
   }
   {  // the folder holds a run with other settings
-    const fs::path other = fresh_dir("other");
+    const fs::path other = fresh_run_dir("other");
     train_to_end(other, 2);
     auto o = Fixture::options(2);
     o.lr = 1e-3f;
@@ -276,7 +259,7 @@ TEST_CASE("distill: stage 2 trains every parameter with CE on the labels") {
   const auto before = full.params().values().to_vector();
   auto o = Fixture::options(30);
   o.stage = distill::Stage::sft;
-  const fs::path dir = fresh_dir("sft");
+  const fs::path dir = fresh_run_dir("sft");
   distill::Trainer<float, Cpu> trainer(full, nullptr, fx.train, o, dir);
   double first_ce = trainer.step().ce, last_ce = 0;
   while (!trainer.done()) last_ce = trainer.step().ce;
@@ -311,7 +294,7 @@ TEST_CASE("distill: conversion schedules parse and each step starts from the pre
   Fixture fx;
   auto step1 = fx.student();
   {
-    distill::Trainer<float, Cpu> t(step1, &fx.teacher, fx.train, Fixture::options(5), fresh_dir("step1"));
+    distill::Trainer<float, Cpu> t(step1, &fx.teacher, fx.train, Fixture::options(5), fresh_run_dir("step1"));
     while (!t.done()) t.step();
   }
   nn::HybridModel<float, Cpu> step1_full(fx.config);
@@ -326,5 +309,5 @@ TEST_CASE("distill: conversion schedules parse and each step starts from the pre
   CHECK(same(step2.weights().layers[0].mamba2.in_proj, step1.weights().layers[0].mamba2.in_proj));
   CHECK(!same(step2.weights().layers[0].mamba2.in_proj, fresh.weights().layers[0].mamba2.in_proj));
   CHECK(same(step2.weights().layers[1].mamba2.in_proj, fresh.weights().layers[1].mamba2.in_proj));
-  fs::remove_all(fresh_dir("step1"));
+  fs::remove_all(fresh_run_dir("step1"));
 }

@@ -25,14 +25,30 @@ struct StepMetrics {
   double seconds = 0, tokens_per_s = 0;
   bool skipped = false;           // non-finite loss or gradient: no update
   int64_t skipped_total = 0;
+  // Stage 3 (written when `dpo`): means over the step's pairs of the rewards beta (logp - ref)
+  // of both answers, their difference and the share of pairs whose chosen answer gets the larger
+  // reward; kl_ref is the mean over answer tokens of (policy logp - reference logp), an estimate
+  // of how far the policy has moved from the reference. ce is then the chosen answers' NLL per
+  // token, and kl (a teacher's distribution) is null.
+  bool dpo = false;
+  double chosen_reward = 0, rejected_reward = 0, reward_margin = 0, accuracy = 0, kl_ref = 0;
 
   nlohmann::json to_json() const {
     auto num = [](double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); };
-    return {{"step", step},         {"loss", num(loss)},   {"ce", num(ce)},
+    nlohmann::json j = {{"step", step},         {"loss", num(loss)},   {"ce", num(ce)},
             {"kl", num(kl)},        {"lr", lr},            {"grad_norm", num(grad_norm)},
             {"tokens", tokens},     {"answer_tokens", answer_tokens},
             {"tokens_seen", tokens_seen},                  {"tokens_per_s", tokens_per_s},
             {"skipped", skipped},   {"skipped_total", skipped_total}};
+    if (dpo) {
+      j["stage"] = "dpo";
+      j["reward_margin"] = num(reward_margin);
+      j["accuracy"] = num(accuracy);
+      j["kl_ref"] = num(kl_ref);
+      j["chosen_reward"] = num(chosen_reward);
+      j["rejected_reward"] = num(rejected_reward);
+    }
+    return j;
   }
 };
 
