@@ -72,7 +72,8 @@ class Tensor {
     MIL_CHECK(int64_t(values.size()) == shape.numel(), "Tensor::from: ", values.size(),
               " values for shape ", shape.str());
     Tensor<T, Cpu> host = Tensor<T, Cpu>::empty(shape);
-    std::memcpy(host.data(), values.data(), values.size() * sizeof(T));
+    // memcpy from an empty vector's null data() is undefined even for 0 bytes.
+    if (!values.empty()) std::memcpy(host.data(), values.data(), values.size() * sizeof(T));
     if constexpr (std::is_same_v<D, Cpu>) return host;
     else return host.template to<D>();
   }
