@@ -162,8 +162,15 @@ def read_build(build_dir):
 
 
 def read_commit(repo):
-    """The commit and whether the tree differed from it. A copy without .git gives the commit in
-    MIL_COMMIT (and MIL_TREE_DIRTY=1 when it had changes); else the commit is unknown."""
+    """The commit and whether the tree differed from it. MIL_COMMIT (and MIL_TREE_DIRTY=1 when the
+    build had changes) wins when set: a GPU machine's copy of .git can name another commit than
+    the one built (the device copies a snapshot of the repository taken earlier). Else git's HEAD
+    and status; else the commit is unknown."""
+    commit = os.environ.get("MIL_COMMIT", "")
+    if commit:
+        dirty = os.environ.get("MIL_TREE_DIRTY", "0") not in ("", "0")
+        return {"commit": commit, "tree_dirty": dirty, "commit_from": "MIL_COMMIT"}
+
     def git(*args):
         return subprocess.run(["git", "-C", repo, *args], capture_output=True, text=True,
                               check=True).stdout
@@ -175,11 +182,7 @@ def read_commit(repo):
         return {"commit": commit, "tree_dirty": bool(changed), "changed_files": changed,
                 "commit_from": "git"}
     except (OSError, subprocess.CalledProcessError):
-        commit = os.environ.get("MIL_COMMIT", "")
-        if not commit:
-            return {"commit": "unknown", "tree_dirty": True, "commit_from": "none"}
-        dirty = os.environ.get("MIL_TREE_DIRTY", "0") not in ("", "0")
-        return {"commit": commit, "tree_dirty": dirty, "commit_from": "MIL_COMMIT"}
+        return {"commit": "unknown", "tree_dirty": True, "commit_from": "none"}
 
 
 def slug(text):

@@ -8,8 +8,9 @@
 # them instead of skipping them. The exit code is 0 only for a clean run: every test passed and
 # every benchmark measured.
 # Environment: RESULTS_DIR (default bench/results) receives the result file; the raw outputs
-# (JUnit XML, benchmark JSON, logs) go to $OUT when set, else to out/. In a copy of the tree
-# without .git, MIL_COMMIT (and MIL_TREE_DIRTY=1 if it had changes) names the commit.
+# (JUnit XML, benchmark JSON, logs) go to $OUT when set, else to out/.
+# MIL_COMMIT (and MIL_TREE_DIRTY=1 if the build had changes) names the commit when set (a GPU
+# machine's copy of .git may name an older snapshot); else git does.
 set -uo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=$(cd "${1:-$repo/build/cuda}" && pwd) || exit 2

@@ -128,6 +128,7 @@ class GpuResults(unittest.TestCase):
         self.assertEqual(code, 1)
 
     def test_commit_and_changes_from_git(self):
+        os.environ.pop("MIL_COMMIT")  # git's answer is used only without MIL_COMMIT
         git = ["git", "-C", self.repo, "-c", "user.name=t", "-c", "user.email=t@t"]
         subprocess.run(["git", "init", "-q", self.repo], check=True)
         with open(os.path.join(self.repo, "a.txt"), "w") as f:
@@ -148,6 +149,11 @@ class GpuResults(unittest.TestCase):
         _, files, r = self.run_script()
         self.assertEqual((r["tree_dirty"], r["changed_files"]), (True, ["a.txt"]))
         self.assertIn(f"2026-12-05-nvidia-h100-80gb-hbm3-{head[:10]}-dirty.json", files)
+        # MIL_COMMIT wins over the copy's .git, which may name an older snapshot than the build's.
+        os.environ["MIL_COMMIT"] = "fedcba9876543210fedcba9876543210fedcba98"
+        _, _, r = self.run_script()
+        self.assertEqual((r["commit"], r["tree_dirty"], r["commit_from"]),
+                         (os.environ["MIL_COMMIT"], False, "MIL_COMMIT"))
 
 
 if __name__ == "__main__":
