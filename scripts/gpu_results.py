@@ -57,7 +57,16 @@ def _figures(entry):
     return {k: v for k, v in entry.items() if k not in bookkeeping}
 
 
-def read_benchmarks(bench_path, exit_code):
+def portable_path(path, repo):
+    """A path as the repository names it: relative to its root when inside it, else the file name
+    alone (a result file names no directory of the machine that wrote it)."""
+    if not os.path.isabs(path):
+        return path
+    rel = os.path.relpath(os.path.realpath(path), os.path.realpath(repo))
+    return os.path.basename(path) if rel.startswith("..") else rel
+
+
+def read_benchmarks(bench_path, exit_code, repo):
     """One record per benchmark: the median time, its spread, the counters at the median and the
     peer and floor ratios named as such. Works with and without aggregate rows."""
     benches = {"exit_code": exit_code, "cases": []}
@@ -70,6 +79,8 @@ def read_benchmarks(bench_path, exit_code):
     context = doc.get("context", {})
     benches["context"] = {k: context[k] for k in ("date", "host_name", "executable", "num_cpus",
                                                    "library_build_type") if k in context}
+    if "executable" in benches["context"]:
+        benches["context"]["executable"] = portable_path(benches["context"]["executable"], repo)
     runs = {}  # run_name -> {"iterations": [...], "aggregates": {name: entry}}, in file order
     for entry in doc.get("benchmarks", []):
         name = entry.get("run_name", entry["name"])
@@ -205,7 +216,7 @@ def combine(args):
               "build": read_build(args.build_dir),
               "gpu_required": os.environ.get("MIL_REQUIRE_GPU", ""),
               "tests": read_tests(args.junit, args.tests_exit),
-              "benchmarks": read_benchmarks(args.bench, args.bench_exit)}
+              "benchmarks": read_benchmarks(args.bench, args.bench_exit, args.repo)}
     result["benchmarks"]["filter"] = args.bench_filter
     t, b = result["tests"], result["benchmarks"]
     # A clean run: every test ran and passed, every benchmark measured, both programs exited 0.

@@ -127,6 +127,19 @@ class GpuResults(unittest.TestCase):
         self.assertFalse(r["ok"])
         self.assertEqual(code, 1)
 
+    def test_the_executable_is_named_without_the_machine_s_directories(self):
+        with open(os.path.join(FIXTURE, "gpu_bench.json")) as f:
+            doc = json.load(f)
+        for executable, expected in ((os.path.join(self.repo, "build", "cuda", "mil_bench_cuda"),
+                                      os.path.join("build", "cuda", "mil_bench_cuda")),
+                                     ("/elsewhere/build/mil_bench_cuda", "mil_bench_cuda")):
+            doc["context"]["executable"] = executable
+            path = os.path.join(self.tmp, "bench.json")
+            with open(path, "w") as f:
+                json.dump(doc, f)
+            _, _, r = self.run_script(bench=path)
+            self.assertEqual(r["benchmarks"]["context"]["executable"], expected)
+
     def test_commit_and_changes_from_git(self):
         os.environ.pop("MIL_COMMIT")  # git's answer is used only without MIL_COMMIT
         git = ["git", "-C", self.repo, "-c", "user.name=t", "-c", "user.email=t@t"]
