@@ -60,9 +60,10 @@ struct Options {
   int64_t micro_batch = 4, accumulation = 1, seq_len = 256, checkpoint_every = 20;
   // Stage 3 (DPO): off unless a budget is given or --only dpo runs it (then one epoch).
   std::string dpo_tokens = "0", dpo_ref = "teacher", dpo_pairs;
-  double dpo_epochs = 0, dpo_beta = 0.1, dpo_label_smoothing = 0;
+  double dpo_epochs = 0, dpo_beta = 0.1, dpo_label_smoothing = 0, dpo_nll_weight = 0;
   float dpo_lr = 5e-7f, dpo_temperature = 1.f;
   int64_t dpo_samples = 1;
+  int64_t dpo_prompts = 0;  // > 0: pairs on this many prompts beyond the labelled ones
   bool dpo_ipo = false;
   uint64_t seed = 0;
   int threads = 0;
@@ -276,17 +277,30 @@ class Pipeline {
   static constexpr const char* kDone = "mil_distill_done";
 
   // ---- labelling ------------------------------------------------------------------------------
-  void label() {
+  // The prompt sets: the capped sample split into training and held-out, and `extra` prompts
+  // beyond it (neither trained on nor held out).
+  data::PromptSet read_prompts(int64_t extra) const {
     MIL_CHECK(!o_.prompts.empty(), "no prompt files (--prompts FILE...; scripts/setup.sh fetches the ",
               "default sets into data/prompts/)");
     data::PromptSetOptions po;
     po.heldout_count = o_.heldout;
     po.max_prompts = o_.max_prompts;
     po.seed = o_.seed;
+    po.extra_count = extra;
     std::vector<fs::path> files(o_.prompts.begin(), o_.prompts.end());
-    const auto set = data::read_prompt_set(files, po);
+    return data::read_prompt_set(files, po);
+  }
+
+  void label() {
+    const auto set = read_prompts(0);
     say("prompts: %zu for training, %zu held out (%lld duplicates dropped)", set.train.size(),
         set.heldout.size(), (long long)set.duplicates_dropped);
+    label_into("train", set.train);
+    label_into("heldout", set.heldout);
+  }
+
+  // The teacher's answers to `prompts` into labels/<name> (resumes an interrupted run).
+  void label_into(const std::string& name, const std::vector<data::Prompt>& prompts) {
     data::DatasetManifest identity;
     identity.teacher_name = loaded_.name;
     identity.teacher_sha256 = teacher_sha256_;
@@ -299,20 +313,23 @@ class Pipeline {
     lc.slots = o_.slots;
     lc.max_prompt = o_.max_prompt;
     lc.max_answer = o_.max_answer;
+    lc.max_step_tokens = step_tokens();
     lc.store_topk = o_.topk;
     const auto stops = text::stop_token_ids(loaded_.tokenizer, tmpl_);
-    for (const auto& [name, prompts] : {std::pair{"train", &set.train}, std::pair{"heldout", &set.heldout}}) {
-      std::vector<std::vector<int32_t>> tokens;
-      for (const auto& p : *prompts) tokens.push_back(text::encode_chat_prompt(loaded_.tokenizer, tmpl_, p.messages));
-      const fs::path out = dir_ / "labels" / name;
-      say("labelling %zu %s prompts into %s", tokens.size(), name, out.string().c_str());
-      const auto s = data::label_prompts(teacher_, tokens, stops, lc, out, identity);
-      say("  %lld answers, %lld answer tokens, %.1f tokens/s; skipped: %lld too long, %lld empty",
-          (long long)s.sequences, (long long)s.answer_tokens,
-          double(s.generated_tokens) / std::max(s.seconds, 1e-9), (long long)s.skipped_too_long,
-          (long long)s.skipped_empty);
-    }
+    std::vector<std::vector<int32_t>> tokens;
+    for (const auto& p : prompts) tokens.push_back(text::encode_chat_prompt(loaded_.tokenizer, tmpl_, p.messages));
+    const fs::path out = dir_ / "labels" / name;
+    say("labelling %zu %s prompts into %s", tokens.size(), name.c_str(), out.string().c_str());
+    const auto s = data::label_prompts(teacher_, tokens, stops, lc, out, identity);
+    say("  %lld answers, %lld answer tokens, %.1f tokens/s; skipped: %lld too long, %lld empty",
+        (long long)s.sequences, (long long)s.answer_tokens,
+        double(s.generated_tokens) / std::max(s.seconds, 1e-9), (long long)s.skipped_too_long,
+        (long long)s.skipped_empty);
   }
+
+  // Tokens per decoder step while sampling answers: room for prompt chunks beside a decode row
+  // per slot (with as many tokens as slots, new prompts wait for finishing slots to free some).
+  int64_t step_tokens() const { return std::max<int64_t>(512, 2 * o_.slots); }
 
   data::TokenDataset read_labels(const std::string& name) const {
     auto d = data::read_token_dataset(dir_ / "labels" / name);
@@ -408,6 +425,7 @@ class Pipeline {
     pc.seed = o_.seed;
     pc.samples_per_prompt = o_.dpo_samples;
     pc.slots = o_.slots;
+    pc.max_step_tokens = step_tokens();
     pc.max_answer = o_.max_answer;
     auto make_pairs = [&](const data::TokenDataset& labels, const fs::path& out) {
       say("preference pairs from %zu labels into %s", labels.sequences.size(), out.string().c_str());
@@ -415,7 +433,8 @@ class Pipeline {
       say("  %lld pairs; skipped: %lld empty, %lld with the chosen answer as the only sample",
           (long long)s.pairs, (long long)s.skipped_empty, (long long)s.skipped_same_answer);
     };
-    const fs::path train_dir = dir_ / "pairs" / "train", heldout_dir = dir_ / "pairs" / "heldout";
+    const fs::path train_dir = dir_ / "pairs" / (o_.dpo_prompts > 0 ? "dpo" : "train"),
+                   heldout_dir = dir_ / "pairs" / "heldout";
     if (!o_.dpo_pairs.empty()) {
       data::JsonlPairConfig jc;
       jc.max_prompt = o_.max_prompt;
@@ -423,6 +442,14 @@ class Pipeline {
       say("preference pairs from %s into %s", o_.dpo_pairs.c_str(), train_dir.string().c_str());
       data::make_jsonl_preference_pairs(reference, loaded_.tokenizer, tmpl_, {fs::path(o_.dpo_pairs)},
                                         jc, train_dir, id);
+    } else if (o_.dpo_prompts > 0) {
+      // Prompts the model was not trained on: on its training prompts it already prefers the
+      // teacher's answers (it was fitted to them), so their pairs teach DPO nothing.
+      const auto set = read_prompts(o_.dpo_prompts);
+      MIL_CHECK(!set.extra.empty(), "--dpo-prompts ", o_.dpo_prompts, ": the prompt files hold no ",
+                "prompts beyond the ", o_.max_prompts, " labelled ones (--max-prompts)");
+      label_into("dpo", set.extra);
+      make_pairs(read_labels("dpo"), train_dir);
     } else {
       make_pairs(train, train_dir);
     }
@@ -472,6 +499,7 @@ class Pipeline {
     t.min_lr = o_.dpo_lr / 10;
     t.dpo.beta = o_.dpo_beta;
     t.dpo.label_smoothing = o_.dpo_label_smoothing;
+    t.dpo.chosen_nll_weight = o_.dpo_nll_weight;
     t.dpo.objective = o_.dpo_ipo ? DpoObjective::ipo : DpoObjective::sigmoid;
     t.micro_batch = std::max<int64_t>(1, o_.micro_batch / 2);  // as many rows as other stages
     t.accumulation = o_.accumulation;
@@ -593,7 +621,16 @@ int main(int argc, char** argv) {
   app.add_option("--dpo-lr", o.dpo_lr, "stage-3 peak learning rate (5e-7; 1e-5 for CPU quick starts)");
   app.add_flag("--dpo-ipo", o.dpo_ipo, "IPO loss instead of sigmoid DPO");
   app.add_option("--dpo-label-smoothing", o.dpo_label_smoothing, "conservative DPO's eps, in [0, 0.5]");
-  app.add_option("--dpo-pairs", o.dpo_pairs, "training pairs from JSONL (prompt/chosen/rejected or ShareGPT)");
+  auto* dpo_pairs = app.add_option("--dpo-pairs", o.dpo_pairs,
+                                   "training pairs from JSONL (prompt/chosen/rejected or ShareGPT)");
+  app.add_option("--dpo-prompts", o.dpo_prompts,
+                 "training pairs on N prompts beyond --max-prompts, labelled first (default: the "
+                 "training labels' prompts)")
+      ->check(CLI::PositiveNumber)
+      ->excludes(dpo_pairs);
+  app.add_option("--dpo-nll-weight", o.dpo_nll_weight,
+                 "adds this times the chosen answer's mean NLL to the DPO loss (0: plain DPO)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--seed", o.seed, "seed of prompts, labels, initialisation and data order");
   app.add_option("--threads", o.threads, "CPU threads (default: all cores)");
   app.add_option("--eval-seqs", o.eval_seqs, "held-out answers scored before and after");

@@ -262,6 +262,38 @@ TEST_CASE("prompts: max_prompts keeps a uniform sample") {
   CHECK(shown(read_prompt_set({a}, opt).heldout) == shown(capped.heldout));
 }
 
+TEST_CASE("prompts: the extra set is the next of the shuffle and leaves the split alone") {
+  const fs::path dir = scratch("extra");
+  const fs::path a = write_file(dir / "a.jsonl", questions(0, 60));
+  PromptSetOptions opt;
+  opt.seed = 5;
+  opt.heldout_count = 4;
+  opt.max_prompts = 20;
+  const PromptSet plain = read_prompt_set({a}, opt);
+  opt.extra_count = 10;
+  const PromptSet with = read_prompt_set({a}, opt);
+  // Catches: the extra prompts taken from (or shifting) the training or held-out sets.
+  CHECK(shown(with.train) == shown(plain.train));
+  CHECK(shown(with.heldout) == shown(plain.heldout));
+  REQUIRE(with.extra.size() == 10);
+  CHECK(with.over_cap_dropped == 30);
+  // Catches: extras that repeat a training or held-out prompt, or are not the shuffle's next
+  // ones (they must be the first 10 beyond the cap of an uncapped read).
+  opt.extra_count = 0;
+  opt.max_prompts = 30;
+  const PromptSet wider = read_prompt_set({a}, opt);
+  std::vector<std::string> next = shown(wider.train);
+  next.erase(next.begin(), next.begin() + 16);
+  CHECK(shown(with.extra) == next);
+  // Catches: more extras asked for than there are, or a negative count accepted.
+  opt.max_prompts = 55;
+  opt.extra_count = 10;
+  CHECK(read_prompt_set({a}, opt).extra.size() == 5);
+  CHECK(read_prompt_set({a}, opt).over_cap_dropped == 0);
+  opt.extra_count = -1;
+  CHECK(error_of([&] { read_prompt_set({a}, opt); }).find("extra_count") != std::string::npos);
+}
+
 TEST_CASE("prompts: an empty prompt set is a clear error") {
   const fs::path dir = scratch("empty");
   const fs::path empty = write_file(dir / "empty.jsonl", "\n\n");

@@ -14,7 +14,7 @@ fi
 rm -rf "$work" && mkdir -p "$work"
 fail() { echo "FAILED: $*" >&2; exit 1; }
 args=(--teacher "$teacher" --teacher-layers 2 --prompts "$src/tests/distill/fixtures/prompts.jsonl"
-      --heldout 2 --max-answer 12 --mamba-layers 1 --tokens 300 --sft-tokens 100 --micro-batch 2
+      --max-prompts 9 --heldout 2 --max-answer 12 --mamba-layers 1 --tokens 300 --sft-tokens 100 --micro-batch 2
       --checkpoint-every 2 --eval-seqs 2 --show "Hi" --seed 3)
 
 "$distill" "${args[@]}" -o "$work/run" > "$work/first.log" 2>&1 || { cat "$work/first.log"; fail "first run"; }
@@ -27,14 +27,18 @@ done
 grep -q '"after"' "$work/run/report.json" || fail "report.json has no metrics after training"
 grep -q '"stage2"' "$work/run/report.json" || fail "report.json has no stage-2 metrics"
 
-# Stage 3 from the stage-2 model: on-policy pairs, DPO, metrics before and after.
-"$distill" "${args[@]}" -o "$work/run" --stage dpo --dpo-epochs 1 --dpo-lr 1e-5 > "$work/dpo.log" 2>&1 ||
+# Stage 3 from the stage-2 model: on-policy pairs on the 3 prompts beyond --max-prompts (12 in the
+# fixture), DPO + NLL, metrics before and after.
+dpo=(--stage dpo --dpo-epochs 1 --dpo-lr 1e-5 --dpo-prompts 3 --dpo-nll-weight 0.5)
+"$distill" "${args[@]}" -o "$work/run" "${dpo[@]}" > "$work/dpo.log" 2>&1 ||
   { cat "$work/dpo.log"; fail "stage 3"; }
-for f in pairs/train/manifest.json pairs/heldout/manifest.json stage3/metrics.jsonl stage3/loss.svg \
-         stage3/model/mil_distill_done; do
+for f in labels/dpo/manifest.json pairs/dpo/manifest.json pairs/heldout/manifest.json \
+         stage3/metrics.jsonl stage3/loss.svg stage3/model/mil_distill_done; do
   [[ -f $work/run/$f ]] || fail "missing $f"
 done
 grep -q '"reward_margin"' "$work/run/stage3/metrics.jsonl" || fail "stage-3 metrics have no reward margin"
+grep -q '"prompt_count": 3' "$work/run/labels/dpo/manifest.json" || fail "labels/dpo does not hold the 3 extra prompts"
+cat "$work"/run/stage3/checkpoints/*/trainer.json | grep -q '"chosen_nll_weight": 0.5' || fail "stage 3 did not record its NLL weight"
 grep -q "before stage 3: held-out preference accuracy" "$work/dpo.log" || { cat "$work/dpo.log"; fail "no preference metrics before stage 3"; }
 grep -q "after stage 3: ppl ratio" "$work/dpo.log" || { cat "$work/dpo.log"; fail "no teacher-relative metrics after stage 3"; }
 grep -q "stage2/model" "$work/run/report.json" || fail "stage 3 did not start from the stage-2 model"
@@ -42,7 +46,7 @@ grep -q "stage2/model" "$work/run/report.json" || fail "stage 3 did not start fr
 # A rerun finds every step done: nothing is labelled or trained again.
 "$distill" "${args[@]}" -o "$work/run" > "$work/second.log" 2>&1 || { cat "$work/second.log"; fail "rerun"; }
 grep -q "done already" "$work/second.log" || { cat "$work/second.log"; fail "rerun trained again"; }
-"$distill" "${args[@]}" -o "$work/run" --stage dpo > "$work/dpo2.log" 2>&1 || { cat "$work/dpo2.log"; fail "stage-3 rerun"; }
+"$distill" "${args[@]}" -o "$work/run" "${dpo[@]}" > "$work/dpo2.log" 2>&1 || { cat "$work/dpo2.log"; fail "stage-3 rerun"; }
 grep -q "stage 3 is done already" "$work/dpo2.log" || { cat "$work/dpo2.log"; fail "stage-3 rerun trained again"; }
 if grep -q "^labelling \[" "$work/second.log"; then fail "rerun labelled again"; fi
 

@@ -65,17 +65,22 @@ Reference reference(const Batch& b, const std::vector<double>& logits, const ag:
   for (size_t s = 0; s < sequences; ++s)
     for (int64_t r = b.offsets[s]; r < b.offsets[s + 1]; ++r)
       if (b.targets[size_t(r)] != c.ignore_index) ref.logp[s] += log_p[size_t(r)][size_t(b.targets[size_t(r)])];
-  std::vector<double> dlogp(sequences);
+  std::vector<double> dlogp(sequences), answer_tokens(sequences, 0.0);
+  for (size_t s = 0; s < sequences; ++s)
+    for (int64_t r = b.offsets[s]; r < b.offsets[s + 1]; ++r)
+      answer_tokens[s] += b.targets[size_t(r)] != c.ignore_index;
   for (size_t p = 0; p < pairs; ++p) {
     const double chosen = ref.logp[2 * p] - b.ref[2 * p];
     const double rejected = ref.logp[2 * p + 1] - b.ref[2 * p + 1];
     const double h = chosen - rejected, e = 1e-5;
-    ref.pair_losses.push_back(textbook_pair_loss(h, c));
+    // DPO + NLL: the chosen answer's mean negative log-likelihood, weighted.
+    const double nll = -ref.logp[2 * p] / answer_tokens[2 * p];
+    ref.pair_losses.push_back(textbook_pair_loss(h, c) + c.chosen_nll_weight * nll);
     ref.chosen_rewards.push_back(c.beta * chosen);
     ref.rejected_rewards.push_back(c.beta * rejected);
     ref.mean += ref.pair_losses.back() / double(pairs);
     const double dh = (textbook_pair_loss(h + e, c) - textbook_pair_loss(h - e, c)) / (2 * e);
-    dlogp[2 * p] = dh / double(pairs);
+    dlogp[2 * p] = (dh - c.chosen_nll_weight / answer_tokens[2 * p]) / double(pairs);
     dlogp[2 * p + 1] = -dh / double(pairs);
   }
   for (size_t s = 0; s < sequences; ++s)
@@ -113,11 +118,14 @@ const ag::DpoLossConfig kConfigs[] = {{0.1, 0.0, DpoObjective::sigmoid, kIgnore}
                                       {0.5, 0.0, DpoObjective::sigmoid, kIgnore},
                                       {0.5, 0.2, DpoObjective::sigmoid, kIgnore},
                                       {0.1, 0.0, DpoObjective::ipo, kIgnore},
-                                      {2.0, 0.0, DpoObjective::ipo, kIgnore}};
+                                      {2.0, 0.0, DpoObjective::ipo, kIgnore},
+                                      {0.1, 0.0, DpoObjective::sigmoid, kIgnore, 0.7},
+                                      {0.5, 0.0, DpoObjective::ipo, kIgnore, 2.0}};
 
 std::string name_of(const ag::DpoLossConfig& c) {
   return std::string(c.objective == DpoObjective::ipo ? "ipo" : "sigmoid") +
-         " beta=" + std::to_string(c.beta) + " eps=" + std::to_string(c.label_smoothing);
+         " beta=" + std::to_string(c.beta) + " eps=" + std::to_string(c.label_smoothing) +
+         " nll=" + std::to_string(c.chosen_nll_weight);
 }
 
 }  // namespace
@@ -222,7 +230,9 @@ TEST_CASE("dpo_loss: hand-computed pair losses for sigmoid - label smoothing and
     const auto [op, grad] = run_op<double>(b, c);
     CHECK(op.policy_logps[0] == doctest::Approx(pi_w).epsilon(1e-14));
     CHECK(op.policy_logps[1] == doctest::Approx(pi_l).epsilon(1e-14));
-    CHECK(op.mean() == doctest::Approx(dpo_pair_loss(h, c.params()).loss).epsilon(1e-13));
+    // DPO + NLL adds the chosen answer's mean NLL, log 4, times its weight.
+    CHECK(op.mean() == doctest::Approx(dpo_pair_loss(h, c.params()).loss +
+                                       c.chosen_nll_weight * std::log(4.0)).epsilon(1e-13));
     CHECK(op.reward_margin() == doctest::Approx(c.beta * h).epsilon(1e-13));
     CHECK(op.answer_tokens == std::vector<int64_t>{3, 1});
     CHECK(op.accuracy() == (h > 0 ? 1.0 : 0.0));
@@ -418,6 +428,8 @@ TEST_CASE("dpo_loss: bad input gives a clear error and records nothing") {
   for (double eps : {-0.1, 0.6})
     contains(run(b, {0.1, eps, DpoObjective::sigmoid, kIgnore}), "label smoothing must lie in");
   contains(run(b, {0.1, 0.1, DpoObjective::ipo, kIgnore}), "sigmoid loss only, not IPO");
+  for (double alpha : {-0.5, std::numeric_limits<double>::infinity()})
+    contains(run(b, {0.1, 0.0, DpoObjective::sigmoid, kIgnore, alpha}), "chosen NLL weight must be >= 0");
   const auto flat = Tensor<float, Cpu>::from(Shape{b.rows * b.vocab}, std::vector<float>(size_t(b.rows * b.vocab)));
   contains(test::error_of([&] {
              (void)ag::dpo_loss(tape, ag::Var<float, Cpu>(flat, true), targets_of(b), b.offsets, b.ref, {});

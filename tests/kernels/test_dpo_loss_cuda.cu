@@ -40,7 +40,8 @@ std::pair<ag::DpoLoss, std::vector<float>> run_op(const Batch& b, const ag::DpoL
 
 const ag::DpoLossConfig kConfigs[] = {{0.1, 0.0, DpoObjective::sigmoid, kIgnore},
                                       {0.5, 0.2, DpoObjective::sigmoid, kIgnore},
-                                      {0.1, 0.0, DpoObjective::ipo, kIgnore}};
+                                      {0.1, 0.0, DpoObjective::ipo, kIgnore},
+                                      {0.1, 0.0, DpoObjective::sigmoid, kIgnore, 0.7}};
 
 // The cross-entropy kernel with row scales on the GPU against the CPU in float, on the same
 // T-rounded logits: out of place, with the gradient misaligned against the logits (element

@@ -34,6 +34,10 @@ struct DpoLossConfig {
   double label_smoothing = 0.0;  // conservative DPO's eps, sigmoid only
   DpoObjective objective = DpoObjective::sigmoid;
   int32_t ignore_index = -100;
+  // alpha >= 0: adds alpha times the chosen answer's mean negative log-likelihood to each pair's
+  // loss (DPO + NLL, "RPO"). Plain DPO can raise the margin by lowering both answers' likelihood,
+  // drifting away from the chosen (here: the teacher's) answers; the NLL term holds them up.
+  double chosen_nll_weight = 0.0;
   DpoParams params() const { return {beta, label_smoothing, objective}; }
 };
 
@@ -71,6 +75,8 @@ inline DpoLoss begin(const std::vector<int32_t>& targets, int64_t rows, int64_t 
                      const std::vector<int64_t>& offsets, const std::vector<double>& ref_logps,
                      const DpoLossConfig& config) {
   check_dpo_params(config.params());
+  MIL_CHECK(config.chosen_nll_weight >= 0 && std::isfinite(config.chosen_nll_weight),
+            "dpo_loss: the chosen NLL weight must be >= 0 and finite, got ", config.chosen_nll_weight);
   MIL_CHECK(int64_t(targets.size()) == rows, "dpo_loss: ", targets.size(), " targets for ", rows,
             " rows of logits");
   check_sequence_offsets(offsets, rows);
@@ -123,13 +129,14 @@ void run_pairs(DpoLoss& loss, T* dlogits, const T* logits, const int32_t* target
     const size_t w = 2 * p - s0, l = w + 1;
     const double chosen = logp[w] - ref_logps[2 * p], rejected = logp[l] - ref_logps[2 * p + 1];
     const DpoPairLoss pair = dpo_pair_loss(chosen - rejected, params);
-    loss.pair_losses[p] = pair.loss;
+    const double alpha = loss.config.chosen_nll_weight, n_w = double(loss.answer_tokens[2 * p]);
+    loss.pair_losses[p] = pair.loss - alpha * logp[w] / n_w;
     loss.chosen_rewards[p] = params.beta * chosen;
     loss.rejected_rewards[p] = params.beta * rejected;
     loss.policy_logps[2 * p] = logp[w];
     loss.policy_logps[2 * p + 1] = logp[l];
     const double dmargin = pair.dloss_dmargin / double(loss.pairs());
-    dlogp[w] = dmargin, dlogp[l] = -dmargin;
+    dlogp[w] = dmargin - alpha / (n_w * double(loss.pairs())), dlogp[l] = -dmargin;
   }
   if (!dlogits) return;
   const auto scales =

@@ -227,12 +227,15 @@ struct PromptSetOptions {
   double heldout_fraction = 0.01;
   // At most this many prompts in all (0: no cap): the first of the shuffle, a uniform sample.
   int64_t max_prompts = 0;
+  // A third set of this many prompts: the next ones of the shuffle after the capped set, so
+  // neither trained on nor held out (e.g. for preference pairs); no more than there are.
+  int64_t extra_count = 0;
 };
 
 struct PromptSet {
-  std::vector<Prompt> train, heldout;  // both in the shuffled order
+  std::vector<Prompt> train, heldout, extra;  // all in the shuffled order
   int64_t duplicates_dropped = 0;
-  int64_t over_cap_dropped = 0;        // beyond max_prompts
+  int64_t over_cap_dropped = 0;        // beyond max_prompts (and the extra set)
   PromptReadStats read;                // over all files
 };
 
@@ -246,6 +249,7 @@ inline PromptSet read_prompt_set(const std::vector<std::filesystem::path>& files
                                  const PromptSetOptions& opt) {
   MIL_CHECK(!files.empty(), "no prompt files given");
   MIL_CHECK(opt.max_prompts >= 0, "max_prompts must be >= 0 (0: no cap), got ", opt.max_prompts);
+  MIL_CHECK(opt.extra_count >= 0, "extra_count must be >= 0, got ", opt.extra_count);
   MIL_CHECK(!opt.heldout_count || *opt.heldout_count >= 0, "heldout_count must be >= 0, got ",
             *opt.heldout_count);
   MIL_CHECK(opt.heldout_fraction >= 0 && opt.heldout_fraction < 1,
@@ -281,10 +285,9 @@ inline PromptSet read_prompt_set(const std::vector<std::filesystem::path>& files
     return std::tie(a.r, a.index) < std::tie(b.r, b.index);
   });
   int64_t total = int64_t(order.size());
-  if (opt.max_prompts > 0 && opt.max_prompts < total) {
-    set.over_cap_dropped = total - opt.max_prompts;
-    total = opt.max_prompts;
-  }
+  if (opt.max_prompts > 0 && opt.max_prompts < total) total = opt.max_prompts;
+  const int64_t extra = std::min(opt.extra_count, int64_t(order.size()) - total);
+  set.over_cap_dropped = int64_t(order.size()) - total - extra;
   const int64_t heldout = opt.heldout_count ? *opt.heldout_count
                                             : int64_t(opt.heldout_fraction * double(total) + 0.5);
   MIL_CHECK(heldout < total, "a held-out set of ", heldout, " prompts leaves none for training: ",
@@ -294,6 +297,8 @@ inline PromptSet read_prompt_set(const std::vector<std::filesystem::path>& files
   set.train.reserve(size_t(total - heldout));
   for (int64_t i = 0; i < total; ++i)
     (i < heldout ? set.heldout : set.train).push_back(std::move(all[order[size_t(i)].index]));
+  set.extra.reserve(size_t(extra));
+  for (int64_t i = total; i < total + extra; ++i) set.extra.push_back(std::move(all[order[size_t(i)].index]));
   return set;
 }
 

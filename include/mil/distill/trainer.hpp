@@ -87,6 +87,7 @@ struct TrainOptions {
     if (stage == Stage::dpo)  // only here, so stage 1/2 runs keep the settings they saved
       j["dpo"] = {{"beta", dpo.beta},
                   {"label_smoothing", dpo.label_smoothing},
+                  {"chosen_nll_weight", dpo.chosen_nll_weight},
                   {"ipo", dpo.objective == DpoObjective::ipo}};
     return j;
   }
