@@ -274,7 +274,7 @@ PairStats make_preference_pairs(const nn::HybridModel<T, D>& student,
     samples[i].resize(size_t(n_samples));
     return AnswerJob{job, prompt_of(i), pair_sample_seed(cfg.seed, i, k)};
   };
-  auto on_row = [&](int64_t, std::span<const float>, LabelledSequence&) { ++generated; };
+  auto on_row = [&](int64_t, const AnswerRow&, LabelledSequence&) { ++generated; };
   auto on_done = [&](int64_t job, LabelledSequence&& seq) {
     const int64_t i = job / n_samples, k = job % n_samples;
     samples.at(i)[size_t(k)].assign(seq.tokens.begin() + seq.prompt_len, seq.tokens.end());
@@ -298,6 +298,7 @@ PairStats make_preference_pairs(const nn::HybridModel<T, D>& student,
   as.max_answer = max_answer;
   as.max_step_tokens = cfg.max_step_tokens;
   as.vocab = vocab;
+  as.row_topk = 1;  // on_row reads nothing of the row
   const AnswerCounts counts = sample_answers(student, as, next, on_row, on_done);
   stats.generated_tokens = counts.generated_tokens;
   MIL_CHECK(settled == n, "preference pairs: ", n - settled, " prompts were never settled");

@@ -185,9 +185,15 @@ LabelStats label_prompts(const nn::HybridModel<T, D>& teacher,
     const int64_t i = next++;
     return AnswerJob{i, prompt_tokens[size_t(i)], prompt_seed(cfg.seed, i)};
   };
-  auto on_row = [&](int64_t, std::span<const float> row, LabelledSequence& seq) {
-    if (cfg.store_topk)
-      append_topk(row, cfg.store_topk, seq.topk_ids, seq.topk_logprobs, topk_scratch);
+  auto on_row = [&](int64_t, const AnswerRow& row, LabelledSequence& seq) {
+    if (cfg.store_topk && !row.logits.empty()) {
+      append_topk(row.logits, cfg.store_topk, seq.topk_ids, seq.topk_logprobs, topk_scratch);
+    } else {  // the device's top-k (kernels/topk.hpp), the same tokens in the same order
+      for (int32_t j = 0; j < cfg.store_topk; ++j) {
+        seq.topk_ids.push_back(row.top_ids[size_t(j)]);
+        seq.topk_logprobs.push_back(float(std::min(0.0, double(row.top_logits[size_t(j)]) - row.logsumexp)));
+      }
+    }
     ++generated;
   };
   auto on_done = [&](int64_t prompt, LabelledSequence&& seq) {
@@ -203,6 +209,7 @@ LabelStats label_prompts(const nn::HybridModel<T, D>& teacher,
   as.max_answer = cfg.max_answer;
   as.max_step_tokens = cfg.max_step_tokens;
   as.vocab = vocab;
+  as.row_topk = cfg.store_topk <= kMaxTopK ? std::max(cfg.store_topk, 1) : 0;
   const AnswerCounts counts = sample_answers(teacher, as, next_job, on_row, on_done);
   stats.generated_tokens = counts.generated_tokens;
   stats.prefill_tokens = counts.prefill_tokens;

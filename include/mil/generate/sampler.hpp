@@ -88,12 +88,40 @@ class Sampler {
     std::partial_sort(ids_.begin(), ids_.begin() + ptrdiff_t(k), ids_.end(), before);
     ids_.resize(k);
 
-    // Softmax at the temperature, in double.
+    return draw_from(ids_, [&](size_t i) { return work_[size_t(ids_[i])]; }, draw);
+  }
+
+  // Whether sample_top gives what sample would with the row's first k candidates: no penalty
+  // (it changes the logits before the top-k), and greedy or a top-k of at most k.
+  bool samples_from_top(int32_t k) const {
+    return c_.repetition_penalty == 1.f && (c_.greedy() || (c_.top_k > 0 && c_.top_k <= k));
+  }
+
+  // The same token as sample() on the whole row, given the row's first k candidates in the
+  // sampler's order (larger logit, then smaller id; NaN and -inf left out; id -1 pads a short
+  // row), e.g. from a top-k kernel on the GPU (kernels/topk.hpp). Needs samples_from_top(k).
+  int32_t sample_top(std::span<const int32_t> ids, std::span<const float> logits) {
+    MIL_CHECK(ids.size() == logits.size() && !ids.empty() && samples_from_top(int32_t(ids.size())),
+              "sampler: sample_top needs the top ", c_.top_k, " candidates and no repetition ",
+              "penalty (got ", ids.size(), ")");
+    const uint64_t draw = draws_++;
+    size_t n = 0;
+    while (n < ids.size() && ids[n] >= 0) ++n;
+    if (n == 0) return 0;  // nothing but NaN and -inf: greedy_token's answer
+    if (c_.greedy()) return ids[0];
+    return draw_from(ids.first(std::min(n, size_t(c_.top_k))), [&](size_t i) { return logits[i]; }, draw);
+  }
+
+ private:
+  // The draw from candidates `ids` (sorted, best first) whose logits logit(i) gives: softmax at
+  // the temperature in double, then top-p and min-p, then draw `draw` of the seed's stream.
+  template <class Logit>
+  int32_t draw_from(std::span<const int32_t> ids, Logit&& logit, uint64_t draw) {
+    const size_t k = ids.size();
     probs_.resize(k);
-    const double top = work_[size_t(ids_[0])];
+    const double top = logit(0);
     double sum = 0;
-    for (size_t i = 0; i < k; ++i)
-      sum += probs_[i] = std::exp((double(work_[size_t(ids_[i])]) - top) / c_.temperature);
+    for (size_t i = 0; i < k; ++i) sum += probs_[i] = std::exp((double(logit(i)) - top) / c_.temperature);
     // top-p: the smallest prefix whose mass reaches top_p; min-p: p >= min_p * p_max.
     size_t keep = k;
     if (c_.top_p < 1.f) {
@@ -114,12 +142,11 @@ class Sampler {
     double acc = 0;
     for (size_t i = 0; i < keep; ++i) {
       acc += probs_[i];
-      if (u < acc) return ids_[i];
+      if (u < acc) return ids[i];
     }
-    return ids_[keep - 1];
+    return ids[keep - 1];
   }
 
- private:
   SamplingConfig c_;
   uint64_t draws_ = 0;
   std::vector<float> work_;

@@ -35,9 +35,11 @@
 #include <tuple>
 #include <vector>
 
+#include "../kernels/topk.hpp"
 #include "hybrid.hpp"
 #if defined(__CUDACC__)
 #include "../core/cuda_launch.hpp"
+#include "../kernels/topk.cuh"
 #endif
 
 namespace mil::nn {
@@ -52,6 +54,18 @@ struct DecoderOptions {
   int64_t snapshots = 0;     // saved Mamba states per slot (save_state / restore_state)
   int64_t max_rollback = 0;  // extra conv-ring rows: the conv rolls back this far by position
   bool cuda_graphs = true;   // capture uniform steps (GPU)
+};
+
+// Per logits row: its k best (ids, values; kernels/topk.hpp) and its log-sum-exp.
+struct RowTopK {
+  int32_t k = 0;
+  std::vector<int32_t> ids;   // [rows, k]
+  std::vector<float> values;  // [rows, k]
+  std::vector<float> logsumexp;  // [rows]
+  std::span<const int32_t> ids_of(int64_t row) const { return std::span(ids).subspan(size_t(row * k), size_t(k)); }
+  std::span<const float> values_of(int64_t row) const {
+    return std::span(values).subspan(size_t(row * k), size_t(k));
+  }
 };
 
 // Which logits a row of a step asks for.
@@ -238,6 +252,38 @@ class Decoder {
 
   // Greedy choice for each logits row, computed on the device.
   std::span<const int32_t> argmax() const { return {host_argmax_, size_t(logit_rows_)}; }
+
+  // The k best logits of each row of the last step among its first `cols` columns, with the
+  // rows' log-sum-exp (kernels/topk.hpp), computed where the logits are: on the GPU a sampler
+  // then needs k values per row on the host instead of the whole row.
+  RowTopK topk_host(int32_t k, int64_t cols) {
+    MIL_CHECK(cols >= 1 && cols <= cfg_.vocab, "Decoder::topk_host: ", cols, " columns of ", cfg_.vocab);
+    const int64_t rows = logit_rows_;
+    RowTopK out{k, std::vector<int32_t>(size_t(rows * k)), std::vector<float>(size_t(rows * k)),
+                std::vector<float>(size_t(rows))};
+    if constexpr (std::is_same_v<D, Cpu>) {
+      cpu::topk_rows(out.ids.data(), out.values.data(), out.logsumexp.data(), logits_.data(), rows,
+                     cols, cfg_.vocab, k);
+    } else {
+#if defined(__CUDACC__)
+      StreamScope scope(*this);
+      auto ids = Tensor<int32_t, D>::empty(Shape{std::max<int64_t>(rows * k, 1)});
+      auto values = Tensor<float, D>::empty(Shape{std::max<int64_t>(rows * k, 1)});
+      auto lse = Tensor<float, D>::empty(Shape{std::max<int64_t>(rows, 1)});
+      cuda::topk_rows(ids.data(), values.data(), lse.data(), logits_.data(), rows, cols, cfg_.vocab,
+                      k, stream_);
+      const auto copy = [&](auto* dst, const auto& src, int64_t n) {
+        MIL_CUDA_CHECK(cudaMemcpyAsync(dst, src.data(), size_t(n) * sizeof(*dst),
+                                       cudaMemcpyDeviceToHost, stream_));
+      };
+      copy(out.ids.data(), ids, rows * k);
+      copy(out.values.data(), values, rows * k);
+      copy(out.logsumexp.data(), lse, rows);
+      MIL_CUDA_CHECK(cudaStreamSynchronize(stream_));
+#endif
+    }
+    return out;
+  }
 
  private:
   // Makes the decoder's stream (created on first use) current for the kernels and allocations of
