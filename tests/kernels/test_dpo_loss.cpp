@@ -312,6 +312,21 @@ TEST_CASE("dpo_loss: as beta goes to 0 the sigmoid losses' gradient vanishes in 
   }
 }
 
+TEST_CASE("dpo_loss: the gradient scale scales the gradient and leaves the losses alone") {
+  // A micro-batch's share of an accumulated step. Catches: the scale dropped, applied to the
+  // reported loss, or missing from the NLL term's gradient.
+  const Batch b = standard_batch(37);
+  for (double alpha : {0.0, 0.8}) {
+    const ag::DpoLossConfig plain{0.2, 0.0, DpoObjective::sigmoid, kIgnore, alpha};
+    ag::DpoLossConfig scaled = plain;
+    scaled.grad_scale = 0.25;
+    const auto [l1, g1] = run_op<double>(b, plain);
+    const auto [l4, g4] = run_op<double>(b, scaled);
+    CHECK(l4.pair_losses == l1.pair_losses);
+    for (size_t i = 0; i < g1.size(); ++i) REQUIRE(g4[i] == doctest::Approx(0.25 * g1[i]).epsilon(1e-12));
+  }
+}
+
 TEST_CASE("dpo_loss: extreme margins give finite losses and gradients") {
   // beta h of about +-2000: log(sigmoid) written directly would be log(0) = -inf (and
   // log(1 + exp(-x)) would overflow to inf).

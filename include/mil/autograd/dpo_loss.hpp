@@ -38,6 +38,8 @@ struct DpoLossConfig {
   // loss (DPO + NLL, "RPO"). Plain DPO can raise the margin by lowering both answers' likelihood,
   // drifting away from the chosen (here: the teacher's) answers; the NLL term holds them up.
   double chosen_nll_weight = 0.0;
+  // Scales the gradient, not the reported loss: a micro-batch's share of an accumulated step.
+  double grad_scale = 1.0;
   DpoParams params() const { return {beta, label_smoothing, objective}; }
 };
 
@@ -77,6 +79,7 @@ inline DpoLoss begin(const std::vector<int32_t>& targets, int64_t rows, int64_t 
   check_dpo_params(config.params());
   MIL_CHECK(config.chosen_nll_weight >= 0 && std::isfinite(config.chosen_nll_weight),
             "dpo_loss: the chosen NLL weight must be >= 0 and finite, got ", config.chosen_nll_weight);
+  MIL_CHECK(std::isfinite(config.grad_scale), "dpo_loss: gradient scale ", config.grad_scale);
   MIL_CHECK(int64_t(targets.size()) == rows, "dpo_loss: ", targets.size(), " targets for ", rows,
             " rows of logits");
   check_sequence_offsets(offsets, rows);
@@ -135,8 +138,9 @@ void run_pairs(DpoLoss& loss, T* dlogits, const T* logits, const int32_t* target
     loss.rejected_rewards[p] = params.beta * rejected;
     loss.policy_logps[2 * p] = logp[w];
     loss.policy_logps[2 * p + 1] = logp[l];
-    const double dmargin = pair.dloss_dmargin / double(loss.pairs());
-    dlogp[w] = dmargin - alpha / (n_w * double(loss.pairs())), dlogp[l] = -dmargin;
+    const double per_pair = loss.config.grad_scale / double(loss.pairs());
+    const double dmargin = pair.dloss_dmargin * per_pair;
+    dlogp[w] = dmargin - alpha / n_w * per_pair, dlogp[l] = -dmargin;
   }
   if (!dlogits) return;
   const auto scales =

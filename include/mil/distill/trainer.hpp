@@ -121,8 +121,6 @@ class Trainer {
           const TrainOptions& options, const std::filesystem::path& run_dir,
           const nlohmann::json& identity = nlohmann::json::object())
       : Trainer(policy, nullptr, {}, pairs, options, run_dir, identity) {
-    MIL_CHECK((std::is_same_v<D, Cpu>) || o_.accumulation == 1, "training: stage 3 with gradient ",
-              "accumulation needs a gradient-scale kernel on ", D::name, "; use accumulation 1");
     for (size_t i = 0; i < pairs.size(); ++i) {
       const data::PreferencePair& p = pairs[i];
       const int64_t longest = int64_t(p.prompt.size()) + std::max(p.chosen_len(), p.rejected_len());
@@ -343,30 +341,13 @@ class Trainer {
     for (int64_t s = 0; s <= b.batch; ++s) offsets[size_t(s)] = s * b.seq_len;
     ag::Tape tape;
     const auto logits = student_.forward(tape, ids, pos, b.batch, b.seq_len);
-    // Recorded before the loss, so it runs right after the loss hands over its gradient.
-    if (share != 1.f) tape.record(ScaleGrad{logits, share});
     ag::DpoLossConfig c = o_.dpo;
     c.ignore_index = data::kIgnoreTarget;
+    c.grad_scale = share;
     const ag::DpoLoss loss = ag::dpo_loss(tape, logits, targets, offsets, refs, c);
     if (std::isfinite(loss.mean())) tape.backward();
     return loss;
   }
-
-  // Multiplies a variable's gradient by `share` in place: a micro-batch's part in a step whose
-  // loss is a mean over all of its micro-batches (ag::dpo_loss's gradient is that of its own mean).
-  struct ScaleGrad {
-    ag::Var<T, D> var;
-    float share;
-    void backward() {
-      if (!var.has_grad()) return;
-      if constexpr (std::is_same_v<D, Cpu>) {
-        T* g = var.grad_for_write().first.data();
-        for (int64_t i = 0; i < var.numel(); ++i) g[i] = T(float(g[i]) * share);
-      } else {
-        MIL_FAIL("training: no gradient-scale kernel on ", D::name);  // refused at construction
-      }
-    }
-  };
 
   // Forward and backward of one micro-batch whose loss weighs `share` of the step; returns its
   // mean CE and KL (per answer token, or per row for the batch mean).
