@@ -19,6 +19,7 @@
 
 #include "common/error_of.hpp"
 #include "common/repo_root.hpp"
+#include "common/teacher.hpp"
 #include "data/small_models.hpp"
 #include "data/files.hpp"
 
@@ -251,6 +252,7 @@ TEST_CASE("pseudo labels: prompts longer than the context") {
 }
 
 TEST_CASE("pseudo labels: the teacher answers chat prompts") {
+  if (test::skip_real_model_run()) return;
   const fs::path path = test::repo_root() / "models/SmolLM2-135M-Instruct.Q4_1.gguf";
   if (!fs::exists(path)) {
     std::printf("[mil] teacher model not found: test skipped (%s; run scripts/setup.sh)\n",

@@ -17,6 +17,7 @@
 #include "eval/byte_tokenizer.hpp"
 #include "common/error_of.hpp"
 #include "common/repo_root.hpp"
+#include "common/teacher.hpp"
 
 using namespace mil;
 namespace fs = std::filesystem;
@@ -149,6 +150,7 @@ TEST_CASE("greedy_answers: each prompt is answered from a fresh sequence") {
 }
 
 TEST_CASE("passkey: the teacher finds the key at a short length") {
+  if (test::skip_real_model_run()) return;
   const fs::path path = test::repo_root() / "models/SmolLM2-135M-Instruct.Q4_1.gguf";
   if (!fs::exists(path)) {
     std::printf("[mil] teacher model not found: test skipped (%s; run scripts/setup.sh)\n",
