@@ -415,8 +415,9 @@ class Pipeline {
     const std::string start_sha = util::sha256_model(start);
     const std::string ref_sha = sft_ref ? start_sha : teacher_sha256_;
     const std::string tokenizer = data::tokenizer_fingerprint(loaded_.tokenizer);
-    data::PairIdentity id{start.string(), start_sha, tokenizer, sft_ref ? start.string() : "",
-                          sft_ref ? start_sha : ""};
+    // Models named by their place in the output folder, so a moved folder continues.
+    const std::string start_name = fs::relative(start, dir_).string();
+    data::PairIdentity id{start_name, start_sha, tokenizer, sft_ref ? start_name : "", sft_ref ? start_sha : ""};
 
     // Pairs: on-policy from the labels (the model before stage 3 samples the rejected answers),
     // or the JSONL file's for training; the held-out ones always on-policy.
