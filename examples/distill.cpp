@@ -447,6 +447,8 @@ class Pipeline {
       // Prompts the model was not trained on: on its training prompts it already prefers the
       // teacher's answers (it was fitted to them), so their pairs teach DPO nothing.
       const auto set = read_prompts(o_.dpo_prompts);
+      MIL_CHECK(o_.max_prompts > 0, "--dpo-prompts needs --max-prompts N: without a cap every ",
+                "prompt is labelled for training and none is left for the pairs");
       MIL_CHECK(!set.extra.empty(), "--dpo-prompts ", o_.dpo_prompts, ": the prompt files hold no ",
                 "prompts beyond the ", o_.max_prompts, " labelled ones (--max-prompts)");
       label_into("dpo", set.extra);

@@ -189,6 +189,9 @@ LabelStats label_prompts(const nn::HybridModel<T, D>& teacher,
     if (cfg.store_topk && !row.logits.empty()) {
       append_topk(row.logits, cfg.store_topk, seq.topk_ids, seq.topk_logprobs, topk_scratch);
     } else {  // the device's top-k (kernels/topk.hpp), the same tokens in the same order
+      MIL_CHECK(cfg.store_topk == 0 || row.top_ids[size_t(cfg.store_topk - 1)] >= 0,
+                "label_prompts: a row of the teacher's logits has fewer than ", cfg.store_topk,
+                " finite values (NaN or -inf logits): the teacher is broken");
       for (int32_t j = 0; j < cfg.store_topk; ++j) {
         seq.topk_ids.push_back(row.top_ids[size_t(j)]);
         seq.topk_logprobs.push_back(float(std::min(0.0, double(row.top_logits[size_t(j)]) - row.logsumexp)));

@@ -84,11 +84,13 @@ struct TrainOptions {
             {"weight_decay", weight_decay},
             {"seed", seed},
             {"pad_id", pad_id}};
-    if (stage == Stage::dpo)  // only here, so stage 1/2 runs keep the settings they saved
+    if (stage == Stage::dpo) {  // only here, so stage 1/2 runs keep the settings they saved
       j["dpo"] = {{"beta", dpo.beta},
                   {"label_smoothing", dpo.label_smoothing},
-                  {"chosen_nll_weight", dpo.chosen_nll_weight},
                   {"ipo", dpo.objective == DpoObjective::ipo}};
+      // Only when used, so checkpoints saved before the option existed still resume.
+      if (dpo.chosen_nll_weight != 0) j["dpo"]["chosen_nll_weight"] = dpo.chosen_nll_weight;
+    }
     return j;
   }
 };

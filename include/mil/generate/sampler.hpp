@@ -97,7 +97,8 @@ class Sampler {
     return c_.repetition_penalty == 1.f && (c_.greedy() || (c_.top_k > 0 && c_.top_k <= k));
   }
 
-  // The same token as sample() on the whole row, given the row's first k candidates in the
+  // The same token as sample() on the whole row (for any row with a candidate), given the row's
+  // first k candidates in the
   // sampler's order (larger logit, then smaller id; NaN and -inf left out; id -1 pads a short
   // row), e.g. from a top-k kernel on the GPU (kernels/topk.hpp). Needs samples_from_top(k).
   int32_t sample_top(std::span<const int32_t> ids, std::span<const float> logits) {
@@ -107,7 +108,9 @@ class Sampler {
     const uint64_t draw = draws_++;
     size_t n = 0;
     while (n < ids.size() && ids[n] >= 0) ++n;
-    if (n == 0) return 0;  // nothing but NaN and -inf: greedy_token's answer
+    // No candidate (a broken model's row of NaN and -inf): 0, where sample() on the whole row
+    // gives its first non-NaN index.
+    if (n == 0) return 0;
     if (c_.greedy()) return ids[0];
     return draw_from(ids.first(std::min(n, size_t(c_.top_k))), [&](size_t i) { return logits[i]; }, draw);
   }
