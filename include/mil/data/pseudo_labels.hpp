@@ -16,7 +16,6 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
-#include <numeric>
 #include <optional>
 #include <span>
 #include <string>
@@ -24,6 +23,7 @@
 
 #include "../core/rng.hpp"
 #include "../generate/sampler.hpp"
+#include "../kernels/topk.hpp"
 #include "../util/progress.hpp"
 #include "sample_answers.hpp"
 #include "token_dataset.hpp"
@@ -72,23 +72,17 @@ inline uint64_t prompt_seed(uint64_t seed, int64_t prompt) {
   return uint64_t(r.v[0]) << 32 | r.v[1];
 }
 
-// The k most likely tokens of a logits row at temperature 1 (ties to the smaller id) and their
-// log-probabilities under the full softmax, appended to `ids` and `logprobs`.
-inline void append_topk(std::span<const float> logits, int32_t k, std::vector<int32_t>& ids,
-                        std::vector<float>& logprobs, std::vector<int32_t>& scratch) {
-  double top = -INFINITY;
-  for (float l : logits) top = std::max(top, double(l));
-  double sum = 0;
-  for (float l : logits) sum += std::exp(double(l) - top);
-  const double log_z = top + std::log(sum);
-  scratch.resize(logits.size());
-  std::iota(scratch.begin(), scratch.end(), 0);
-  std::partial_sort(scratch.begin(), scratch.begin() + k, scratch.end(), [&](int32_t a, int32_t b) {
-    return logits[size_t(a)] > logits[size_t(b)] || (logits[size_t(a)] == logits[size_t(b)] && a < b);
-  });
-  for (int32_t i = 0; i < k; ++i) {
-    ids.push_back(scratch[size_t(i)]);
-    logprobs.push_back(float(std::min(0.0, double(logits[size_t(scratch[size_t(i)])]) - log_z)));
+// The log-probabilities under the full softmax of a row's k most likely tokens (temperature 1,
+// ties to the smaller id), appended to `ids` and `logprobs`, from the row's top-k and log-sum-exp
+// (kernels/topk.hpp), whether the device or the host took them.
+inline void append_top_logprobs(std::span<const int32_t> top_ids, std::span<const float> top_logits,
+                                float logsumexp, int32_t k, std::vector<int32_t>& ids,
+                                std::vector<float>& logprobs) {
+  MIL_CHECK(top_ids[size_t(k - 1)] >= 0, "label_prompts: a row of the teacher's logits has fewer than ",
+            k, " finite values (NaN or -inf logits): the teacher is broken");
+  for (int32_t j = 0; j < k; ++j) {
+    ids.push_back(top_ids[size_t(j)]);
+    logprobs.push_back(float(std::min(0.0, double(top_logits[size_t(j)]) - logsumexp)));
   }
 }
 
@@ -160,7 +154,9 @@ LabelStats label_prompts(const nn::HybridModel<T, D>& teacher,
   std::map<int64_t, std::optional<LabelledSequence>> ready;  // nullopt: skipped
   std::vector<SkipReason> skip_reason(size_t(n), SkipReason::empty);
   int64_t next = writer.next_prompt(), generated = 0;
-  std::vector<int32_t> topk_scratch;
+  std::vector<int32_t> top_ids(size_t(std::max(cfg.store_topk, 1)));  // a whole row's top-k (CPU)
+  std::vector<float> top_values(top_ids.size());
+  float top_lse = 0;
 
   auto write_ready = [&] {
     for (auto it = ready.begin(); it != ready.end() && it->first == writer.next_prompt();
@@ -186,18 +182,17 @@ LabelStats label_prompts(const nn::HybridModel<T, D>& teacher,
     return AnswerJob{i, prompt_tokens[size_t(i)], prompt_seed(cfg.seed, i)};
   };
   auto on_row = [&](int64_t, const AnswerRow& row, LabelledSequence& seq) {
-    if (cfg.store_topk && !row.logits.empty()) {
-      append_topk(row.logits, cfg.store_topk, seq.topk_ids, seq.topk_logprobs, topk_scratch);
-    } else {  // the device's top-k (kernels/topk.hpp), the same tokens in the same order
-      MIL_CHECK(cfg.store_topk == 0 || row.top_ids[size_t(cfg.store_topk - 1)] >= 0,
-                "label_prompts: a row of the teacher's logits has fewer than ", cfg.store_topk,
-                " finite values (NaN or -inf logits): the teacher is broken");
-      for (int32_t j = 0; j < cfg.store_topk; ++j) {
-        seq.topk_ids.push_back(row.top_ids[size_t(j)]);
-        seq.topk_logprobs.push_back(float(std::min(0.0, double(row.top_logits[size_t(j)]) - row.logsumexp)));
-      }
-    }
     ++generated;
+    if (!cfg.store_topk) return;
+    if (!row.logits.empty()) {  // the whole row (CPU): its top-k here, as the device does
+      const int64_t cols = int64_t(row.logits.size());
+      cpu::topk_rows(top_ids.data(), top_values.data(), &top_lse, row.logits.data(), 1, cols, cols,
+                     cfg.store_topk);
+      append_top_logprobs(top_ids, top_values, top_lse, cfg.store_topk, seq.topk_ids, seq.topk_logprobs);
+    } else {
+      append_top_logprobs(row.top_ids, row.top_logits, row.logsumexp, cfg.store_topk, seq.topk_ids,
+                          seq.topk_logprobs);
+    }
   };
   auto on_done = [&](int64_t prompt, LabelledSequence&& seq) {
     seq.topk = cfg.store_topk;

@@ -88,7 +88,7 @@ template <class T>
 void topk_rows(int32_t* ids, float* values, float* logsumexp, const T* x, int64_t rows, int64_t cols,
                int64_t ld, int32_t k, cudaStream_t stream) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, bf16>, "topk_rows: float or bf16");
-  check_topk_sizes(rows, cols, ld, k);
+  check_topk_sizes(rows, cols, ld, k, kMaxTopK);
   MIL_CHECK(rows <= INT32_MAX, "topk_rows: ", rows, " rows");
   if (rows == 0) return;
   topk_detail::topk_rows_kernel<T>

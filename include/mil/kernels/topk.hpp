@@ -22,10 +22,11 @@ namespace mil {
 // log-probabilities (a few to a few dozen).
 inline constexpr int32_t kMaxTopK = 64;
 
-inline void check_topk_sizes(int64_t rows, int64_t cols, int64_t ld, int32_t k) {
-  MIL_CHECK(rows >= 0 && cols >= 1 && cols <= INT32_MAX && ld >= cols && k >= 1 && k <= kMaxTopK,
+// max_k: kMaxTopK on the GPU; the CPU takes up to the whole row.
+inline void check_topk_sizes(int64_t rows, int64_t cols, int64_t ld, int32_t k, int64_t max_k) {
+  MIL_CHECK(rows >= 0 && cols >= 1 && cols <= INT32_MAX && ld >= cols && k >= 1 && k <= max_k,
             "topk_rows: bad sizes rows=", rows, " cols=", cols, " ld=", ld, " k=", k, " (1 to ",
-            kMaxTopK, ")");
+            max_k, ")");
 }
 
 namespace cpu {
@@ -33,7 +34,7 @@ namespace cpu {
 template <class T>
 void topk_rows(int32_t* ids, float* values, float* logsumexp, const T* x, int64_t rows, int64_t cols,
                int64_t ld, int32_t k) {
-  check_topk_sizes(rows, cols, ld, k);
+  check_topk_sizes(rows, cols, ld, k, cols);
   std::vector<int32_t> order;
   std::vector<float> row(static_cast<size_t>(cols));
   for (int64_t r = 0; r < rows; ++r) {
