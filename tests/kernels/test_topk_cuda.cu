@@ -75,9 +75,9 @@ TEST_CASE("sample_answers cuda: the device's top-k gives the answers of whole ro
   cfg.vocab = 301;
   cfg.d_model = 128;
   cfg.n_layers = 2;
-  cfg.n_heads = 4;
-  cfg.n_kv_heads = 2;
-  cfg.head_dim = 32;
+  cfg.n_heads = 2;
+  cfg.n_kv_heads = 1;
+  cfg.head_dim = 64;  // the GPU's KV-cache attention takes 64 or 128
   cfg.d_ff = 200;
   nn::HybridModel<float, Cpu> cpu_model(nn::all_attention(cfg));
   cpu_model.init_random(7, 0.3f);

@@ -51,7 +51,10 @@ MIL_HOST_DEVICE inline float uniform(uint64_t seed, uint64_t offset, uint64_t i,
 #if defined(__CUDA_ARCH__)
   return __fadd_rn(lo, __fmul_rn(hi - lo, u));  // no FMA contraction: bitwise equal to the CPU
 #else
-  return lo + (hi - lo) * u;
+  // The product is stored before the sum: GCC contracts lo + span * u into one FMA (one rounding)
+  // where the target has FMA (-march=native), which would differ from the GPU's two roundings.
+  volatile float scaled = (hi - lo) * u;
+  return lo + scaled;
 #endif
 }
 
