@@ -16,6 +16,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <optional>
 
 #include <mil/data/preference_pairs.hpp>
@@ -69,6 +70,7 @@ struct Options {
   int threads = 0;
   // Evaluation.
   int64_t eval_seqs = 32;
+  std::string eval_every = "0";  // > 0: held-out metrics every this many training tokens
   std::vector<std::string> show_prompts = {"What is the capital of France?",
                                            "Give me three tips for staying healthy."};
   int64_t show_tokens = 48;
@@ -177,6 +179,7 @@ class Pipeline {
         (long long)train.manifest.answer_tokens, heldout.sequences.size());
     std::span<const data::LabelledSequence> eval_set(heldout.sequences);
     eval_set = eval_set.first(std::min<size_t>(eval_set.size(), size_t(o_.eval_seqs)));
+    eval_set_ = eval_set;
 
     // ---- 2. stage 1 per conversion step ---------------------------------------------------
     const auto steps = conversion_steps(o_, loaded_.model.config().llama.n_layers);
@@ -378,8 +381,15 @@ class Pipeline {
         t.stage == Stage::dpo ? "pairs" : "sequences", (long long)t.seq_len, double(t.lr),
         (long long)student.params().trainable_numel(), run_dir.string().c_str());
     const char* names[] = {"stage 1", "stage 2", "stage 3"};
+    HeldoutCurve curve(run_dir / "heldout.jsonl", trainer.state().step,
+                       eval_set_.empty() ? 0 : distill::parse_token_count(o_.eval_every));
     util::ProgressBar bar(names[int(t.stage)], t.steps);
     while (!trainer.done()) {
+      if (curve.due(trainer.state().tokens_seen)) {
+        const auto r = measure(student, eval_set_);
+        curve.record(trainer.state().step, trainer.state().tokens_seen, to_json(r));
+        bar.note("held-out at " + std::to_string(trainer.state().tokens_seen) + " tokens: " + describe(r));
+      }
       const auto m = trainer.step();
       char fields[160];
       if (t.stage == Stage::dpo)
@@ -397,7 +407,47 @@ class Pipeline {
     distill::plot_metrics(run_dir / "metrics.jsonl", run_dir / "loss.svg", titles[int(t.stage)],
                           fields[int(t.stage)]);
     say("curves: %s", (run_dir / "loss.svg").string().c_str());
+    if (curve.plot(run_dir / "heldout.svg", titles[int(t.stage)]))
+      say("held-out curve: %s", (run_dir / "heldout.svg").string().c_str());
   }
+
+  // Held-out evaluations during training, every `every` tokens seen (0: none), in heldout.jsonl
+  // beside the metrics. An evaluation is made at the top of a step, before the step, and logged
+  // under that step's index: a resumed run cuts the log back to its checkpoint's step and makes
+  // the evaluation at that step again, so the curve is the same as an uninterrupted run's.
+  class HeldoutCurve {
+   public:
+    HeldoutCurve(fs::path path, int64_t resumed_step, int64_t every) : path_(std::move(path)), every_(every) {
+      if (every_ <= 0) return;
+      log_.open(path_, resumed_step);
+      for (const auto& r : distill::read_metrics(path_)) last_ = r.value("tokens_seen", int64_t(0));
+    }
+    bool due(int64_t tokens_seen) const { return every_ > 0 && tokens_seen / every_ > last_ / every_; }
+    void record(int64_t step, int64_t tokens_seen, nlohmann::json metrics) {
+      metrics["step"] = step;
+      metrics["tokens_seen"] = tokens_seen;
+      log_.append(metrics);
+      last_ = tokens_seen;
+    }
+    // KL and perplexity ratio against the evaluations' order; false when there are none.
+    bool plot(const fs::path& svg, const std::string& stage) const {
+      if (every_ <= 0) return false;
+      util::Series kl{"KL to the teacher", {}, "#d62728"}, ratio{"perplexity ratio", {}, "#1f77b4"};
+      for (const auto& r : distill::read_metrics(path_)) {
+        kl.y.push_back(r.value("kl", NAN));
+        ratio.y.push_back(r.value("ppl_ratio", NAN));
+      }
+      if (kl.y.empty()) return false;
+      util::write_svg_plot(svg.string(), stage + ": held-out", "evaluation (every " +
+                           std::to_string(every_) + " training tokens)", "nats / ratio", {kl, ratio});
+      return true;
+    }
+
+   private:
+    fs::path path_;
+    int64_t every_ = 0, last_ = 0;
+    distill::MetricsLog log_;
+  };
 
   // ---- stage 3 --------------------------------------------------------------------------------
   // Makes (or finds) the pairs, trains the model at `start` on them with DPO and reports the
@@ -544,12 +594,17 @@ class Pipeline {
                           const char* what) {
     if (!runs(o_, "eval") && !runs(o_, "stage1") && !runs(o_, "dpo")) return nullptr;
     util::ProgressBar bar("eval", int64_t(seqs.size()));
-    eval::EvalOptions eo;
-    eo.max_len = o_.seq_len + 1;
-    eo.on_progress = [&](int64_t done, int64_t) { bar.update(done); };
-    const auto r = eval::teacher_relative(teacher_, model, seqs, eo);
+    const auto r = measure(model, seqs, [&](int64_t done, int64_t) { bar.update(done); });
     say("%s: %s", what, describe(r).c_str());
     return to_json(r);
+  }
+
+  eval::TeacherRelative measure(const nn::HybridModel<T, D>& model, std::span<const data::LabelledSequence> seqs,
+                                std::function<void(int64_t, int64_t)> on_progress = {}) const {
+    eval::EvalOptions eo;
+    eo.max_len = o_.seq_len + 1;
+    eo.on_progress = std::move(on_progress);
+    return eval::teacher_relative(teacher_, model, seqs, eo);
   }
 
   int finish(const nlohmann::json& report) {
@@ -564,6 +619,7 @@ class Pipeline {
   std::string teacher_sha256_;
   fs::path dir_;
   text::ChatTemplate tmpl_;
+  std::span<const data::LabelledSequence> eval_set_;  // the held-out answers scored
 };
 
 }  // namespace
@@ -637,6 +693,8 @@ int main(int argc, char** argv) {
   app.add_option("--seed", o.seed, "seed of prompts, labels, initialisation and data order");
   app.add_option("--threads", o.threads, "CPU threads (default: all cores)");
   app.add_option("--eval-seqs", o.eval_seqs, "held-out answers scored before and after");
+  app.add_option("--eval-every", o.eval_every,
+                 "also score them every this many training tokens (e.g. 2M; heldout.jsonl, heldout.svg)");
   app.add_option("--show", o.show_prompts, "prompts answered side by side at the end")
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   app.add_option("--device", o.device, "cpu, cuda or auto")->check(CLI::IsMember({"cpu", "cuda", "auto"}));

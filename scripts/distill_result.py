@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes one `mil-distill-run/1` result file (bench/results/README.md) from the outputs of a
 `mil-distill` run on a GPU machine: the run folder's report.json and run.json, each step's
-metrics.jsonl, and the printed log (label statistics).
+metrics.jsonl and heldout.jsonl, and the printed log (label statistics).
 
   scripts/distill_result.py --run RUN_DIR --log LOG [--log LOG2 ...] --commit HASH
       --device-name NAME --driver VERSION --command "mil-distill ..." [--note TEXT ...]
@@ -53,8 +53,15 @@ def stage_record(folder):
              for i, r in enumerate(rows) if i % 25 == 0 or i == len(rows) - 1]
     # The first steps of each (re)start include warm-up and allocation: the median is robust.
     speeds = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
-    return {"steps": len(rows), "tokens_seen": rows[-1].get("tokens_seen"),
-            "median_tokens_per_s": statistics.median(speeds) if speeds else None, "curve": curve}
+    record = {"steps": len(rows), "tokens_seen": rows[-1].get("tokens_seen"),
+              "median_tokens_per_s": statistics.median(speeds) if speeds else None, "curve": curve}
+    # Held-out evaluations during training (mil-distill --eval-every), every one kept.
+    heldout_log = folder / "heldout.jsonl"
+    if heldout_log.exists():
+        record["heldout_curve"] = [
+            {"step": e["step"], "tokens_seen": e["tokens_seen"], **heldout(e)}
+            for e in (json.loads(l) for l in heldout_log.read_text().splitlines() if l.strip())]
+    return record
 
 
 def heldout(metrics):

@@ -15,7 +15,7 @@ rm -rf "$work" && mkdir -p "$work"
 fail() { echo "FAILED: $*" >&2; exit 1; }
 args=(--teacher "$teacher" --teacher-layers 2 --prompts "$src/tests/distill/fixtures/prompts.jsonl"
       --max-prompts 9 --heldout 2 --max-answer 12 --mamba-layers 1 --tokens 300 --sft-tokens 100 --micro-batch 2
-      --checkpoint-every 2 --eval-seqs 2 --show "Hi" --seed 3)
+      --checkpoint-every 2 --eval-seqs 2 --eval-every 100 --show "Hi" --seed 3)
 
 "$distill" "${args[@]}" -o "$work/run" > "$work/first.log" 2>&1 || { cat "$work/first.log"; fail "first run"; }
 for f in run.json report.json labels/train/manifest.json labels/heldout/manifest.json \
@@ -26,6 +26,17 @@ for f in run.json report.json labels/train/manifest.json labels/heldout/manifest
 done
 grep -q '"after"' "$work/run/report.json" || fail "report.json has no metrics after training"
 grep -q '"stage2"' "$work/run/report.json" || fail "report.json has no stage-2 metrics"
+# Held-out evaluations during stage 1 (every 100 of ~300 tokens), and the same curve again after a
+# resume from an earlier checkpoint (the evaluation at the resumed step is made again).
+h=$work/run/stage1-custom/heldout.jsonl
+[[ $(grep -c '"tokens_seen"' "$h") -ge 2 && -f $work/run/stage1-custom/heldout.svg ]] ||
+  { cat "$h"; fail "no held-out curve during stage 1"; }
+cp "$h" "$work/heldout.first"
+last=$(ls -d "$work"/run/stage1-custom/checkpoints/step-* | sort | tail -1)
+rm -rf "$work/run/stage1-custom/model" "$last"
+"$distill" "${args[@]}" -o "$work/run" --only stage1 > "$work/resume.log" 2>&1 || { cat "$work/resume.log"; fail "stage-1 resume"; }
+grep -q "resumed at step" "$work/resume.log" || { cat "$work/resume.log"; fail "stage 1 did not resume"; }
+cmp -s "$h" "$work/heldout.first" || { diff "$work/heldout.first" "$h"; fail "the resumed run's held-out curve differs"; }
 
 # Stage 3 from the stage-2 model: on-policy pairs on the 3 prompts beyond --max-prompts (12 in the
 # fixture), DPO + NLL, metrics before and after.

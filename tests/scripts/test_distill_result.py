@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Tests of scripts/distill_result.py on a small run folder written here: a stage-1 step with
-metrics and held-out figures, the labelling log of both splits, a resumed run whose metrics
+metrics, held-out figures and a held-out curve, the labelling log of both splits, a resumed run whose metrics
 repeat steps (refused), an existing file (never overwritten) and a short commit (refused).
 Run by ctest (label cpu): python3 test_distill_result.py."""
 import importlib.util
@@ -53,6 +53,10 @@ class DistillResult(unittest.TestCase):
                              "after": {"ppl_ratio": 1.25, "kl": 0.58, "top1_agreement": 0.76,
                                        "tokens": 500, "model_ppl": 3.1}}]}
         (self.run / "report.json").write_text(json.dumps(report))
+        (stage / "heldout.jsonl").write_text("".join(
+            json.dumps({"step": s, "tokens_seen": 100 * s, "ppl_ratio": 2.0 - s / 100, "kl": 1.0,
+                        "top1_agreement": 0.5, "tokens": 500, "teacher_ppl": 2.5}) + "\n"
+            for s in (20, 40)))
         (self.run / "run.json").write_text(json.dumps({"seed": 0, "heldout": 4}))
         self.log = self.tmp / "log.txt"
         self.log.write_text(LOG)
@@ -94,6 +98,11 @@ class DistillResult(unittest.TestCase):
                          {"ppl_ratio": 900.0, "kl": 11.0, "top1_agreement": 0.01, "tokens": 500})
         self.assertEqual(s["heldout_after"]["ppl_ratio"], 1.25)
         self.assertNotIn("model_ppl", s["heldout_after"])
+        self.assertEqual(s["heldout_curve"], [
+            {"step": 20, "tokens_seen": 2000, "ppl_ratio": 1.8, "kl": 1.0, "top1_agreement": 0.5,
+             "tokens": 500},
+            {"step": 40, "tokens_seen": 4000, "ppl_ratio": 1.6, "kl": 1.0, "top1_agreement": 0.5,
+             "tokens": 500}])
 
     def test_never_overwrites(self):
         self.write()

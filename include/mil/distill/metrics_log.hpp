@@ -1,7 +1,7 @@
 #pragma once
 // Per-step training metrics: one JSON object per line in metrics.jsonl (appended and flushed each
 // step, so a killed run keeps what it did), cut back to the checkpoint's step when a run resumes,
-// and drawn as SVG curves.
+// and drawn as SVG curves. The same log keeps held-out evaluations made during training.
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -79,8 +79,10 @@ class MetricsLog {
     path_ = path;
   }
 
-  void append(const StepMetrics& m) {
-    const std::string line = m.to_json().dump() + "\n";
+  void append(const StepMetrics& m) { append(m.to_json()); }
+  // One line of any record that carries a "step" (held-out evaluations during training).
+  void append(const nlohmann::json& record) {
+    const std::string line = record.dump() + "\n";
     MIL_CHECK(std::fputs(line.c_str(), f_) >= 0 && std::fflush(f_) == 0, "cannot write '",
               path_.string(), "'");
   }

@@ -37,6 +37,13 @@ class ProgressBar {
                  fields.c_str(), tty_ && !last ? "\033[K" : "\n");
     std::fflush(out_);
   }
+  // A line of its own above the bar (an event during the work); the bar is drawn again by the next
+  // update.
+  void note(const std::string& text) {
+    std::fprintf(out_, "%s%s\n", tty_ ? "\r\033[K" : "", text.c_str());
+    std::fflush(out_);
+    last_draw_ = -1;
+  }
   double seconds() const {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   }
