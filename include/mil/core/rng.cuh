@@ -25,9 +25,8 @@ inline int rng_grid(int64_t work_items) {
 
 }  // namespace detail
 
-// One thread per Philox block of four uniforms. lo + (hi - lo) * u is rounded twice, as on the
-// CPU: the explicit _rn operations stop nvcc from contracting it into an FMA (one rounding), which
-// would break bitwise equality with the CPU fill.
+// One thread per Philox block of four uniforms. lo + (hi - lo) * u is one explicit FMA, as in
+// rng::uniform on the CPU, so the fills are bitwise equal whatever either compiler contracts.
 template <class T>
 __global__ void fill_uniform_kernel(T* x, int64_t n, float lo, float hi, uint64_t seed,
                                     uint64_t offset) {
@@ -40,7 +39,7 @@ __global__ void fill_uniform_kernel(T* x, int64_t n, float lo, float hi, uint64_
 #pragma unroll
     for (int j = 0; j < 4; ++j)
       if (first + j < n)
-        x[first + j] = T(__fadd_rn(lo, __fmul_rn(span, rng::to_unit_float(r.v[j]))));
+        x[first + j] = T(__fmaf_rn(span, rng::to_unit_float(r.v[j]), lo));
   }
 }
 

@@ -48,13 +48,12 @@ MIL_HOST_DEVICE inline float to_unit_float(uint32_t x) { return float(x >> 8) * 
 MIL_HOST_DEVICE inline float uniform(uint64_t seed, uint64_t offset, uint64_t i, float lo, float hi) {
   U32x4 r = random_block(seed, offset, i / 4);
   float u = to_unit_float(r.v[i % 4]);
+  // One explicit FMA (one rounding) on both sides: left to the compilers, lo + span * u is
+  // contracted into an FMA or not depending on the target flags, and CPU and GPU would differ.
 #if defined(__CUDA_ARCH__)
-  return __fadd_rn(lo, __fmul_rn(hi - lo, u));  // no FMA contraction: bitwise equal to the CPU
+  return __fmaf_rn(hi - lo, u, lo);
 #else
-  // The product is stored before the sum: GCC contracts lo + span * u into one FMA (one rounding)
-  // where the target has FMA (-march=native), which would differ from the GPU's two roundings.
-  volatile float scaled = (hi - lo) * u;
-  return lo + scaled;
+  return std::fma(hi - lo, u, lo);
 #endif
 }
 
