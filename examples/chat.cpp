@@ -3,6 +3,8 @@
 //
 //   mil-chat -m models/SmolLM2-135M-Instruct.Q4_1.gguf -p "What is the capital of France?" -n 24
 //   mil-chat -m path/to/hf-folder            (no -p: interactive chat; /reset, /exit)
+//   mil-chat -m TARGET -md DRAFT --draft-max 4 --temp 0   (speculative decoding, greedy)
+//   mil-chat -m TARGET --lookup --temp 0                   (prompt-lookup drafts, no model)
 //
 // MODEL is a GGUF file, a Hugging Face folder (config.json + safetensors + tokenizer.json) or a
 // hybrid folder (mamba_config.json + safetensors + tokenizer.json, from mil-convert).
@@ -11,14 +13,17 @@
 // speeds ends each answer on stderr.
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include <mil/generate/generate.hpp>
+#include <mil/generate/speculative.hpp>
 #include <mil/nn/decoder.hpp>
 #include <mil/nn/model_load.hpp>
 #include <mil/text/chat_prompt.hpp>
@@ -31,6 +36,10 @@ struct Options {
   std::string model, prompt, system, chat_template, device = "auto";
   int64_t n_predict = 256, ctx = 2048;
   bool raw = false, prompt_given = false;
+  // Speculative decoding: a draft model (-md) or prompt lookup (--lookup).
+  std::string draft_model;
+  bool lookup = false;
+  int64_t draft_max = 4, draft_min = 0, lookup_ngram = 3;
   gen::SamplingConfig sampling;
   std::vector<std::string> stop;
 };
@@ -51,13 +60,34 @@ void print_speed(const gen::GenerateResult& r) {
                gen::to_string(r.reason));
 }
 
+void print_speculation(const gen::SpeculativeStats& s) {
+  std::fprintf(stderr,
+               "[mil-chat] speculation: %lld of %lld drafted tokens accepted (%.1f%%), %.2f tokens "
+               "per target step (%lld steps, %lld replays)\n",
+               static_cast<long long>(s.accepted), static_cast<long long>(s.drafted),
+               100 * s.acceptance(), s.tokens_per_step(), static_cast<long long>(s.target_steps),
+               static_cast<long long>(s.replays));
+}
+
 template <Element T, Device D>
 int run(const Options& o, const nn::HybridModel<T, D>& model, const text::Tokenizer& tok,
-        const std::optional<text::ChatTemplate>& tmpl) {
+        const std::optional<text::ChatTemplate>& tmpl, const nn::HybridModel<T, D>* draft_model) {
   nn::DecoderOptions dopt;
   dopt.max_seq = o.ctx;
-  dopt.snapshots = 1;  // the state at the end of the last prompt (hybrids return to it)
+  // Snapshot 0: the state at the end of the last prompt (hybrids return to it); 1: speculation's.
+  dopt.snapshots = 2;
+  const bool speculate = draft_model || o.lookup;
+  if (speculate) dopt.max_logits = o.draft_max + 1;
   nn::Decoder<T, D> decoder(model, dopt);
+  std::unique_ptr<nn::Decoder<T, D>> draft_decoder;
+  std::unique_ptr<gen::Draft> draft;
+  if (draft_model) {
+    draft_decoder = std::make_unique<nn::Decoder<T, D>>(*draft_model, nn::DecoderOptions{.max_seq = o.ctx});
+    draft = std::make_unique<gen::DecoderDraft<T, D>>(*draft_decoder);
+  } else if (o.lookup) {
+    draft = std::make_unique<gen::PromptLookupDraft>(o.lookup_ngram, std::min<int64_t>(2, o.lookup_ngram));
+  }
+  const gen::SpeculativeConfig spec{.draft_max = o.draft_max, .draft_min = o.draft_min, .snapshot = 1};
   gen::GenerateConfig g;
   g.max_new_tokens = o.n_predict;
   g.sampling = o.sampling;
@@ -102,11 +132,15 @@ int run(const Options& o, const nn::HybridModel<T, D>& model, const text::Tokeni
     session.saved = ids.size() - 1;
     const double head_seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    auto r = gen::generate(decoder, 0, tok, std::span(ids).last(1), g,
-                           [](std::string_view s) {
-                             std::fwrite(s.data(), 1, s.size(), stdout);
-                             std::fflush(stdout);
-                           });
+    auto print = [](std::string_view s) {
+      std::fwrite(s.data(), 1, s.size(), stdout);
+      std::fflush(stdout);
+    };
+    gen::SpeculativeStats stats;
+    auto r = draft ? gen::speculative_generate(decoder, 0, *draft, tok,
+                                               std::span(ids).first(ids.size() - 1),
+                                               std::span(ids).last(1), g, spec, &stats, print)
+                   : gen::generate(decoder, 0, tok, std::span(ids).last(1), g, print);
     r.prompt_tokens += int64_t(head.size());
     r.prompt_seconds += head_seconds;
     session.cached = ids;
@@ -116,6 +150,7 @@ int run(const Options& o, const nn::HybridModel<T, D>& model, const text::Tokeni
     if (tmpl) session.messages.push_back({"assistant", r.text});
     std::printf("\n");
     print_speed(r);
+    if (draft) print_speculation(stats);
   };
 
   if (o.prompt_given) {
@@ -178,17 +213,51 @@ int main(int argc, char** argv) {
   app.add_option("--device", o.device, "cpu, cuda or auto")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
       ->capture_default_str();
-  CLI11_PARSE(app, argc, argv);
+  auto* md = app.add_option("--model-draft", o.draft_model,
+                            "draft model for speculative decoding (greedy; same tokenizer); also -md");
+  app.add_flag("--lookup", o.lookup, "speculative decoding with prompt-lookup drafts (greedy)")
+      ->excludes(md);
+  app.add_option("--draft-max", o.draft_max, "tokens drafted per target step at most")
+      ->check(CLI::Range(int64_t(1), int64_t(64)))
+      ->capture_default_str();
+  app.add_option("--draft-min", o.draft_min, "shorter drafts are not verified")
+      ->check(CLI::Range(int64_t(0), int64_t(64)))
+      ->capture_default_str();
+  app.add_option("--lookup-ngram", o.lookup_ngram, "longest n-gram prompt lookup matches (shortest: 2)")
+      ->check(CLI::Range(int64_t(1), int64_t(16)))
+      ->capture_default_str();
+  // llama.cpp's spelling of the draft option, which CLI11 cannot declare (one-letter short names).
+  std::vector<std::string> args(argv + 1, argv + argc);
+  for (auto& a : args)
+    if (a == "-md") a = "--model-draft";
+  std::reverse(args.begin(), args.end());  // CLI11 takes the arguments last first
+  try {
+    app.parse(std::move(args));
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
   o.prompt_given = prompt->count() > 0;
 
   try {
     o.sampling.validate();
+    MIL_CHECK((o.draft_model.empty() && !o.lookup) ||
+                  (o.sampling.greedy() && o.sampling.repetition_penalty == 1.f),
+              "speculative decoding (-md, --lookup) is greedy only for now: add --temp 0 (and no "
+              "--repeat-penalty)");
     auto loaded = nn::load_model(o.model);
     std::optional<text::ChatTemplate> tmpl;
     if (!o.raw) {
       tmpl = o.chat_template.empty()
                  ? text::detect_chat_template(loaded.chat_template)
                  : text::chat_template_for_family(text::parse_chat_family(o.chat_template));
+    }
+    std::optional<nn::LoadedModel> draft;
+    if (!o.draft_model.empty()) {
+      draft = nn::load_model(o.draft_model);
+      gen::check_draft_tokenizer(loaded.tokenizer, loaded.model.config().llama.vocab,
+                                 draft->tokenizer, draft->model.config().llama.vocab, o.draft_model);
+      std::fprintf(stderr, "[mil-chat] draft: %s, %lld layers\n", draft->name.c_str(),
+                   static_cast<long long>(draft->model.config().llama.n_layers));
     }
     const auto& c = loaded.model.config().llama;
     const auto& hc = loaded.model.config();
@@ -206,13 +275,15 @@ int main(int argc, char** argv) {
       MIL_CHECK(mil::cuda::device_count() > 0, "--device cuda: no CUDA device found");
       std::fprintf(stderr, "[mil-chat] device: CUDA (bf16)\n");
       const auto gpu_model = nn::convert_model<bf16, Cuda>(loaded.model);
-      return run(o, gpu_model, loaded.tokenizer, tmpl);
+      std::optional<nn::HybridModel<bf16, Cuda>> gpu_draft;
+      if (draft) gpu_draft.emplace(nn::convert_model<bf16, Cuda>(draft->model));
+      return run(o, gpu_model, loaded.tokenizer, tmpl, gpu_draft ? &*gpu_draft : nullptr);
     }
 #else
     MIL_CHECK(o.device != "cuda", "--device cuda: this mil-chat was built without CUDA");
 #endif
     std::fprintf(stderr, "[mil-chat] device: CPU (float)\n");
-    return run(o, loaded.model, loaded.tokenizer, tmpl);
+    return run(o, loaded.model, loaded.tokenizer, tmpl, draft ? &draft->model : nullptr);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "mil-chat: error: %s\n", e.what());
     return 1;

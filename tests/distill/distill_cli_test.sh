@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # mil-distill end to end on the first two layers of the real teacher (a minute on 2 cores): label ->
 # stage 1 -> stage 2 -> eval, then stage 3 (--stage dpo) on its own, outputs in place, a rerun that
-# finds everything done, mil-chat on the result, and the refusals: another run's folder, malformed
+# finds everything done, mil-chat on the result (also speculative), and the refusals: another run's folder, malformed
 # prompts (file and line named).
 # Usage: distill_cli_test.sh MIL_DISTILL MIL_CHAT SOURCE_DIR WORK_DIR
 set -euo pipefail
@@ -61,8 +61,20 @@ grep -q "done already" "$work/second.log" || { cat "$work/second.log"; fail "rer
 grep -q "stage 3 is done already" "$work/dpo2.log" || { cat "$work/dpo2.log"; fail "stage-3 rerun trained again"; }
 if grep -q "^labelling \[" "$work/second.log"; then fail "rerun labelled again"; fi
 
-# The result chats.
+# The result chats; with speculative decoding (prompt lookup, and the whole teacher as the draft of
+# this hybrid of its first two layers) it says exactly the same.
 "$chat" -m "$work/run/stage2/model" -p "Hello" -n 4 --temp 0 > "$work/chat.log" 2>&1 || { cat "$work/chat.log"; fail "mil-chat"; }
+"$chat" -m "$work/run/stage2/model" -p "Say hello twice" -n 24 --temp 0 > "$work/plain.txt" 2> "$work/plain.log" ||
+  { cat "$work/plain.log"; fail "mil-chat"; }
+for how in "--lookup" "-md $teacher"; do
+  # shellcheck disable=SC2086
+  "$chat" -m "$work/run/stage2/model" -p "Say hello twice" -n 24 --temp 0 $how > "$work/spec.txt" 2> "$work/spec.log" ||
+    { cat "$work/spec.log"; fail "mil-chat $how"; }
+  cmp -s "$work/plain.txt" "$work/spec.txt" || { diff "$work/plain.txt" "$work/spec.txt"; fail "mil-chat $how changed the answer"; }
+  grep -q "speculation: .* drafted tokens accepted" "$work/spec.log" || { cat "$work/spec.log"; fail "mil-chat $how printed no acceptance"; }
+done
+if "$chat" -m "$work/run/stage2/model" -p "Hi" --lookup --temp 0.7 > "$work/spec.log" 2>&1; then fail "sampling with a draft accepted"; fi
+grep -q "greedy only" "$work/spec.log" || { cat "$work/spec.log"; fail "no clear error for sampling with a draft"; }
 
 # Refusals: a folder holding another run; malformed prompts, named by file and line.
 other=("${args[@]:0:${#args[@]}-2}" --seed 4)  # args end with --seed 3

@@ -11,6 +11,7 @@
 #include <mil/nn/decoder.hpp>
 
 #include "common/compare.hpp"
+#include "common/small_hybrid.hpp"
 
 using namespace mil;
 
@@ -201,30 +202,6 @@ TEST_CASE("kv attention: cache kernel equals causal attention over the same keys
 
 namespace {
 
-// A 3-layer model of each kind: all attention, or attention in layer 1 and Mamba-2 / Mamba-1 in
-// layers 0 and 2 (d_xb 16, d_inner 32: Mamba-1 with 8 states per channel is valid).
-nn::HybridConfig kind_config(nn::LayerKind kind) {
-  nn::LlamaConfig c;
-  c.vocab = 61;
-  c.d_model = 32;
-  c.n_layers = 3;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.head_dim = 8;
-  c.d_ff = 40;
-  c.rope_theta = 500.f;
-  nn::HybridConfig h = nn::all_attention(c);
-  if (kind == nn::LayerKind::attention) return h;
-  h.attn_layers = {1};
-  h.mixer = kind == nn::LayerKind::mamba2 ? nn::MixerKind::mamba2 : nn::MixerKind::mamba1;
-  h.mamba1_d_state = 8;
-  return h;
-}
-
-const char* kind_name(nn::LayerKind k) {
-  return k == nn::LayerKind::attention ? "attention" : k == nn::LayerKind::mamba2 ? "mamba2" : "mamba1";
-}
-
 // Rows [first, first + n) of a logits vector, as bytes (bitwise comparisons, NaN included).
 std::vector<uint8_t> logit_rows(const std::vector<float>& l, int64_t first, int64_t n, int64_t vocab) {
   std::vector<uint8_t> out(size_t(n * vocab) * sizeof(float));
@@ -239,20 +216,18 @@ struct ThreadsScope {
   ~ThreadsScope() { cpu::set_threads(saved); }
 };
 
-constexpr nn::LayerKind kKinds[] = {nn::LayerKind::attention, nn::LayerKind::mamba2,
-                                    nn::LayerKind::mamba1};
 
 }  // namespace
 
 TEST_CASE("step plan: verifying k tokens on n slots equals k decode steps, bitwise") {
-  for (nn::LayerKind kind : kKinds) {
-    const auto h = kind_config(kind);
+  for (nn::LayerKind kind : test::kLayerKinds) {
+    const auto h = test::small_hybrid_config(kind);
     nn::HybridModel<float, Cpu> model(h);
     model.init_random(29, 0.3f);
     const int64_t vocab = h.llama.vocab;
     std::vector<float> first_run;  // the verification logits at 1 thread
     for (int threads : {1, 2}) {
-      CAPTURE(kind_name(kind));
+      CAPTURE(test::layer_kind_name(kind));
       CAPTURE(threads);
       ThreadsScope scope(threads);
       // Three sequences in slots 3, 0, 2 with prompts of 5, 2 and 7 tokens; each then verifies
@@ -317,9 +292,9 @@ TEST_CASE("step plan: verifying k tokens on n slots equals k decode steps, bitwi
 }
 
 TEST_CASE("step plan: rows of different lengths in one step equal separate steps, bitwise") {
-  for (nn::LayerKind kind : kKinds) {
-    CAPTURE(kind_name(kind));
-    const auto h = kind_config(kind);
+  for (nn::LayerKind kind : test::kLayerKinds) {
+    CAPTURE(test::layer_kind_name(kind));
+    const auto h = test::small_hybrid_config(kind);
     nn::HybridModel<float, Cpu> model(h);
     model.init_random(31, 0.3f);
     const int64_t vocab = h.llama.vocab;
@@ -358,9 +333,9 @@ TEST_CASE("step plan: rows of different lengths in one step equal separate steps
 }
 
 TEST_CASE("step plan: a restored snapshot takes a slot back to the saved state") {
-  for (nn::LayerKind kind : kKinds) {
-    CAPTURE(kind_name(kind));
-    const auto h = kind_config(kind);
+  for (nn::LayerKind kind : test::kLayerKinds) {
+    CAPTURE(test::layer_kind_name(kind));
+    const auto h = test::small_hybrid_config(kind);
     nn::HybridModel<float, Cpu> model(h);
     model.init_random(37, 0.3f);
     const int64_t vocab = h.llama.vocab;

@@ -88,6 +88,35 @@ class StopStringFilter {
   bool found_ = false;
 };
 
+// Generated tokens to text as it becomes final (UTF-8 complete, not part of a possible stop
+// string), appended to `text` and handed to `on_text`.
+class TextStream {
+ public:
+  TextStream(const text::Tokenizer& tokenizer, const std::vector<std::string>& stops, std::string& text,
+             const std::function<void(std::string_view)>& on_text)
+      : stream_(tokenizer, /*render_special=*/false), filter_(stops), text_(text), on_text_(on_text) {}
+  // Adds a token; false when a stop string appeared (the text ends before it).
+  bool push(int32_t token) {
+    emit(filter_.push(stream_.push(token)));
+    return !filter_.found();
+  }
+  // The held-back rest, at the end of generation.
+  void finish() {
+    if (!filter_.found()) emit(filter_.push(stream_.flush()) + filter_.flush());
+  }
+
+ private:
+  void emit(const std::string& s) {
+    if (s.empty()) return;
+    text_ += s;
+    if (on_text_) on_text_(s);
+  }
+  text::StreamingDecoder stream_;
+  StopStringFilter filter_;
+  std::string& text_;
+  const std::function<void(std::string_view)>& on_text_;
+};
+
 // Appends `prompt` to sequence `slot` of `decoder` and generates after it. on_text receives the
 // text as it becomes final (UTF-8 complete, not part of a possible stop string).
 template <class Decoder>
@@ -105,13 +134,7 @@ GenerateResult generate(Decoder& decoder, int64_t slot, const text::Tokenizer& t
   r.prompt_seconds = std::chrono::duration<double>(t1 - t0).count();
 
   std::vector<int32_t> history(prompt.begin(), prompt.end());
-  text::StreamingDecoder stream(tokenizer, /*render_special=*/false);
-  StopStringFilter filter(cfg.stop_strings);
-  auto emit = [&](const std::string& s) {
-    if (s.empty()) return;
-    r.text += s;
-    if (on_text) on_text(s);
-  };
+  TextStream out(tokenizer, cfg.stop_strings, r.text, on_text);
   const bool device_greedy = cfg.sampling.greedy() && cfg.sampling.repetition_penalty == 1.f;
   r.reason = StopReason::max_tokens;
   for (int64_t i = 0; i < cfg.max_new_tokens; ++i) {
@@ -124,8 +147,7 @@ GenerateResult generate(Decoder& decoder, int64_t slot, const text::Tokenizer& t
     }
     r.tokens.push_back(next);
     history.push_back(next);
-    emit(filter.push(stream.push(next)));
-    if (filter.found()) {
+    if (!out.push(next)) {
       r.reason = StopReason::stop_string;
       break;
     }
@@ -137,7 +159,7 @@ GenerateResult generate(Decoder& decoder, int64_t slot, const text::Tokenizer& t
     const int32_t s = int32_t(slot);
     decoder.decode(std::span(&s, 1), std::span(&next, 1));
   }
-  if (!filter.found()) emit(filter.push(stream.flush()) + filter.flush());
+  out.finish();
   r.generate_seconds = std::chrono::duration<double>(clock::now() - t1).count();
   return r;
 }
