@@ -55,7 +55,18 @@ nn::DecoderOptions target_options(int64_t max_seq) {
 struct Run {
   gen::GenerateResult result;
   gen::SpeculativeStats stats;
+  int64_t length = 0;         // tokens the slot holds afterwards
+  std::vector<float> follow;  // the logits after one more token: the state is right too
 };
+
+// Appends one token and keeps the logits, unless the context is full.
+void follow_up(nn::Decoder<float, Cpu>& dec, Run& r) {
+  r.length = dec.length(0);
+  if (r.length >= dec.options().max_seq) return;
+  const int32_t slot = 0, token = 7;
+  dec.decode(std::span(&slot, 1), std::span(&token, 1));
+  r.follow = dec.logits_host();
+}
 
 Run speculative(const nn::HybridModel<float, Cpu>& model, gen::Draft& draft,
                 const gen::GenerateConfig& g, int64_t max_seq = 400) {
@@ -63,13 +74,16 @@ Run speculative(const nn::HybridModel<float, Cpu>& model, gen::Draft& draft,
   Run r;
   r.result = gen::speculative_generate(dec, 0, draft, char_tokenizer(), {}, prompt_tokens(), g,
                                        {.draft_max = kDraftMax}, &r.stats);
+  follow_up(dec, r);
   return r;
 }
 
-gen::GenerateResult plain(const nn::HybridModel<float, Cpu>& model, const gen::GenerateConfig& g,
-                          int64_t max_seq = 400) {
+Run plain(const nn::HybridModel<float, Cpu>& model, const gen::GenerateConfig& g, int64_t max_seq = 400) {
   nn::Decoder<float, Cpu> dec(model, {.slots = 1, .max_seq = max_seq});
-  return gen::generate(dec, 0, char_tokenizer(), prompt_tokens(), g);
+  Run r;
+  r.result = gen::generate(dec, 0, char_tokenizer(), prompt_tokens(), g);
+  follow_up(dec, r);
+  return r;
 }
 
 void check_same(const gen::GenerateResult& a, const gen::GenerateResult& b) {
@@ -77,6 +91,13 @@ void check_same(const gen::GenerateResult& a, const gen::GenerateResult& b) {
   CHECK(a.text == b.text);
   CHECK(a.reason == b.reason);
   CHECK(a.sampled == b.sampled);
+}
+
+// The same output, and the slot left in the same state (length, and the logits of a next token).
+void check_same(const Run& a, const Run& b) {
+  check_same(a.result, b.result);
+  CHECK(a.length == b.length);
+  CHECK(a.follow == b.follow);
 }
 
 }  // namespace
@@ -88,11 +109,11 @@ TEST_CASE("speculative greedy: prompt lookup and model drafts give the target's 
     model.init_random(41, 0.3f);
     const auto g = greedy_config(300);
     const auto want = plain(model, g);
-    REQUIRE(want.tokens.size() == 300);
+    REQUIRE(want.result.tokens.size() == 300);
 
     gen::PromptLookupDraft lookup;
     const auto a = speculative(model, lookup, g);
-    check_same(a.result, want);
+    check_same(a, want);
     // The fixture reaches both paths: kept drafts (with the bonus token) and rejections.
     CHECK(a.stats.accepted > 0);
     CHECK(a.stats.accepted < a.stats.drafted);
@@ -105,7 +126,7 @@ TEST_CASE("speculative greedy: prompt lookup and model drafts give the target's 
     nn::Decoder<float, Cpu> same_dec(model, {.slots = 1, .max_seq = 400});
     gen::DecoderDraft<float, Cpu> same(same_dec);
     const auto b = speculative(model, same, g);
-    check_same(b.result, want);
+    check_same(b, want);
     CHECK(b.stats.accepted == b.stats.drafted);
     CHECK(b.stats.target_steps <= (300 + kDraftMax) / (kDraftMax + 1) + 1);
 
@@ -115,7 +136,7 @@ TEST_CASE("speculative greedy: prompt lookup and model drafts give the target's 
     nn::Decoder<float, Cpu> other_dec(other, {.slots = 1, .max_seq = 400});
     gen::DecoderDraft<float, Cpu> wrong(other_dec);
     const auto c = speculative(model, wrong, g);
-    check_same(c.result, want);
+    check_same(c, want);
     CHECK(c.stats.accepted < c.stats.drafted / 2);
   }
 }
@@ -125,37 +146,37 @@ TEST_CASE("speculative greedy: every end comes where plain generation's does") {
     CAPTURE(test::layer_kind_name(kind));
     nn::HybridModel<float, Cpu> model(test::small_hybrid_config(kind));
     model.init_random(47, 0.3f);
-    const auto base = plain(model, greedy_config(120));
+    const auto base = plain(model, greedy_config(120)).result;
     REQUIRE(base.tokens.size() == 120);
     nn::Decoder<float, Cpu> same_dec(model, {.slots = 1, .max_seq = 400});
     gen::DecoderDraft<float, Cpu> same(same_dec);  // every draft kept: ends inside kept drafts
 
     for (int64_t n : {0, 1, 2, 5, 6, 7, 33}) {  // budgets at and around draft boundaries
       CAPTURE(n);
-      check_same(speculative(model, same, greedy_config(n)).result, plain(model, greedy_config(n)));
+      check_same(speculative(model, same, greedy_config(n)), plain(model, greedy_config(n)));
     }
     {  // a stop token: the 40th generated token's id, first seen at some position <= 40
       auto g = greedy_config(120);
       g.stop_tokens = {base.tokens[40]};
       const auto want = plain(model, g);
-      CHECK(want.reason == gen::StopReason::stop_token);
-      check_same(speculative(model, same, g).result, want);
+      CHECK(want.result.reason == gen::StopReason::stop_token);
+      check_same(speculative(model, same, g), want);
     }
     {  // a stop string: two characters of the text from the 50th token on
       auto g = greedy_config(120);
       g.stop_strings = {base.text.substr(50, 2)};
       const auto want = plain(model, g);
-      CHECK(want.reason == gen::StopReason::stop_string);
-      check_same(speculative(model, same, g).result, want);
+      CHECK(want.result.reason == gen::StopReason::stop_string);
+      check_same(speculative(model, same, g), want);
     }
     for (int64_t max_seq : {int64_t(prompt_tokens().size()) + 1, int64_t(prompt_tokens().size()) + 9,
                             int64_t(prompt_tokens().size()) + 10}) {  // a full context
       CAPTURE(max_seq);
       const auto want = plain(model, greedy_config(120), max_seq);
-      CHECK(want.reason == gen::StopReason::context_full);
+      CHECK(want.result.reason == gen::StopReason::context_full);
       gen::PromptLookupDraft lookup;
-      check_same(speculative(model, same, greedy_config(120), max_seq).result, want);
-      check_same(speculative(model, lookup, greedy_config(120), max_seq).result, want);
+      check_same(speculative(model, same, greedy_config(120), max_seq), want);
+      check_same(speculative(model, lookup, greedy_config(120), max_seq), want);
     }
   }
 }
@@ -214,7 +235,7 @@ TEST_CASE("speculative greedy: a slot that holds earlier tokens, and the caller'
   model.init_random(59, 0.3f);
   const auto all = prompt_tokens();
   const auto held = std::span(all).first(12), prompt = std::span(all).subspan(12);
-  const auto want = plain(model, greedy_config(80));
+  const auto want = plain(model, greedy_config(80)).result;
   auto o = target_options(400);
   o.snapshots = 2;
   nn::Decoder<float, Cpu> dec(model, o);

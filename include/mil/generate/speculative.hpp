@@ -140,6 +140,7 @@ struct SpeculativeStats {
 // proposed by `draft` and checked by `target` K + 1 at a time. `held` are the tokens the slot
 // holds already (a chat's earlier turns), which the draft sees before `prompt`. The target decoder
 // needs max_tokens and max_logits >= K + 1 and, with Mamba layers, snapshot sc.snapshot.
+// Afterwards the slot holds, as after generate(), the prompt and every chosen token but the last.
 template <Element T, Device D>
 GenerateResult speculative_generate(nn::Decoder<T, D>& target, int64_t slot, Draft& draft,
                                     const text::Tokenizer& tokenizer, std::span<const int32_t> held,
@@ -239,7 +240,22 @@ GenerateResult speculative_generate(nn::Decoder<T, D>& target, int64_t slot, Dra
     }
     bool more = true;
     for (int64_t i = 0; i < kept && more; ++i) more = take(drafted[size_t(i)]);
-    if (!more) break;
+    if (!more) {
+      // It ended inside the kept drafts: leave the slot as generate() does, holding every chosen
+      // token but the last (the rest of the kept drafts go).
+      const int64_t want = int64_t(history.size()) - 1 + (r.reason == StopReason::stop_token ? 1 : 0);
+      if (target.length(slot) > want) {
+        if (target.can_rewind()) {
+          target.truncate(slot, want);
+        } else {
+          target.restore_state(slot, sc.snapshot);
+          const nn::StepRow replay{s, std::span(row_ids).first(size_t(want - length)), -1, nn::RowLogits::none};
+          target.step(std::span(&replay, 1));
+          ++st.replays;
+        }
+      }
+      break;
+    }
     next = after;
   }
   out.finish();
