@@ -223,7 +223,8 @@ int main(int argc, char** argv) {
   app.add_option("--draft-min", o.draft_min, "shorter drafts are not verified")
       ->check(CLI::Range(int64_t(0), int64_t(64)))
       ->capture_default_str();
-  app.add_option("--lookup-ngram", o.lookup_ngram, "longest n-gram prompt lookup matches (shortest: 2)")
+  app.add_option("--lookup-ngram", o.lookup_ngram,
+                 "longest n-gram that prompt lookup matches (it tries shorter ones down to 2-grams)")
       ->check(CLI::Range(int64_t(1), int64_t(16)))
       ->capture_default_str();
   // llama.cpp's spelling of the draft option, which CLI11 cannot declare (one-letter short names).
@@ -231,6 +232,7 @@ int main(int argc, char** argv) {
   for (auto& a : args)
     if (a == "-md") a = "--model-draft";
   std::reverse(args.begin(), args.end());  // CLI11 takes the arguments last first
+  app.name(argv[0]);
   try {
     app.parse(std::move(args));
   } catch (const CLI::ParseError& e) {

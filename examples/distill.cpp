@@ -70,7 +70,8 @@ struct Options {
   int threads = 0;
   // Evaluation.
   int64_t eval_seqs = 32;
-  std::string eval_every = "0";  // > 0: held-out metrics every this many training tokens
+  std::string eval_every = "0";  // held-out metrics every this many training tokens ("0": never)
+  int64_t eval_every_tokens = 0;  // the same, parsed
   std::vector<std::string> show_prompts = {"What is the capital of France?",
                                            "Give me three tips for staying healthy."};
   int64_t show_tokens = 48;
@@ -382,7 +383,7 @@ class Pipeline {
         (long long)student.params().trainable_numel(), run_dir.string().c_str());
     const char* names[] = {"stage 1", "stage 2", "stage 3"};
     HeldoutCurve curve(run_dir / "heldout.jsonl", trainer.state().step,
-                       eval_set_.empty() ? 0 : distill::parse_token_count(o_.eval_every));
+                       eval_set_.empty() ? 0 : o_.eval_every_tokens);
     util::ProgressBar bar(names[int(t.stage)], t.steps);
     while (!trainer.done()) {
       if (curve.due(trainer.state().tokens_seen)) {
@@ -418,7 +419,8 @@ class Pipeline {
   class HeldoutCurve {
    public:
     HeldoutCurve(fs::path path, int64_t resumed_step, int64_t every) : path_(std::move(path)), every_(every) {
-      if (every_ <= 0) return;
+      // Without --eval-every a resumed run still cuts an earlier run's curve back to its step.
+      if (every_ <= 0 && !fs::exists(path_)) return;
       log_.open(path_, resumed_step);
       for (const auto& r : distill::read_metrics(path_)) last_ = r.value("tokens_seen", int64_t(0));
     }
@@ -701,6 +703,10 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   try {
+    if (o.eval_every != "0") {
+      o.eval_every_tokens = distill::parse_token_count(o.eval_every);
+      MIL_CHECK(o.eval_seqs > 0, "--eval-every needs held-out answers to score (--eval-seqs > 0)");
+    }
     if (o.threads > 0) cpu::set_threads(o.threads);
     say("teacher: %s", o.teacher.c_str());
     auto loaded = nn::load_model(o.teacher);

@@ -15,9 +15,9 @@ rm -rf "$work" && mkdir -p "$work"
 fail() { echo "FAILED: $*" >&2; exit 1; }
 args=(--teacher "$teacher" --teacher-layers 2 --prompts "$src/tests/distill/fixtures/prompts.jsonl"
       --max-prompts 9 --heldout 2 --max-answer 12 --mamba-layers 1 --tokens 300 --sft-tokens 100 --micro-batch 2
-      --checkpoint-every 2 --eval-seqs 2 --eval-every 100 --show "Hi" --seed 3)
+      --checkpoint-every 2 --eval-seqs 2 --show "Hi" --seed 3)
 
-"$distill" "${args[@]}" -o "$work/run" > "$work/first.log" 2>&1 || { cat "$work/first.log"; fail "first run"; }
+"$distill" "${args[@]}" --eval-every 100 -o "$work/run" > "$work/first.log" 2>&1 || { cat "$work/first.log"; fail "first run"; }
 for f in run.json report.json labels/train/manifest.json labels/heldout/manifest.json \
          stage1-custom/metrics.jsonl stage1-custom/loss.svg stage1-custom/model/mil_distill_done \
          stage1-custom/model/mamba_config.json stage1-custom/model/tokenizer.json \
@@ -34,7 +34,7 @@ h=$work/run/stage1-custom/heldout.jsonl
 cp "$h" "$work/heldout.first"
 last=$(ls -d "$work"/run/stage1-custom/checkpoints/step-* | sort | tail -1)
 rm -rf "$work/run/stage1-custom/model" "$last"
-"$distill" "${args[@]}" -o "$work/run" --only stage1 > "$work/resume.log" 2>&1 || { cat "$work/resume.log"; fail "stage-1 resume"; }
+"$distill" "${args[@]}" --eval-every 100 -o "$work/run" --only stage1 > "$work/resume.log" 2>&1 || { cat "$work/resume.log"; fail "stage-1 resume"; }
 grep -q "resumed at step" "$work/resume.log" || { cat "$work/resume.log"; fail "stage 1 did not resume"; }
 cmp -s "$h" "$work/heldout.first" || { diff "$work/heldout.first" "$h"; fail "the resumed run's held-out curve differs"; }
 
@@ -53,6 +53,7 @@ cat "$work"/run/stage3/checkpoints/*/trainer.json | grep -q '"chosen_nll_weight"
 grep -q "before stage 3: held-out preference accuracy" "$work/dpo.log" || { cat "$work/dpo.log"; fail "no preference metrics before stage 3"; }
 grep -q "after stage 3: ppl ratio" "$work/dpo.log" || { cat "$work/dpo.log"; fail "no teacher-relative metrics after stage 3"; }
 grep -q "stage2/model" "$work/run/report.json" || fail "stage 3 did not start from the stage-2 model"
+[[ ! -e $work/run/stage3/heldout.jsonl ]] || fail "stage 3 made a held-out curve without --eval-every"
 
 # A rerun finds every step done: nothing is labelled or trained again.
 "$distill" "${args[@]}" -o "$work/run" > "$work/second.log" 2>&1 || { cat "$work/second.log"; fail "rerun"; }

@@ -155,20 +155,29 @@ TEST_CASE("speculative greedy: every end comes where plain generation's does") {
       CAPTURE(n);
       check_same(speculative(model, same, greedy_config(n)), plain(model, greedy_config(n)));
     }
-    {  // a stop token: the 40th generated token's id, first seen at some position <= 40
+    // Ends inside kept drafts: with every draft kept, the target's own choice ("next") is
+    // generated token 0, 5, 10, ... (K + 1 = 5 per step) and the drafts are the others, so a stop
+    // at a token index that is not a multiple of 5, i.e. sampled % 5 != 1, lands inside them.
+    auto ends_in_drafts = [](const Run& r) { return r.result.sampled % (kDraftMax + 1) != 1; };
+    int64_t stop_tokens_in_drafts = 0, stop_strings_in_drafts = 0;
+    for (size_t f = 20; f < 60; f += 3) {  // a stop token: a generated token's id
       auto g = greedy_config(120);
-      g.stop_tokens = {base.tokens[40]};
+      g.stop_tokens = {base.tokens[f]};
       const auto want = plain(model, g);
       CHECK(want.result.reason == gen::StopReason::stop_token);
       check_same(speculative(model, same, g), want);
+      stop_tokens_in_drafts += ends_in_drafts(want);
     }
-    {  // a stop string: two characters of the text from the 50th token on
+    for (size_t c = 20; c < 60; c += 3) {  // a stop string: two characters of the text
       auto g = greedy_config(120);
-      g.stop_strings = {base.text.substr(50, 2)};
+      g.stop_strings = {base.text.substr(c, 2)};
       const auto want = plain(model, g);
       CHECK(want.result.reason == gen::StopReason::stop_string);
       check_same(speculative(model, same, g), want);
+      stop_strings_in_drafts += ends_in_drafts(want);
     }
+    CHECK(stop_tokens_in_drafts > 0);  // the fixture reaches the case
+    CHECK(stop_strings_in_drafts > 0);
     for (int64_t max_seq : {int64_t(prompt_tokens().size()) + 1, int64_t(prompt_tokens().size()) + 9,
                             int64_t(prompt_tokens().size()) + 10}) {  // a full context
       CAPTURE(max_seq);
