@@ -48,8 +48,11 @@ for f in labels/dpo/manifest.json pairs/dpo/manifest.json pairs/heldout/manifest
   [[ -f $work/run/$f ]] || fail "missing $f"
 done
 grep -q '"reward_margin"' "$work/run/stage3/metrics.jsonl" || fail "stage-3 metrics have no reward margin"
-grep -A1 '"prompts": {' "$work/run/labels/dpo/manifest.json" | grep -q '"count": 3,' || fail "labels/dpo does not hold the 3 extra prompts"
-cat "$work"/run/stage3/checkpoints/*/trainer.json | grep -q '"chosen_nll_weight": 0.5' || fail "stage 3 did not record its NLL weight"
+# (No `| grep -q` under pipefail: grep -q stops reading at the first match and the writer's
+# SIGPIPE would fail the pipeline.)
+prompts=$(grep -A1 '"prompts": {' "$work/run/labels/dpo/manifest.json")
+[[ $prompts == *'"count": 3,'* ]] || fail "labels/dpo does not hold the 3 extra prompts"
+grep -q '"chosen_nll_weight": 0.5' "$work"/run/stage3/checkpoints/*/trainer.json || fail "stage 3 did not record its NLL weight"
 grep -q "before stage 3: held-out preference accuracy" "$work/dpo.log" || { cat "$work/dpo.log"; fail "no preference metrics before stage 3"; }
 grep -q "after stage 3: ppl ratio" "$work/dpo.log" || { cat "$work/dpo.log"; fail "no teacher-relative metrics after stage 3"; }
 grep -q "stage2/model" "$work/run/report.json" || fail "stage 3 did not start from the stage-2 model"
