@@ -20,8 +20,11 @@ import xml.etree.ElementTree as ET
 FORMAT = "mil-gpu-result/1"
 
 
-def read_tests(junit_path, exit_code):
-    """Every test case of ctest's JUnit file as pass / fail / skip (fail when ctest said so)."""
+def read_tests(junit_path, exit_code, repo=None):
+    """Every test case of ctest's JUnit file as pass / fail / skip (fail when ctest said so).
+    Paths inside `repo` in the failure output are written relative to it: the file names no
+    folder of the machine that ran."""
+    prefix = os.path.abspath(repo) + os.sep if repo else None
     tests = {"exit_code": exit_code, "cases": []}
     try:
         root = ET.parse(junit_path).getroot()
@@ -40,6 +43,8 @@ def read_tests(junit_path, exit_code):
         entry = {"name": case.get("name"), "result": result, "seconds": float(case.get("time", 0))}
         if result != "pass":
             out = case.findtext("system-out") or ""
+            if prefix:
+                out = out.replace(prefix, "")
             lines = [line for line in out.splitlines() if line.strip()]
             entry["output_tail"] = "\n".join(lines[-20:])  # why it failed or skipped
         tests["cases"].append(entry)
@@ -215,7 +220,7 @@ def combine(args):
               "device": read_device(args.smi_csv, args.smi_text),
               "build": read_build(args.build_dir),
               "gpu_required": os.environ.get("MIL_REQUIRE_GPU", ""),
-              "tests": read_tests(args.junit, args.tests_exit),
+              "tests": read_tests(args.junit, args.tests_exit, args.repo),
               "benchmarks": read_benchmarks(args.bench, args.bench_exit, args.repo)}
     result["benchmarks"]["filter"] = args.bench_filter
     t, b = result["tests"], result["benchmarks"]

@@ -169,5 +169,20 @@ class GpuResults(unittest.TestCase):
                          (os.environ["MIL_COMMIT"], False, "MIL_COMMIT"))
 
 
+class FailureOutput(unittest.TestCase):
+    def test_paths_of_the_repository_become_relative(self):
+        tmp = tempfile.mkdtemp()
+        try:
+            junit = os.path.join(tmp, "gpu_tests.xml")
+            with open(junit, "w") as f:
+                f.write('<testsuite><testcase name="a" status="run"><failure/><system-out>'
+                        f'{tmp}/tests/x.cu:70: ERROR\nother /elsewhere/y.cu:1</system-out>'
+                        '</testcase></testsuite>')
+            tail = gpu_results.read_tests(junit, 8, tmp)["cases"][0]["output_tail"]
+            self.assertEqual(tail, "tests/x.cu:70: ERROR\nother /elsewhere/y.cu:1")
+        finally:
+            shutil.rmtree(tmp)
+
+
 if __name__ == "__main__":
     unittest.main()
