@@ -27,6 +27,9 @@ TEST_CASE("batch: inputs and answer targets with padding and truncation") {
   CHECK(b.ids == std::vector<int32_t>{20, 21, 22, 23, 24, 25, 10, 11, 12, 13, 14, 0});
   CHECK(b.targets == std::vector<int32_t>{X, 22, 23, 24, 25, 26, X, X, 13, 14, X, X});
   CHECK(b.answer_tokens == 7);
+  // Inputs with a next token (6 + 4 of 12): training tokens and tokens/s count these, as the token
+  // budget does; counting padded rows made both look twice as large.
+  CHECK(b.input_tokens == 10);
   CHECK(test::error_of([&] { data::make_batch(seqs, std::vector<int64_t>{2}, 6, 0); })
             .find("sequence 2 of 2") != std::string::npos);
 }

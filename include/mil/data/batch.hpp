@@ -24,6 +24,7 @@ struct TrainBatch {
   std::vector<int32_t> ids;      // [batch * seq_len], row-major; pad_id past a sequence's end
   std::vector<int32_t> targets;  // [batch * seq_len]: the next token where it is an answer token
   int64_t answer_tokens = 0;     // targets that count (not kIgnoreTarget)
+  int64_t input_tokens = 0;      // inputs with a next token (not padding, not a row's last token)
 };
 
 inline TrainBatch make_batch(std::span<const LabelledSequence> seqs,
@@ -44,6 +45,7 @@ inline TrainBatch make_batch(std::span<const LabelledSequence> seqs,
     int32_t* ids = b.ids.data() + r * seq_len;
     int32_t* targets = b.targets.data() + r * seq_len;
     for (int64_t p = 0; p < std::min(n, seq_len); ++p) ids[p] = s.tokens[size_t(p)];
+    b.input_tokens += std::max<int64_t>(0, std::min(n - 1, seq_len));
     for (int64_t p = std::max<int64_t>(s.prompt_len, 1); p < n; ++p) {
       targets[p - 1] = s.tokens[size_t(p)];  // input p - 1 predicts answer token p
       ++b.answer_tokens;

@@ -20,7 +20,7 @@ struct StepMetrics {
   double loss = 0, ce = 0, kl = 0;
   float lr = 0;
   double grad_norm = 0;
-  int64_t tokens = 0, answer_tokens = 0;  // in this step (rows x length; answer positions)
+  int64_t tokens = 0, answer_tokens = 0;  // in this step (inputs, padding not counted; answer positions)
   int64_t tokens_seen = 0;        // since the run began
   double seconds = 0, tokens_per_s = 0;
   bool skipped = false;           // non-finite loss or gradient: no update

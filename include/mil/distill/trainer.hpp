@@ -196,7 +196,7 @@ class Trainer {
       finite = std::isfinite(ce) && std::isfinite(kl);
       m.ce += share * ce;
       m.kl += share * kl;
-      m.tokens += b.batch * b.seq_len;
+      m.tokens += b.input_tokens;
     }
     const double tau = o_.loss.temperature;
     if (o_.stage != Stage::dpo)
@@ -324,7 +324,7 @@ class Trainer {
         drift += loss.policy_logps[s] - refs[i][s];
         answer += loss.answer_tokens[s];
       }
-      m.tokens += b.batch * b.seq_len;
+      m.tokens += b.input_tokens;
     }
     m.reward_margin = m.chosen_reward - m.rejected_reward;
     m.accuracy = double(right) / double(pairs);
