@@ -3,8 +3,8 @@
 //
 //   mil-chat -m models/SmolLM2-135M-Instruct.Q4_1.gguf -p "What is the capital of France?" -n 24
 //   mil-chat -m path/to/hf-folder            (no -p: interactive chat; /reset, /exit)
-//   mil-chat -m TARGET -md DRAFT --draft-max 4 --temp 0   (speculative decoding, greedy)
-//   mil-chat -m TARGET --lookup --temp 0                   (prompt-lookup drafts, no model)
+//   mil-chat -m TARGET -md DRAFT --draft-max 4           (speculative decoding)
+//   mil-chat -m TARGET --lookup --temp 0                 (prompt-lookup drafts, no model)
 //
 // MODEL is a GGUF file, a Hugging Face folder (config.json + safetensors + tokenizer.json) or a
 // hybrid folder (mamba_config.json + safetensors + tokenizer.json, from mil-convert).
@@ -38,7 +38,7 @@ struct Options {
   bool raw = false, prompt_given = false;
   // Speculative decoding: a draft model (-md) or prompt lookup (--lookup).
   std::string draft_model;
-  bool lookup = false;
+  bool lookup = false, draft_adaptive = false;
   int64_t draft_max = 4, draft_min = 0, lookup_ngram = 3;
   gen::SamplingConfig sampling;
   std::vector<std::string> stop;
@@ -87,7 +87,8 @@ int run(const Options& o, const nn::HybridModel<T, D>& model, const text::Tokeni
   } else if (o.lookup) {
     draft = std::make_unique<gen::PromptLookupDraft>(o.lookup_ngram, std::min<int64_t>(2, o.lookup_ngram));
   }
-  const gen::SpeculativeConfig spec{.draft_max = o.draft_max, .draft_min = o.draft_min, .snapshot = 1};
+  const gen::SpeculativeConfig spec{.draft_max = o.draft_max, .draft_min = o.draft_min, .snapshot = 1,
+                                    .adaptive = o.draft_adaptive};
   gen::GenerateConfig g;
   g.max_new_tokens = o.n_predict;
   g.sampling = o.sampling;
@@ -140,7 +141,8 @@ int run(const Options& o, const nn::HybridModel<T, D>& model, const text::Tokeni
     auto r = draft ? gen::speculative_generate(decoder, 0, *draft, tok,
                                                std::span(ids).first(ids.size() - 1),
                                                std::span(ids).last(1), g, spec, &stats, print)
-                   : gen::generate(decoder, 0, tok, std::span(ids).last(1), g, print);
+                   : gen::generate(decoder, 0, tok, std::span(ids).last(1), g, print,
+                                   std::span(ids).first(ids.size() - 1));
     r.prompt_tokens += int64_t(head.size());
     r.prompt_seconds += head_seconds;
     session.cached = ids;
@@ -214,12 +216,14 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
       ->capture_default_str();
   auto* md = app.add_option("--model-draft", o.draft_model,
-                            "draft model for speculative decoding (greedy; same tokenizer); also -md");
-  app.add_flag("--lookup", o.lookup, "speculative decoding with prompt-lookup drafts (greedy)")
+                            "draft model for speculative decoding (same tokenizer); also -md");
+  app.add_flag("--lookup", o.lookup, "speculative decoding with prompt-lookup drafts")
       ->excludes(md);
   app.add_option("--draft-max", o.draft_max, "tokens drafted per target step at most")
       ->check(CLI::Range(int64_t(1), int64_t(64)))
       ->capture_default_str();
+  app.add_flag("--draft-adaptive", o.draft_adaptive,
+               "draft length adapts: 2 more after a fully kept draft, 1 fewer after a rejection");
   app.add_option("--draft-min", o.draft_min, "shorter drafts are not verified")
       ->check(CLI::Range(int64_t(0), int64_t(64)))
       ->capture_default_str();
@@ -242,10 +246,6 @@ int main(int argc, char** argv) {
 
   try {
     o.sampling.validate();
-    MIL_CHECK((o.draft_model.empty() && !o.lookup) ||
-                  (o.sampling.greedy() && o.sampling.repetition_penalty == 1.f),
-              "speculative decoding (-md, --lookup) is greedy only for now: add --temp 0 (and no "
-              "--repeat-penalty)");
     auto loaded = nn::load_model(o.model);
     std::optional<text::ChatTemplate> tmpl;
     if (!o.raw) {

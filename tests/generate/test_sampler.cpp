@@ -2,6 +2,7 @@
 // the stop-string filter of the generation loop.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <vector>
@@ -107,4 +108,45 @@ TEST_CASE("stop strings: text is held back only while it may still become a stop
   gen::StopStringFilter g({"ab"});
   CHECK(g.push("xa") == "x");
   CHECK(g.flush() == "a");
+}
+
+TEST_CASE("sampler: distribution() is what sample() draws from, and the stream is pinned") {
+  // Speculative sampling accepts and resamples with distribution() and draw(); a chain that
+  // differed from sample()'s (a missed penalty, top-p cut or temperature) would change the
+  // distribution of its tokens. The pinned tokens are those of the sampler before it was split
+  // into distribution() + draw() (labels and chats made before stay reproducible).
+  std::vector<float> logits(50);
+  for (size_t i = 0; i < logits.size(); ++i) logits[i] = std::sin(float(i) * 1.7f) * 3.f;
+  const std::vector<int32_t> history = {3, 7, 7, 12};
+  const gen::SamplingConfig plain{.temperature = 1.f, .top_k = 0, .top_p = 1.f, .min_p = 0.f, .seed = 3};
+  const gen::SamplingConfig chain{.temperature = 0.7f, .top_k = 9, .top_p = 0.8f, .min_p = 0.1f,
+                                  .repetition_penalty = 1.5f, .seed = 5};
+  const std::vector<int32_t> pinned[] = {
+      {30, 1, 49, 49, 27, 27, 7, 1, 31, 23, 38, 16, 27, 38, 38, 5, 34, 38, 38, 15, 12, 8, 5, 30},
+      {34, 23, 34, 1, 45, 23, 49, 38, 23, 38, 1, 49, 38, 45, 45, 1, 49, 23, 23, 49, 45, 23, 45, 23}};
+  int which = 0;
+  for (const gen::SamplingConfig& c : {plain, chain}) {
+    CAPTURE(c.top_k);
+    gen::Sampler a(c);
+    std::vector<int32_t> got;
+    for (int i = 0; i < 24; ++i) got.push_back(a.sample(logits, history));
+    CHECK(got == pinned[which++]);
+  }
+  for (const gen::SamplingConfig& c : {plain, chain, gen::SamplingConfig{.temperature = 0.f, .repetition_penalty = 2.f}}) {
+    CAPTURE(c.top_k);
+    gen::Sampler a(c), b(c);
+    for (int i = 0; i < 300; ++i) CHECK(a.sample(logits, history) == b.draw(b.distribution(logits, history)));
+    const auto d = b.distribution(logits, history);
+    double sum = 0;
+    for (int32_t id : d.ids) sum += d.prob(id);
+    CHECK(sum == doctest::Approx(1.0));
+    if (c.greedy()) CHECK(d.ids.size() == 1);
+    if (c.top_k > 0) CHECK(d.ids.size() <= size_t(c.top_k));
+  }
+  // The cut candidates have probability 0: the smallest logit is never among the top 9.
+  const auto worst = int32_t(std::min_element(logits.begin(), logits.end()) - logits.begin());
+  gen::Sampler c(chain);
+  CHECK(c.distribution(logits, history).prob(worst) == 0);
+  gen::Sampler p(plain);
+  CHECK(p.distribution(logits, history).prob(worst) > 0);
 }

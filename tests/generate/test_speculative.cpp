@@ -1,10 +1,12 @@
-// Greedy speculative decoding (generate/speculative.hpp) against plain greedy generation: the same
+// Speculative decoding (generate/speculative.hpp). Greedy, against plain greedy generation: the same
 // tokens, text and stop reason for an all-attention, a Mamba-2 and a Mamba-1 target, with prompt
 // lookup and with model drafts (one that agrees with the target, one that mostly does not), at
-// every end (token budget, stop token and stop string inside kept drafts, full context); prompt
-// lookup's matching; refusals.
+// every end (token budget, stop token and stop string inside kept drafts, full context), with a
+// repetition penalty too. Sampling: a statistical test that each generated token has the target's
+// distribution. Prompt lookup's matching; refusals.
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -69,11 +71,11 @@ void follow_up(nn::Decoder<float, Cpu>& dec, Run& r) {
 }
 
 Run speculative(const nn::HybridModel<float, Cpu>& model, gen::Draft& draft,
-                const gen::GenerateConfig& g, int64_t max_seq = 400) {
+                const gen::GenerateConfig& g, int64_t max_seq = 400,
+                gen::SpeculativeConfig sc = {.draft_max = kDraftMax}) {
   nn::Decoder<float, Cpu> dec(model, target_options(max_seq));
   Run r;
-  r.result = gen::speculative_generate(dec, 0, draft, char_tokenizer(), {}, prompt_tokens(), g,
-                                       {.draft_max = kDraftMax}, &r.stats);
+  r.result = gen::speculative_generate(dec, 0, draft, char_tokenizer(), {}, prompt_tokens(), g, sc, &r.stats);
   follow_up(dec, r);
   return r;
 }
@@ -138,6 +140,15 @@ TEST_CASE("speculative greedy: prompt lookup and model drafts give the target's 
     const auto c = speculative(model, wrong, g);
     check_same(c, want);
     CHECK(c.stats.accepted < c.stats.drafted / 2);
+    // Adaptive draft length: the same tokens; the failing draft proposes fewer tokens per step,
+    // the always-right one keeps proposing K.
+    gen::SpeculativeConfig adaptive{.draft_max = kDraftMax, .adaptive = true};
+    const auto d = speculative(model, wrong, g, 400, adaptive);
+    check_same(d, want);
+    CHECK(d.stats.drafted < c.stats.drafted * 3 / 4);
+    const auto e = speculative(model, same, g, 400, adaptive);
+    check_same(e, want);
+    CHECK(e.stats.drafted == b.stats.drafted);
   }
 }
 
@@ -190,6 +201,175 @@ TEST_CASE("speculative greedy: every end comes where plain generation's does") {
   }
 }
 
+TEST_CASE("speculative greedy with a repetition penalty: the tokens of plain generation") {
+  // The penalty changes each row's logits by the tokens before it, drafts included: the
+  // verification compares with the sampler's choice on the host, not the decoder's argmax.
+  for (nn::LayerKind kind : test::kLayerKinds) {
+    CAPTURE(test::layer_kind_name(kind));
+    nn::HybridModel<float, Cpu> model(test::small_hybrid_config(kind));
+    model.init_random(61, 0.3f);
+    auto g = greedy_config(150);
+    g.sampling.repetition_penalty = 1.3f;
+    g.sampling.repeat_last_n = 16;
+    const auto want = plain(model, g);
+    REQUIRE(want.result.tokens.size() == 150);
+    CHECK(want.result.tokens != plain(model, greedy_config(150)).result.tokens);  // it matters
+    gen::PromptLookupDraft lookup;
+    const auto a = speculative(model, lookup, g);
+    check_same(a, want);
+    CHECK(a.stats.accepted > 0);
+    CHECK(a.stats.accepted < a.stats.drafted);
+    nn::Decoder<float, Cpu> same_dec(model, {.slots = 1, .max_seq = 400});
+    gen::DecoderDraft<float, Cpu> same(same_dec);  // greedy without the penalty: some differ
+    const auto b = speculative(model, same, g);
+    check_same(b, want);
+    CHECK(b.stats.accepted > 0);
+    CHECK(b.stats.accepted < b.stats.drafted);
+  }
+}
+
+namespace {
+
+// Pearson's chi-square test of `counts` against the probabilities `expected` (cells expecting
+// fewer than 5 draws pooled into one): the p-value, from the Wilson-Hilferty approximation of the
+// chi-square distribution (good to a few percent in the tail, far finer than the thresholds used).
+double chi_square_p(const std::vector<int64_t>& counts, const std::vector<double>& expected, int64_t n) {
+  double stat = 0, pooled_seen = 0, pooled_expected = 0;
+  int64_t cells = 0;
+  for (size_t i = 0; i < counts.size(); ++i) {
+    const double e = expected[i] * double(n);
+    if (e < 5) {
+      pooled_seen += double(counts[i]);
+      pooled_expected += e;
+      continue;
+    }
+    stat += (double(counts[i]) - e) * (double(counts[i]) - e) / e;
+    ++cells;
+  }
+  if (pooled_expected >= 5 || pooled_seen > 0) {
+    const double e = std::max(pooled_expected, 1e-9);
+    stat += (pooled_seen - e) * (pooled_seen - e) / e;
+    ++cells;
+  }
+  const double k = double(cells - 1), z = (std::cbrt(stat / k) - (1 - 2 / (9 * k))) / std::sqrt(2 / (9 * k));
+  return 0.5 * std::erfc(z / std::sqrt(2.0));
+}
+
+// The target's exact distribution of generated tokens 0, 1 and 2 after `prompt` (each a sum over
+// the tokens before it), under the sampler's chain.
+std::vector<std::vector<double>> exact_marginals(const nn::HybridModel<float, Cpu>& model,
+                                                 const gen::SamplingConfig& sc,
+                                                 const std::vector<int32_t>& prompt) {
+  const size_t vocab = size_t(model.config().llama.vocab);
+  nn::Decoder<float, Cpu> dec(model, {.slots = 1, .max_seq = 64});
+  gen::Sampler sampler(sc);
+  auto after = [&](const std::vector<int32_t>& ctx) {
+    dec.reset(0);
+    dec.prefill(0, ctx);
+    return sampler.distribution(dec.logits_host(), ctx);
+  };
+  std::vector<std::vector<double>> m(3, std::vector<double>(vocab));
+  const auto p0 = after(prompt);
+  for (size_t a = 0; a < p0.ids.size(); ++a) {
+    const double pa = p0.weights[a] / p0.total;
+    m[0][size_t(p0.ids[a])] += pa;
+    auto ctx = prompt;
+    ctx.push_back(p0.ids[a]);
+    const auto p1 = after(ctx);
+    for (size_t b = 0; b < p1.ids.size(); ++b) {
+      const double pb = pa * p1.weights[b] / p1.total;
+      m[1][size_t(p1.ids[b])] += pb;
+      ctx.push_back(p1.ids[b]);
+      const auto p2 = after(ctx);
+      for (size_t c = 0; c < p2.ids.size(); ++c) m[2][size_t(p2.ids[c])] += pb * p2.weights[c] / p2.total;
+      ctx.pop_back();
+    }
+  }
+  return m;
+}
+
+}  // namespace
+
+TEST_CASE("speculative sampling: each generated token has the target's distribution") {
+  // A Mamba-2 target (rejections restore and replay its state) and drafts that differ from it: a
+  // model of the same weights' pattern at another scale, which samples from distributions of its
+  // own, and, deterministic as prompt lookup is, the target's greedy choice. With K = 1 and four
+  // tokens (the first three tested): token 0 comes from the prompt's logits, token 1 is the first
+  // verified one (a kept draft or the residual's draw after a rejection), token 2 is either the
+  // bonus token after a kept draft or the verified one of the step after a rejection (from the
+  // Mamba state restored and replayed). Each position's counts over `n` runs (seeds 0 .. n-1) go
+  // through a chi-square test against the target's exact marginals: p >= 1e-3 passes. The second
+  // sampling chain has top-k, top-p, min-p and a repetition penalty, which looks at the drafted
+  // tokens before each row. Drawing from p instead of max(0, p - q) after a rejection favours
+  // the draft's tokens: the same test gives p < 1e-6 there.
+  nn::HybridModel<float, Cpu> model(test::small_hybrid_config(nn::LayerKind::mamba2));
+  model.init_random(67, 0.5f);
+  nn::HybridModel<float, Cpu> other(test::small_hybrid_config(nn::LayerKind::mamba2));
+  other.init_random(67, 0.35f);
+  const std::vector<int32_t> prompt = {5, 17, 29, 5};
+  const int64_t n = 4000;
+  const auto tok = char_tokenizer();
+  // Proposes the target's greedy tokens and, as prompt lookup, no distribution: q(x) = 1.
+  struct Deterministic final : gen::Draft {
+    gen::DecoderDraft<float, Cpu>& model;
+    explicit Deterministic(gen::DecoderDraft<float, Cpu>& m) : model(m) {}
+    std::vector<int32_t> propose(std::span<const int32_t> context, int64_t max) override {
+      return model.propose(context, max);
+    }
+  };
+
+  gen::SamplingConfig plain_softmax{.temperature = 1.f, .top_k = 0, .top_p = 1.f, .min_p = 0.f};
+  gen::SamplingConfig truncated{.temperature = 0.8f, .top_k = 12, .top_p = 0.9f, .min_p = 0.02f,
+                                .repetition_penalty = 1.4f, .repeat_last_n = 3};
+  for (const auto& sc : {plain_softmax, truncated}) {
+    CAPTURE(sc.top_k);
+    const auto want = exact_marginals(model, sc, prompt);
+    nn::Decoder<float, Cpu> dec(model, target_options(64));
+    nn::Decoder<float, Cpu> other_dec(other, {.slots = 1, .max_seq = 64});
+    nn::Decoder<float, Cpu> self_dec(model, {.slots = 1, .max_seq = 64});
+    gen::DecoderDraft<float, Cpu> model_draft(other_dec), self_draft(self_dec);
+    Deterministic greedy_self(self_draft);
+    for (gen::Draft* draft : {static_cast<gen::Draft*>(&model_draft), static_cast<gen::Draft*>(&greedy_self)}) {
+      const char* name = draft == &greedy_self ? "deterministic" : "sampling draft";
+      CAPTURE(name);
+      for (bool residual : {true, false}) {
+        CAPTURE(residual);
+        std::vector<std::vector<int64_t>> counts(3, std::vector<int64_t>(want[0].size()));
+        gen::SpeculativeStats total, st;
+        for (int64_t i = 0; i < n; ++i) {
+          gen::GenerateConfig g;
+          g.max_new_tokens = 4;
+          g.sampling = sc;
+          g.sampling.seed = uint64_t(i);
+          dec.reset(0);
+          const auto r = gen::speculative_generate(dec, 0, *draft, tok, {}, prompt, g,
+                                                   {.draft_max = 1, .resample_residual = residual}, &st);
+          REQUIRE(r.tokens.size() == 4);
+          for (size_t pos = 0; pos < 3; ++pos) ++counts[pos][size_t(r.tokens[pos])];
+          total.drafted += st.drafted;
+          total.accepted += st.accepted;
+          total.replays += st.replays;
+        }
+        // The fixture reaches kept drafts (so bonus tokens) and rejections (so residual draws
+        // and replays of the Mamba state).
+        CHECK(total.accepted > n / 20);
+        CHECK(total.drafted - total.accepted > n / 5);
+        CHECK(total.replays > 0);
+        const double p0 = chi_square_p(counts[0], want[0], n), p1 = chi_square_p(counts[1], want[1], n),
+                     p2 = chi_square_p(counts[2], want[2], n);
+        MESSAGE("p-values ", p0, " ", p1, " ", p2, " acceptance ", double(total.accepted) / double(total.drafted));
+        CHECK(p0 >= 1e-3);  // token 0 does not depend on the draft
+        if (residual) {
+          CHECK(p1 >= 1e-3);
+          CHECK(p2 >= 1e-3);
+        } else {
+          CHECK(std::min(p1, p2) < 1e-6);
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("prompt lookup: the longest n-gram's latest earlier occurrence") {
   gen::PromptLookupDraft lookup(3, 1);
   using V = std::vector<int32_t>;
@@ -209,7 +389,7 @@ TEST_CASE("prompt lookup: the longest n-gram's latest earlier occurrence") {
   CHECK_THROWS_AS(gen::PromptLookupDraft(1, 2), Error);
 }
 
-TEST_CASE("speculative greedy: refusals") {
+TEST_CASE("speculative: refusals") {
   nn::HybridModel<float, Cpu> model(test::small_hybrid_config(nn::LayerKind::mamba2));
   model.init_random(53, 0.3f);
   gen::PromptLookupDraft lookup;
@@ -219,9 +399,6 @@ TEST_CASE("speculative greedy: refusals") {
     nn::Decoder<float, Cpu> dec(model, o);
     return gen::speculative_generate(dec, 0, lookup, tok, {}, prompt, g, sc);
   };
-  auto sampled = greedy_config(8);
-  sampled.sampling.temperature = 0.7f;
-  CHECK_THROWS_WITH_AS(run(target_options(64), sampled, {}), doctest::Contains("only greedy"), Error);
   auto no_snapshot = target_options(64);
   no_snapshot.snapshots = 0;
   CHECK_THROWS_WITH_AS(run(no_snapshot, greedy_config(8), {}), doctest::Contains("snapshots"), Error);
@@ -272,6 +449,124 @@ TEST_CASE("speculative greedy: a slot that holds earlier tokens, and the caller'
   CHECK(draft.first == context);
   dec.restore_state(0, 0);
   CHECK(dec.length(0) == 12);
+}
+
+TEST_CASE("speculative, batched: each sequence gets its own tokens, acceptance and slot state") {
+  // Three sequences in one decoder (slots 2, 0, 3 of 4), each with a draft that is right at a
+  // different rate (the target itself: all kept; prompt lookup: some; another model: few), other
+  // prompts, budgets and one stop token, and slot 3 holding earlier tokens. Each must end with
+  // exactly what it gets alone in a decoder of its own (tokens, text, reason; the slot's length
+  // and the logits of a next token), for greedy decoding and for sampling (each sequence's
+  // sampler keeps its own stream). A row's logits taken from another sequence's place in the
+  // step, or one sequence's rewind applied to another, would show here.
+  const auto tok = char_tokenizer();
+  const auto base = prompt_tokens();
+  for (nn::LayerKind kind : test::kLayerKinds) {
+    CAPTURE(test::layer_kind_name(kind));
+    nn::HybridModel<float, Cpu> model(test::small_hybrid_config(kind));
+    model.init_random(41, 0.3f);
+    nn::HybridModel<float, Cpu> other(test::small_hybrid_config(nn::LayerKind::attention));
+    other.init_random(73, 0.3f);
+    const std::vector<int32_t> prompt_a = base;
+    const std::vector<int32_t> prompt_b(base.begin() + 3, base.end());
+    const std::vector<int32_t> held_c = {9, 9, 40}, prompt_c = {41, 53, 6, 5, 17};
+    for (bool sampling : {false, true}) {
+      CAPTURE(sampling);
+      auto config = [&](int64_t n, uint64_t seed) {
+        gen::GenerateConfig g = greedy_config(n);
+        if (sampling) g.sampling = {.temperature = 0.9f, .top_k = 20, .top_p = 0.95f, .seed = seed};
+        return g;
+      };
+      const auto free_run = plain(model, config(60, 1), 400).result;
+      auto cfg_c = config(50, 3);
+      cfg_c.stop_tokens = {free_run.tokens.at(40)};  // may or may not be reached: the same either way
+      const gen::GenerateConfig cfgs[] = {config(70, 1), config(150, 2), cfg_c};
+      const std::vector<int32_t>* prompts[] = {&prompt_b, &prompt_a, &prompt_c};
+      const int64_t slots[] = {2, 0, 3};
+
+      // Alone: each sequence in a decoder of its own, with its own draft decoder.
+      struct Alone {
+        Run run;
+        gen::SpeculativeStats stats;
+      };
+      std::vector<Alone> alone;
+      for (int i = 0; i < 3; ++i) {
+        nn::Decoder<float, Cpu> same_dec(model, {.slots = 1, .max_seq = 400}), wrong_dec(other, {.slots = 1, .max_seq = 400});
+        gen::DecoderDraft<float, Cpu> same(same_dec), wrong(wrong_dec);
+        gen::PromptLookupDraft lookup;
+        gen::Draft* draft = i == 0 ? static_cast<gen::Draft*>(&same) : i == 1 ? static_cast<gen::Draft*>(&lookup) : &wrong;
+        nn::Decoder<float, Cpu> dec(model, target_options(400));
+        const std::span<const int32_t> held = i == 2 ? std::span(held_c) : std::span<const int32_t>{};
+        if (!held.empty()) dec.prefill(0, held);
+        Alone a;
+        a.run.result = gen::speculative_generate(dec, 0, *draft, tok, held, *prompts[i], cfgs[i],
+                                                 {.draft_max = kDraftMax}, &a.stats);
+        follow_up(dec, a.run);
+        alone.push_back(std::move(a));
+      }
+
+      // Together: one decoder of 4 slots, one step per round for all of them.
+      nn::Decoder<float, Cpu> same_dec(model, {.slots = 1, .max_seq = 400}), wrong_dec(other, {.slots = 1, .max_seq = 400});
+      gen::DecoderDraft<float, Cpu> same(same_dec), wrong(wrong_dec);
+      gen::PromptLookupDraft lookup;
+      auto o = target_options(400);
+      o.slots = 4;
+      o.max_logits = 3 * (kDraftMax + 1);
+      nn::Decoder<float, Cpu> dec(model, o);
+      dec.prefill(3, held_c);
+      dec.prefill(1, prompt_a);  // a slot outside the call keeps its tokens
+      std::vector<gen::SpeculativeRequest> requests;
+      gen::Draft* drafts[] = {&same, &lookup, &wrong};
+      for (int i = 0; i < 3; ++i)
+        requests.push_back({slots[i], drafts[i], i == 2 ? std::span<const int32_t>(held_c) : std::span<const int32_t>{},
+                            *prompts[i], cfgs[i], {}});
+      std::vector<gen::SpeculativeStats> stats;
+      const auto results = gen::speculative_generate_batch(dec, std::span(requests), tok, {.draft_max = kDraftMax}, &stats);
+      REQUIRE(results.size() == 3);
+      REQUIRE(stats.size() == 3);
+      for (int i = 0; i < 3; ++i) {
+        CAPTURE(i);
+        check_same(results[size_t(i)], alone[size_t(i)].run.result);
+        CHECK(dec.length(slots[i]) == alone[size_t(i)].run.length);
+        CHECK(stats[size_t(i)].drafted == alone[size_t(i)].stats.drafted);
+        CHECK(stats[size_t(i)].accepted == alone[size_t(i)].stats.accepted);
+        CHECK(stats[size_t(i)].generated == alone[size_t(i)].stats.generated);
+      }
+      CHECK(dec.length(1) == int64_t(prompt_a.size()));
+      // The slots' states: the logits after one more token each, in one step.
+      const std::vector<int32_t> follow_slots = {2, 0, 3}, follow_tokens = {7, 7, 7};
+      dec.decode(follow_slots, follow_tokens);
+      const auto logits = dec.logits_host();
+      const size_t vocab = size_t(model.config().llama.vocab);
+      for (int i = 0; i < 3; ++i) {
+        CAPTURE(i);
+        const std::vector<float> row(logits.begin() + ptrdiff_t(size_t(i) * vocab),
+                                     logits.begin() + ptrdiff_t(size_t(i + 1) * vocab));
+        CHECK(row == alone[size_t(i)].run.follow);
+      }
+      // The fixture reaches different acceptance per sequence.
+      if (!sampling) CHECK(stats[0].accepted == stats[0].drafted);
+      CHECK(stats[1].accepted > 0);
+      CHECK(stats[2].accepted < stats[2].drafted);
+      CHECK(stats[0].acceptance() > stats[2].acceptance());
+    }
+  }
+  // Refusals: a shared slot, room for fewer rows than the sequences need.
+  nn::HybridModel<float, Cpu> model(test::small_hybrid_config(nn::LayerKind::mamba2));
+  model.init_random(71, 0.3f);
+  gen::PromptLookupDraft lookup;
+  const auto prompt = prompt_tokens();
+  auto o = target_options(64);
+  o.slots = 2;
+  nn::Decoder<float, Cpu> dec(model, o);
+  const gen::SpeculativeRequest twice[] = {{0, &lookup, {}, prompt, greedy_config(4), {}},
+                                           {0, &lookup, {}, prompt, greedy_config(4), {}}};
+  CHECK_THROWS_WITH_AS(gen::speculative_generate_batch(dec, std::span(twice), tok, {.draft_max = 1}),
+                       doctest::Contains("share slot 0"), Error);
+  const gen::SpeculativeRequest two[] = {{0, &lookup, {}, prompt, greedy_config(4), {}},
+                                         {1, &lookup, {}, prompt, greedy_config(4), {}}};
+  CHECK_THROWS_WITH_AS(gen::speculative_generate_batch(dec, std::span(two), tok, {.draft_max = kDraftMax}),
+                       doctest::Contains("for 2 sequence(s) needs 10"), Error);
 }
 
 TEST_CASE("speculative: a draft with another tokenizer is refused") {

@@ -119,10 +119,13 @@ class TextStream {
 
 // Appends `prompt` to sequence `slot` of `decoder` and generates after it. on_text receives the
 // text as it becomes final (UTF-8 complete, not part of a possible stop string).
+// `held` are the tokens the slot holds already (a chat's earlier turns): the repetition penalty
+// looks back over them too, as speculative_generate's does.
 template <class Decoder>
 GenerateResult generate(Decoder& decoder, int64_t slot, const text::Tokenizer& tokenizer,
                         std::span<const int32_t> prompt, const GenerateConfig& cfg,
-                        const std::function<void(std::string_view)>& on_text = {}) {
+                        const std::function<void(std::string_view)>& on_text = {},
+                        std::span<const int32_t> held = {}) {
   using clock = std::chrono::steady_clock;
   MIL_CHECK(cfg.max_new_tokens >= 0, "generate: max_new_tokens ", cfg.max_new_tokens, " < 0");
   Sampler sampler(cfg.sampling);
@@ -133,7 +136,8 @@ GenerateResult generate(Decoder& decoder, int64_t slot, const text::Tokenizer& t
   auto t1 = clock::now();
   r.prompt_seconds = std::chrono::duration<double>(t1 - t0).count();
 
-  std::vector<int32_t> history(prompt.begin(), prompt.end());
+  std::vector<int32_t> history(held.begin(), held.end());
+  history.insert(history.end(), prompt.begin(), prompt.end());
   TextStream out(tokenizer, cfg.stop_strings, r.text, on_text);
   const bool device_greedy = cfg.sampling.greedy() && cfg.sampling.repetition_penalty == 1.f;
   r.reason = StopReason::max_tokens;
