@@ -9,6 +9,8 @@
 //              log-probabilities; DPO on them; held-out preference accuracy and margin and the
 //              teacher-relative metrics before and after
 //   5. eval:   teacher-relative metrics on the held-out answers, before and after; curves; answers
+//   draft:     (with --draft N) a speculative-decoding draft shrunk from the teacher: 2 or 4 of its
+//              layers with its embeddings and head, fine-tuned with CE on the labels (METHOD §6)
 // Each step writes into the output folder and is skipped when a rerun finds it done, so a killed
 // run continues where it stopped (training steps from their newest checkpoint, bitwise on the CPU),
 // and `--only STEP` runs one step alone.
@@ -16,6 +18,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <optional>
 
@@ -61,6 +64,10 @@ struct Options {
   int64_t micro_batch = 4, accumulation = 1, seq_len = 256, checkpoint_every = 20;
   // Stage 3 (DPO): off unless a budget is given or --only dpo runs it (then one epoch).
   std::string dpo_tokens = "0", dpo_ref = "teacher", dpo_pairs;
+  // A shrunk draft (METHOD §6): 2 or 4 teacher layers, CE on the labels for draft_epochs.
+  int64_t draft = 0;
+  double draft_epochs = 3;
+  float draft_lr = 3e-4f;
   double dpo_epochs = 0, dpo_beta = 0.1, dpo_label_smoothing = 0, dpo_nll_weight = 0;
   float dpo_lr = 5e-7f, dpo_temperature = 1.f;
   int64_t dpo_samples = 1;
@@ -181,11 +188,17 @@ class Pipeline {
     std::span<const data::LabelledSequence> eval_set(heldout.sequences);
     eval_set = eval_set.first(std::min<size_t>(eval_set.size(), size_t(o_.eval_seqs)));
     eval_set_ = eval_set;
+    nlohmann::json draft_entry;
+    if (o_.draft > 0 && runs(o_, "draft")) {
+      draft_entry = draft(train.sequences);
+      if (o_.only == "draft") return finish({{"teacher", loaded_.name}, {"draft", draft_entry}});
+    }
 
     // ---- 2. stage 1 per conversion step ---------------------------------------------------
     const auto steps = conversion_steps(o_, loaded_.model.config().llama.n_layers);
     std::optional<nn::HybridModel<float, Cpu>> previous;
     nlohmann::json report = {{"teacher", loaded_.name}, {"steps", nlohmann::json::array()}};
+    if (!draft_entry.is_null()) report["draft"] = draft_entry;
     fs::path last_model;
     for (const auto& step : steps) {
       nn::HybridConfig cfg = loaded_.model.config();
@@ -343,6 +356,13 @@ class Pipeline {
   }
 
   // ---- training -------------------------------------------------------------------------------
+  // The tokens one epoch over `seqs` trains on: each sequence cut to seq_len inputs with a next token.
+  double training_tokens(const std::vector<data::LabelledSequence>& seqs) const {
+    double n = 0;
+    for (const auto& s : seqs) n += double(std::min<int64_t>(int64_t(s.tokens.size()) - 1, o_.seq_len));
+    return n;
+  }
+
   distill::TrainOptions stage1_options(int64_t tokens, const std::vector<data::LabelledSequence>& seqs) const {
     distill::TrainOptions t;
     t.loss = {.ce_weight = o_.ce_weight, .kl_weight = o_.kl_weight, .temperature = o_.temperature};
@@ -357,9 +377,7 @@ class Pipeline {
     t.pad_id = std::max<int32_t>(loaded_.tokenizer.eos(), 0);
     // Steps from the token budget: a step reads micro_batch x accumulation sequences of the
     // data's mean (cut) length.
-    double mean_len = 0;
-    for (const auto& s : seqs) mean_len += double(std::min<int64_t>(int64_t(s.tokens.size()) - 1, o_.seq_len));
-    mean_len /= double(seqs.size());
+    const double mean_len = training_tokens(seqs) / double(seqs.size());
     t.steps = std::max<int64_t>(1, int64_t(double(tokens) / (mean_len * double(t.micro_batch * t.accumulation)) + 0.5));
     t.warmup_steps = int64_t(o_.warmup * float(t.steps));
     return t;
@@ -373,8 +391,11 @@ class Pipeline {
   }
 
   // Runs (or continues) a trainer to its last step, with a progress line, then draws its curves.
+  // `also` adds metrics of its own to each held-out record and returns their description.
   void run_steps(distill::Trainer<T, D>& trainer, const nn::HybridModel<T, D>& student,
-                 const distill::TrainOptions& t, const fs::path& run_dir) {
+                 const distill::TrainOptions& t, const fs::path& run_dir,
+                 const std::function<std::string(nlohmann::json&)>& also = {},
+                 const char* name = nullptr) {
     using distill::Stage;
     if (trainer.resume()) say("resumed at step %lld of %lld", (long long)trainer.state().step, (long long)t.steps);
     say("%lld steps of %lld x %lld %s (<= %lld tokens), lr %g, %lld trainable parameters; "
@@ -384,12 +405,14 @@ class Pipeline {
     const char* names[] = {"stage 1", "stage 2", "stage 3"};
     HeldoutCurve curve(run_dir / "heldout.jsonl", trainer.state().step,
                        eval_set_.empty() ? 0 : o_.eval_every_tokens);
-    util::ProgressBar bar(names[int(t.stage)], t.steps);
+    util::ProgressBar bar(name ? name : names[int(t.stage)], t.steps);
     while (!trainer.done()) {
       if (curve.due(trainer.state().tokens_seen)) {
         const auto r = measure(student, eval_set_);
-        curve.record(trainer.state().step, trainer.state().tokens_seen, to_json(r));
-        bar.note("held-out at " + std::to_string(trainer.state().tokens_seen) + " tokens: " + describe(r));
+        auto record = to_json(r);
+        const std::string more = also ? also(record) : "";
+        curve.record(trainer.state().step, trainer.state().tokens_seen, record);
+        bar.note("held-out at " + std::to_string(trainer.state().tokens_seen) + " tokens: " + describe(r) + more);
       }
       const auto m = trainer.step();
       char fields[160];
@@ -403,12 +426,12 @@ class Pipeline {
       bar.update(trainer.state().step, fields);
     }
     const char* titles[] = {"stage 1: distillation", "stage 2: SFT", "stage 3: DPO"};
+    const std::string title = name ? std::string(name) + ": CE" : titles[int(t.stage)];
     const std::vector<std::string> fields[] = {
         {"loss", "ce", "kl"}, {"ce"}, {"loss", "reward_margin", "kl_ref"}};
-    distill::plot_metrics(run_dir / "metrics.jsonl", run_dir / "loss.svg", titles[int(t.stage)],
-                          fields[int(t.stage)]);
+    distill::plot_metrics(run_dir / "metrics.jsonl", run_dir / "loss.svg", title, fields[int(t.stage)]);
     say("curves: %s", (run_dir / "loss.svg").string().c_str());
-    if (curve.plot(run_dir / "heldout.svg", titles[int(t.stage)]))
+    if (curve.plot(run_dir / "heldout.svg", title))
       say("held-out curve: %s", (run_dir / "heldout.svg").string().c_str());
   }
 
@@ -450,6 +473,38 @@ class Pipeline {
     int64_t every_ = 0, last_ = 0;
     distill::MetricsLog log_;
   };
+
+  // ---- draft ----------------------------------------------------------------------------------
+  // A draft for speculative decoding shrunk from the teacher: layers {0, L-1} or {0, L/3, 2L/3,
+  // L-1} with its embeddings, final norm and head, every parameter fine-tuned with CE on the
+  // labels' answers (prompt tokens masked). Its held-out top-1 agreement with the teacher is the
+  // acceptance rate a greedy speculative loop can expect per drafted token.
+  nlohmann::json draft(const std::vector<data::LabelledSequence>& train) {
+    const auto layers = nn::draft_layers(loaded_.model.config().llama.n_layers, o_.draft);
+    const fs::path run_dir = dir_ / ("draft" + std::to_string(o_.draft));
+    say("draft: teacher layers %s with its embeddings and head", nlohmann::json(layers).dump().c_str());
+    nn::HybridModel<T, D> model = nn::convert_model<T, D>(nn::select_layers(loaded_.model, layers));
+    nlohmann::json entry = {{"layers", layers}, {"model", (run_dir / "model").string()}};
+    entry["before"] = evaluate(model, eval_set_, "draft, before training");
+    if (!fs::exists(run_dir / "model" / kDone)) {
+      auto t = stage1_options(int64_t(o_.draft_epochs * training_tokens(train)), train);
+      t.stage = distill::Stage::sft;
+      t.loss = distill::TrainOptions{}.loss;  // stage 1's loss options must not tie the draft's resume
+      t.lr = o_.draft_lr;
+      t.min_lr = o_.draft_lr / 10;
+      say("draft: %g epochs of CE on the labels", o_.draft_epochs);
+      distill::Trainer<T, D> trainer(model, nullptr, train, t, run_dir,
+                                     {{"stage", "draft"}, {"layers", layers}});
+      run_steps(trainer, model, t, run_dir, {}, "draft");
+      save(model, run_dir / "model");
+    } else {
+      say("the draft is done already: %s", (run_dir / "model").string().c_str());
+      model.copy_owned_from(nn::load_model((run_dir / "model").string()).model);
+    }
+    entry["after"] = evaluate(model, eval_set_, "draft, after training");
+    say("draft: %s (mil-chat -md %s)", (run_dir / "model").string().c_str(), (run_dir / "model").string().c_str());
+    return entry;
+  }
 
   // ---- stage 3 --------------------------------------------------------------------------------
   // Makes (or finds) the pairs, trains the model at `start` on them with DPO and reports the
@@ -536,7 +591,17 @@ class Pipeline {
       distill::Trainer<T, D> trainer(policy, tp, t, run_dir,
                                      {{"stage", "3"}, {"start_sha256", start_sha},
                                       {"pairs_sha256", train_pairs.manifest.prompts_sha256}});
-      run_steps(trainer, policy, t, run_dir);
+      // The held-out curve records the preference metrics too: where accuracy is reached, and at
+      // what cost in KL to the teacher.
+      run_steps(trainer, policy, t, run_dir, [&](nlohmann::json& record) {
+        const auto m = distill::preference_metrics(policy, hp, o_.dpo_beta);
+        record["preference_accuracy"] = m.accuracy;
+        record["reward_margin"] = m.reward_margin;
+        char text[96];
+        std::snprintf(text, sizeof text, " | preference accuracy %.1f%%, margin %.3f", 100 * m.accuracy,
+                      m.reward_margin);
+        return std::string(text);
+      });
       // In float32: a DPO update (lr 5e-7) is far below bf16's resolution of a weight, and a
       // bf16 copy would lose most of it.
       save(policy, run_dir / "model", "float32");
@@ -594,7 +659,7 @@ class Pipeline {
 
   nlohmann::json evaluate(const nn::HybridModel<T, D>& model, std::span<const data::LabelledSequence> seqs,
                           const char* what) {
-    if (!runs(o_, "eval") && !runs(o_, "stage1") && !runs(o_, "dpo")) return nullptr;
+    if (!runs(o_, "eval") && !runs(o_, "stage1") && !runs(o_, "dpo") && !runs(o_, "draft")) return nullptr;
     util::ProgressBar bar("eval", int64_t(seqs.size()));
     const auto r = measure(model, seqs, [&](int64_t done, int64_t) { bar.update(done); });
     say("%s: %s", what, describe(r).c_str());
@@ -609,8 +674,26 @@ class Pipeline {
     return eval::teacher_relative(teacher_, model, seqs, eo);
   }
 
+  // Writes report.json: this run's entries replace those of the same name, and the others stay
+  // (a later `--only draft` or `--only dpo` must not drop an earlier run's stage-1 results; an
+  // empty list, e.g. the steps of a run that trained no stage 1, replaces nothing).
   int finish(const nlohmann::json& report) {
-    io::write_text_file_atomic(dir_ / "report.json", report.dump(2) + "\n");
+    const fs::path file = dir_ / "report.json";
+    nlohmann::json merged = nlohmann::json::object();
+    if (fs::exists(file)) {
+      std::ifstream in(file);
+      merged = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+      if (!merged.is_object()) {
+        const fs::path aside = dir_ / "report.json.unreadable";
+        say("warning: %s is not a JSON object: moved to %s, a new one is written", file.string().c_str(),
+            aside.string().c_str());
+        fs::rename(file, aside);
+        merged = nlohmann::json::object();
+      }
+    }
+    for (const auto& [key, value] : report.items())
+      if (!(value.is_array() && value.empty())) merged[key] = value;
+    io::write_text_file_atomic(file, merged.dump(2) + "\n");
     say("report: %s", (dir_ / "report.json").string().c_str());
     return 0;
   }
@@ -635,10 +718,10 @@ int main(int argc, char** argv) {
   app.add_option("-o,--out", o.out, "output folder (a rerun continues what it finds there)")->required();
   app.add_option("--prompts", o.prompts, "JSONL prompt files (scripts/setup.sh fetches the defaults)")
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
-  auto* only = app.add_option("--only", o.only, "run one step: label, stage1, stage2, dpo or eval")
-                   ->check(CLI::IsMember({"label", "stage1", "stage2", "dpo", "eval"}));
+  auto* only = app.add_option("--only", o.only, "run one step: label, stage1, stage2, dpo, eval or draft")
+                   ->check(CLI::IsMember({"label", "stage1", "stage2", "dpo", "eval", "draft"}));
   app.add_option("--stage", o.only, "the same as --only (e.g. --stage dpo)")
-      ->check(CLI::IsMember({"label", "stage1", "stage2", "dpo", "eval"}))
+      ->check(CLI::IsMember({"label", "stage1", "stage2", "dpo", "eval", "draft"}))
       ->excludes(only);
   auto* layout = app.add_option("--layout", o.layout, "attention kept: 50%, 25%, 12.5% or 0%");
   auto* attn = app.add_option("--attn-layers", o.attn_layers, "layers that keep attention, e.g. 1,3,5");
@@ -651,6 +734,10 @@ int main(int argc, char** argv) {
   app.add_option("--tokens", o.tokens, "stage-1 training tokens (e.g. 50k, 2M)");
   app.add_option("--sft-tokens", o.sft_tokens, "stage-2 training tokens (0: no stage 2)");
   app.add_option("--teacher-layers", o.teacher_layers, "use only the teacher's first N layers");
+  app.add_option("--draft", o.draft, "also make a speculative-decoding draft of 2 or 4 teacher layers")
+      ->check(CLI::IsMember({2, 4}));
+  app.add_option("--draft-epochs", o.draft_epochs, "the draft's CE epochs over the labels");
+  app.add_option("--draft-lr", o.draft_lr, "the draft's peak learning rate");
   app.add_option("--max-prompts", o.max_prompts, "prompts to label at most (a seeded sample)");
   app.add_option("--heldout", o.heldout, "held-out prompts (labelled for evaluation only)");
   app.add_option("--slots", o.slots, "prompts the teacher answers at once");
@@ -707,6 +794,8 @@ int main(int argc, char** argv) {
       o.eval_every_tokens = distill::parse_token_count(o.eval_every);
       MIL_CHECK(o.eval_seqs > 0, "--eval-every needs held-out answers to score (--eval-seqs > 0)");
     }
+    MIL_CHECK(o.only != "draft" || o.draft > 0, "--only draft needs --draft 2 or 4 (the teacher layers it keeps)");
+    MIL_CHECK(o.draft_epochs > 0 && o.draft_lr > 0, "--draft-epochs and --draft-lr must be > 0");
     if (o.threads > 0) cpu::set_threads(o.threads);
     say("teacher: %s", o.teacher.c_str());
     auto loaded = nn::load_model(o.teacher);

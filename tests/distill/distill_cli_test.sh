@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # mil-distill end to end on the first two layers of the real teacher (a minute on 2 cores): label ->
 # stage 1 -> stage 2 -> eval, then stage 3 (--stage dpo) on its own, outputs in place, a rerun that
-# finds everything done, mil-chat on the result (also speculative), and the refusals: another run's folder, malformed
+# finds everything done, mil-chat on the result (also speculative), a shrunk draft, and the refusals: another run's folder, malformed
 # prompts (file and line named).
 # Usage: distill_cli_test.sh MIL_DISTILL MIL_CHAT SOURCE_DIR WORK_DIR
 set -euo pipefail
@@ -70,15 +70,39 @@ if grep -q "^labelling \[" "$work/second.log"; then fail "rerun labelled again";
 "$chat" -m "$work/run/stage2/model" -p "Hello" -n 4 --temp 0 > "$work/chat.log" 2>&1 || { cat "$work/chat.log"; fail "mil-chat"; }
 "$chat" -m "$work/run/stage2/model" -p "Say hello twice" -n 24 --temp 0 > "$work/plain.txt" 2> "$work/plain.log" ||
   { cat "$work/plain.log"; fail "mil-chat"; }
-for how in "--lookup" "-md $teacher"; do
+for how in "--lookup" "--lookup --draft-adaptive" "-md $teacher"; do
   # shellcheck disable=SC2086
   "$chat" -m "$work/run/stage2/model" -p "Say hello twice" -n 24 --temp 0 $how > "$work/spec.txt" 2> "$work/spec.log" ||
     { cat "$work/spec.log"; fail "mil-chat $how"; }
   cmp -s "$work/plain.txt" "$work/spec.txt" || { diff "$work/plain.txt" "$work/spec.txt"; fail "mil-chat $how changed the answer"; }
   grep -q "speculation: .* drafted tokens accepted" "$work/spec.log" || { cat "$work/spec.log"; fail "mil-chat $how printed no acceptance"; }
 done
-if "$chat" -m "$work/run/stage2/model" -p "Hi" --lookup --temp 0.7 > "$work/spec.log" 2>&1; then fail "sampling with a draft accepted"; fi
-grep -q "greedy only" "$work/spec.log" || { cat "$work/spec.log"; fail "no clear error for sampling with a draft"; }
+# With a repetition penalty, which looks back over the prompt too, in both paths alike.
+"$chat" -m "$work/run/stage2/model" -p "Say hello twice" -n 24 --temp 0 --repeat-penalty 1.5 > "$work/plain_penalty.txt" 2> "$work/plain.log" ||
+  { cat "$work/plain.log"; fail "mil-chat with a penalty"; }
+"$chat" -m "$work/run/stage2/model" -p "Say hello twice" -n 24 --temp 0 --repeat-penalty 1.5 --lookup > "$work/spec.txt" 2> "$work/spec.log" ||
+  { cat "$work/spec.log"; fail "mil-chat --lookup with a penalty"; }
+cmp -s "$work/plain_penalty.txt" "$work/spec.txt" || { diff "$work/plain_penalty.txt" "$work/spec.txt"; fail "--lookup changed the answer under a repetition penalty"; }
+# Sampling with a draft (the rejection rule; its distribution is tested in test_speculative).
+"$chat" -m "$work/run/stage2/model" -p "Say hello twice" -n 12 --temp 0.7 -md "$teacher" > "$work/spec.txt" 2> "$work/spec.log" ||
+  { cat "$work/spec.log"; fail "mil-chat sampling with a draft"; }
+grep -q "speculation: .* drafted tokens accepted" "$work/spec.log" || { cat "$work/spec.log"; fail "sampling with a draft printed no acceptance"; }
+
+# A draft shrunk from the teacher (--draft 2: its first and last layers, CE on the labels), on its
+# own; with it as mil-chat's draft the greedy answer is the same again.
+"$distill" "${args[@]}" -o "$work/run" --only draft --draft 2 --draft-epochs 1 > "$work/draft.log" 2>&1 ||
+  { cat "$work/draft.log"; fail "the draft"; }
+[[ -f $work/run/draft2/model/mil_distill_done && -f $work/run/draft2/metrics.jsonl ]] || fail "no draft model"
+grep -q "draft, after training: ppl ratio" "$work/draft.log" || { cat "$work/draft.log"; fail "the draft was not evaluated"; }
+grep -q '"draft"' "$work/run/report.json" || fail "report.json has no draft"
+for key in steps stage2 stage3; do  # what earlier runs reported stays
+  grep -q "\"$key\": [{[]" "$work/run/report.json" || { cat "$work/run/report.json"; fail "--only draft dropped '$key' from report.json"; }
+done
+"$chat" -m "$work/run/stage2/model" -p "Say hello twice" -n 24 --temp 0 -md "$work/run/draft2/model" > "$work/spec.txt" 2> "$work/spec.log" ||
+  { cat "$work/spec.log"; fail "mil-chat with the shrunk draft"; }
+cmp -s "$work/plain.txt" "$work/spec.txt" || { diff "$work/plain.txt" "$work/spec.txt"; fail "the shrunk draft changed the answer"; }
+if "$distill" "${args[@]}" -o "$work/run" --only draft > "$work/nodraft.log" 2>&1; then fail "--only draft without --draft accepted"; fi
+grep -q "needs --draft 2 or 4" "$work/nodraft.log" || { cat "$work/nodraft.log"; fail "no clear error for --only draft without --draft"; }
 
 # Refusals: a folder holding another run; malformed prompts, named by file and line.
 other=("${args[@]:0:${#args[@]}-2}" --seed 4)  # args end with --seed 3

@@ -307,3 +307,44 @@ TEST_CASE("hybrid init: from safetensors teachers (Llama and Qwen2 with QKV bias
     }
   }
 }
+
+TEST_CASE("select_layers: chosen layers keep their kind and weights, and the paper's draft layers") {
+  // A 4-layer Mamba-2 hybrid with attention in layers 1 and 3.
+  nn::LlamaConfig c;
+  c.vocab = 40, c.d_model = 16, c.n_layers = 4, c.n_heads = 2, c.n_kv_heads = 1, c.head_dim = 8,
+  c.d_ff = 24;
+  nn::HybridConfig h = nn::all_attention(c);
+  h.attn_layers = {1, 3};
+  nn::HybridModel<float, Cpu> m(h);
+  m.init_random(5, 0.3f);
+  const std::vector<int64_t> keep = {0, 3};
+  const auto s = nn::select_layers(m, keep);
+  // Catches layers renumbered with the wrong source (layer 1 instead of 3) or losing their kind.
+  CHECK(s.config().llama.n_layers == 2);
+  CHECK(s.config().attn_layers == std::vector<int64_t>{1});
+  auto same = [&](const std::string& mine, const std::string& theirs) {
+    const auto a = s.params()[mine].value(), b = m.params()[theirs].value();
+    REQUIRE(a.shape() == b.shape());
+    for (int64_t i = 0; i < a.numel(); ++i) REQUIRE(a[i] == b[i]);
+  };
+  same("tok_embeddings", "tok_embeddings");
+  same("norm", "norm");
+  same("layers.0.in_proj", "layers.0.in_proj");
+  same("layers.1.wqkv", "layers.3.wqkv");
+  same("layers.1.w_down", "layers.3.w_down");
+  same("layers.1.attn_norm", "layers.3.attn_norm");
+  // Keeping every layer gives the same model: the same logits.
+  const std::vector<int64_t> all = {0, 1, 2, 3};
+  const auto whole = nn::select_layers(m, all);
+  const std::vector<int32_t> ids = {3, 9, 27, 1, 14};
+  nn::Decoder<float, Cpu> da(m, {.slots = 1, .max_seq = 16}), db(whole, {.slots = 1, .max_seq = 16});
+  da.prefill(0, ids);
+  db.prefill(0, ids);
+  CHECK(da.logits_host() == db.logits_host());
+  for (const std::vector<int64_t>& bad : {std::vector<int64_t>{}, {3, 0}, {1, 1}, {0, 4}})
+    CHECK_THROWS_AS(nn::select_layers(m, bad), Error);
+  CHECK(nn::draft_layers(30, 2) == std::vector<int64_t>{0, 29});
+  CHECK(nn::draft_layers(30, 4) == std::vector<int64_t>{0, 10, 20, 29});
+  CHECK_THROWS_AS(nn::draft_layers(30, 3), Error);
+  CHECK_THROWS_AS(nn::draft_layers(3, 4), Error);
+}

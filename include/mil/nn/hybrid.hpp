@@ -6,8 +6,11 @@
 // initialisation, one conversion and one loader (nn/model_load.hpp) serve both.
 #include <cmath>
 #include <functional>
+#include <numeric>
+#include <span>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "blocks.hpp"
 
@@ -160,18 +163,44 @@ class HybridModel {
   ModelWeights<T, D> weights_;
 };
 
-// The first `n` layers of a model with its embeddings, final norm and LM head: a small model of
-// real structure (tests, quick runs, a draft model). Attention layers beyond n are dropped from
-// the layout.
+// Layers `keep` (ascending, distinct) of a model, renumbered 0, 1, ..., with its embeddings, final
+// norm and LM head: a small model of real structure. A layer keeps its kind. The paper's shrunk
+// drafts take layers {0, L-1} or {0, L/3, 2L/3, L-1} of the teacher (draft_layers).
+inline HybridModel<float, Cpu> select_layers(const HybridModel<float, Cpu>& m, std::span<const int64_t> keep) {
+  const int64_t layers = m.config().llama.n_layers;
+  MIL_CHECK(!keep.empty(), "select_layers: no layer kept");
+  for (size_t i = 0; i < keep.size(); ++i)
+    MIL_CHECK(keep[i] >= 0 && keep[i] < layers && (i == 0 || keep[i] > keep[i - 1]), "select_layers: ",
+              "layer ", keep[i], " (layers must be ascending, distinct and below ", layers, ")");
+  HybridConfig c = m.config();
+  c.llama.n_layers = int64_t(keep.size());
+  c.attn_layers.clear();
+  for (size_t i = 0; i < keep.size(); ++i)
+    if (m.config().is_attention(keep[i])) c.attn_layers.push_back(int64_t(i));
+  HybridModel<float, Cpu> out(c);
+  for (const ParamSlot& slot : parameter_table(c)) {
+    ParamSlot from = slot;
+    if (slot.layer >= 0) from.layer = keep[size_t(slot.layer)];
+    out.params()[slot.key()].value().copy_from(m.params()[from.key()].value());
+  }
+  return out;
+}
+
+// The first `n` layers of a model (select_layers 0 .. n-1): tests, quick runs.
 inline HybridModel<float, Cpu> first_layers(const HybridModel<float, Cpu>& m, int64_t n) {
   MIL_CHECK(n >= 1 && n <= m.config().llama.n_layers, "first_layers: ", n, " of a model of ",
             m.config().llama.n_layers, " layers");
-  HybridConfig c = m.config();
-  c.llama.n_layers = n;
-  std::erase_if(c.attn_layers, [&](int64_t l) { return l >= n; });
-  HybridModel<float, Cpu> out(c);
-  out.copy_owned_from(m);
-  return out;
+  std::vector<int64_t> keep(static_cast<size_t>(n));
+  std::iota(keep.begin(), keep.end(), int64_t(0));
+  return select_layers(m, keep);
+}
+
+// The teacher layers of the paper's shrunk drafts: 2 -> {0, L-1}, 4 -> {0, L/3, 2L/3, L-1}.
+inline std::vector<int64_t> draft_layers(int64_t n_layers, int64_t draft) {
+  MIL_CHECK((draft == 2 || draft == 4) && n_layers >= draft, "a shrunk draft takes 2 or 4 of the ",
+            "teacher's layers (asked for ", draft, " of ", n_layers, ")");
+  if (draft == 2) return {0, n_layers - 1};
+  return {0, n_layers / 3, 2 * n_layers / 3, n_layers - 1};
 }
 
 // The same model in another element type or on another device (e.g. float CPU weights loaded from
