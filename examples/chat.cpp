@@ -28,6 +28,8 @@
 #include <mil/nn/model_load.hpp>
 #include <mil/text/chat_prompt.hpp>
 
+#include "common/cli.hpp"
+
 using namespace mil;
 
 namespace {
@@ -231,17 +233,7 @@ int main(int argc, char** argv) {
                  "longest n-gram that prompt lookup matches (it tries shorter ones down to 2-grams)")
       ->check(CLI::Range(int64_t(1), int64_t(16)))
       ->capture_default_str();
-  // llama.cpp's spelling of the draft option, which CLI11 cannot declare (one-letter short names).
-  std::vector<std::string> args(argv + 1, argv + argc);
-  for (auto& a : args)
-    if (a == "-md") a = "--model-draft";
-  std::reverse(args.begin(), args.end());  // CLI11 takes the arguments last first
-  app.name(argv[0]);
-  try {
-    app.parse(std::move(args));
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
+  if (const int code = examples::parse_command_line(app, argc, argv); code >= 0) return code;
   o.prompt_given = prompt->count() > 0;
 
   try {

@@ -56,18 +56,6 @@ struct Entry {
   std::vector<std::string> answers;
 };
 
-// The context length stored with the teacher: GGUF <arch>.context_length, or config.json's
-// max_position_embeddings; 0 when the file names none.
-int64_t stored_context(const std::string& path) {
-  if (fs::is_directory(path)) {
-    const fs::path config = fs::path(path) / "config.json";
-    return fs::exists(config) ? nn::hf_llama_config_file(config).max_position_embeddings : 0;
-  }
-  const auto f = io::GgufFile::open(path);
-  const auto arch = f.find_string("general.architecture");
-  return arch ? f.find_i64(*arch + ".context_length").value_or(0) : 0;
-}
-
 // The held-out sequences of --data, checked to come from this teacher and tokenizer.
 std::vector<data::LabelledSequence> read_heldout(const Options& o, const Entry& teacher) {
   auto d = data::read_token_dataset(o.data);
@@ -277,7 +265,7 @@ int main(int argc, char** argv) {
                    (long long)e.loaded.model.config().attn_layers.size());
     }
     if (!context_given) {
-      o.passkey.context = stored_context(o.teacher);
+      o.passkey.context = nn::stored_context_length(o.teacher);
       MIL_CHECK(o.passkey.context > 0 || o.passkey.trials == 0, "the teacher '", o.teacher,
                 "' names no context length: give --passkey-context");
     }

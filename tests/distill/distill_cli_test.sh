@@ -1,18 +1,12 @@
 #!/usr/bin/env bash
 # mil-distill end to end on the first two layers of the real teacher (a minute on 2 cores): label ->
 # stage 1 -> stage 2 -> eval, then stage 3 (--stage dpo) on its own, outputs in place, a rerun that
-# finds everything done, mil-chat on the result (also speculative), a shrunk draft, and the refusals: another run's folder, malformed
-# prompts (file and line named).
+# finds everything done, mil-chat on the result (also speculative), a shrunk draft, and the
+# refusals: another run's folder, malformed prompts (file and line named).
 # Usage: distill_cli_test.sh MIL_DISTILL MIL_CHAT SOURCE_DIR WORK_DIR
 set -euo pipefail
-distill=$1 chat=$2 src=$3 work=$4
-teacher=$src/models/SmolLM2-135M-Instruct.Q4_1.gguf
-if [[ ! -f $teacher ]]; then
-  echo "[mil] teacher model not found: test skipped ($teacher; run scripts/setup.sh)"
-  exit 0
-fi
-rm -rf "$work" && mkdir -p "$work"
-fail() { echo "FAILED: $*" >&2; exit 1; }
+distill=$1 chat=$2 src=$3
+source "$(dirname "${BASH_SOURCE[0]}")/../common/cli_test.sh" "$src" "$4"
 args=(--teacher "$teacher" --teacher-layers 2 --prompts "$src/tests/distill/fixtures/prompts.jsonl"
       --max-prompts 9 --heldout 2 --max-answer 12 --mamba-layers 1 --tokens 300 --sft-tokens 100 --micro-batch 2
       --checkpoint-every 2 --eval-seqs 2 --show "Hi" --seed 3)

@@ -73,4 +73,17 @@ inline LoadedModel load_model(const std::string& path) {
   return fs::is_directory(path) ? load_detail::load_folder(path) : load_detail::load_gguf(path);
 }
 
+// The context length stored with a model at `path`: GGUF <arch>.context_length, or config.json's
+// max_position_embeddings (a hybrid folder holds its teacher's); 0 when it names none.
+inline int64_t stored_context_length(const std::string& path) {
+  namespace fs = std::filesystem;
+  if (fs::is_directory(path)) {
+    const fs::path config = fs::path(path) / "config.json";
+    return fs::exists(config) ? hf_llama_config_file(config).max_position_embeddings : 0;
+  }
+  const auto f = io::GgufFile::open(path);
+  const auto arch = f.find_string("general.architecture");
+  return arch ? f.find_i64(*arch + ".context_length").value_or(0) : 0;
+}
+
 }  // namespace mil::nn

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# mil-bench on the real teacher with tiny sizes (about half a minute on 2 cores): the Markdown
+# table, the jsonl / csv records (names, batch sizes, speeds, speculation counts, run context),
+# prompt-lookup speculation against its baseline, and the refusals of bad input.
+# Usage: bench_cli_test.sh MIL_BENCH PYTHON3 SOURCE_DIR WORK_DIR
+set -euo pipefail
+bench=$1 python=$2
+source "$(dirname "${BASH_SOURCE[0]}")/../common/cli_test.sh" "$3" "$4"
+
+# Markdown: a header, its rule and one row per test (pp and tg at batches 1 and 2, flags repeated).
+"$bench" -m "$teacher" -p 8 -n 4 -b 1 -b 2 -r 1 -t 1 > "$work/md.txt" 2> "$work/md.log" ||
+  { cat "$work/md.log"; fail "md run"; }
+[[ $(head -1 "$work/md.txt") == "| model "*"| test "*" t/s |"* ]] || { cat "$work/md.txt"; fail "md: no header"; }
+[[ $(sed -n 2p "$work/md.txt") == "| ---"* ]] || { cat "$work/md.txt"; fail "md: no rule under the header"; }
+rows=$(grep -cE '^\| .*\| (pp8|tg4) +\| +[12] \| +[0-9.]+ ± [0-9.]+ \|' "$work/md.txt" || true)
+[[ $rows == 4 && $(wc -l < "$work/md.txt") == 6 ]] || { cat "$work/md.txt"; fail "md: expected 4 test rows, got $rows"; }
+grep -q "pp8, batch 2" "$work/md.log" || { cat "$work/md.log"; fail "md: no progress on stderr"; }
+
+# jsonl with prompt lookup (comma lists): every stdout line a record; the speculative rows and
+# their baseline at each batch size; acceptance in [0, 1] and at least 1 token per step.
+"$bench" -m "$teacher" -p 8 -n 8 -b 1,2 -r 2 -t 1 --lookup --draft-max 2,4 -o jsonl > "$work/out.jsonl" 2> "$work/jsonl.log" ||
+  { cat "$work/jsonl.log"; fail "jsonl run"; }
+"$python" - "$work/out.jsonl" "$teacher" <<'EOF' || fail "jsonl records"
+import json, os, re, sys
+lines = open(sys.argv[1]).read().splitlines()
+records = [json.loads(line) for line in lines]
+got = [(r["test"], r["batch"]) for r in records]
+want = [("pp8", 1), ("tg8", 1), ("pp8", 2), ("tg8", 2), ("tg8 chat", 1),
+        ("tg8+lookup K2", 1), ("tg8+lookup K4", 1), ("tg8 chat", 2),
+        ("tg8+lookup K2", 2), ("tg8+lookup K4", 2)]
+assert got == want, f"tests {got}, expected {want}"
+for r in records:
+    t = r["tokens_per_second"]
+    assert isinstance(t, float) and t > 0, f"{r['test']}: tokens/s {t!r}"
+    assert len(r["samples"]) == 2 and r["repetitions"] == 2, f"{r['test']}: samples {r['samples']}"
+    assert abs(sum(r["samples"]) / 2 - t) <= 1e-9 * t, f"{r['test']}: mean of {r['samples']} is not {t}"
+    assert r["tokens_per_second_sd"] >= 0, r
+    assert r["threads"] == 1 and r["backend"] == "cpu" and r["dtype"] == "f32", r
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", r["time"]), r["time"]
+    assert r["build"] and r["cpu"], r
+    assert r["model_path"] == sys.argv[2] and r["model_bytes"] == os.path.getsize(sys.argv[2]), r
+    assert r["layout"] == "30 attn" and r["model_params"] > 100e6, r
+    speculative = "lookup" in r["test"]
+    assert r["draft"] == ("lookup" if speculative else "none"), r
+    assert r["prompt"] == ("chat" if "tg8 " in r["test"] or speculative else "random"), r
+    if speculative:
+        assert r["drafted"] > 0 and 0 <= r["accepted"] <= r["drafted"], r
+        assert 0 <= r["acceptance"] <= 1 and r["acceptance"] == r["accepted"] / r["drafted"], r
+        assert r["tokens_per_step"] >= 1, r
+        # Both sequences of a batch of 2 draft: twice the tokens of one (the same prompt, greedy).
+        if r["batch"] == 2:
+            one = next(x for x in records if x["test"] == r["test"] and x["batch"] == 1)
+            assert r["drafted"] == 2 * one["drafted"] and r["accepted"] == 2 * one["accepted"], (r, one)
+    else:
+        assert r["acceptance"] is None and r["tokens_per_step"] is None, r
+EOF
+
+# csv: a header naming the fields and one row per test, numbers as numbers.
+"$bench" -m "$teacher" -p 4,8 -n 0 -r 1 -o csv > "$work/out.csv" 2> "$work/csv.log" ||
+  { cat "$work/csv.log"; fail "csv run"; }
+"$python" - "$work/out.csv" <<'EOF' || fail "csv records"
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1], newline="")))
+assert [(r["test"], r["batch"]) for r in rows] == [("pp4", "1"), ("pp8", "1")], rows
+for r in rows:
+    assert float(r["tokens_per_second"]) > 0 and int(r["n_gen"]) == 0 and r["acceptance"] == "", r
+EOF
+
+# Bad input: a clear error and a non-zero exit.
+refuse() {  # refuse WHAT EXPECTED-MESSAGE ARGS...
+  local what=$1 message=$2
+  shift 2
+  if "$bench" "$@" > "$work/bad.txt" 2> "$work/bad.log"; then fail "$what accepted"; fi
+  grep -q -- "$message" "$work/bad.log" || { cat "$work/bad.log"; fail "no clear error for $what"; }
+}
+refuse "-o xml" "--output: xml not in" -m "$teacher" -o xml
+refuse "-b 0" "--batch: Value 0 not in range" -m "$teacher" -b 0
+refuse "a prompt beyond the context" "test pp9000 needs 9000 tokens per sequence; the context of" -m "$teacher" -p 9000
+refuse "nothing to run" "nothing to measure" -m "$teacher" -p 0 -n 0
+echo "mil-bench: ok"
+rm -rf "$work"
