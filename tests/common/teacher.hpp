@@ -11,6 +11,8 @@
 #include <mil/nn/llama_gguf.hpp>
 #include <mil/text/gguf_tokenizer.hpp>
 
+#include "sanitized.hpp"
+
 #include "repo_root.hpp"
 
 namespace mil::test {
@@ -37,12 +39,6 @@ inline const RealTeacher* real_teacher() {
   return t ? &*t : nullptr;
 }
 
-inline constexpr bool kSanitizedBuild =
-#if defined(__SANITIZE_ADDRESS__)
-    true;
-#else
-    false;
-#endif
 
 // Whether a long run of the real model (training, hundreds of decode steps) is skipped here:
 // under the sanitizers it takes minutes and reaches no code the small-model cases do not; the

@@ -6,13 +6,16 @@
 // distribution. Prompt lookup's matching; refusals.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <mil/generate/generate.hpp>
 #include <mil/generate/speculative.hpp>
 
+#include "common/sanitized.hpp"
 #include "common/small_hybrid.hpp"
 
 using namespace mil;
@@ -297,8 +300,9 @@ TEST_CASE("speculative sampling: each generated token has the target's distribut
   // tokens (the first three tested): token 0 comes from the prompt's logits, token 1 is the first
   // verified one (a kept draft or the residual's draw after a rejection), token 2 is either the
   // bonus token after a kept draft or the verified one of the step after a rejection (from the
-  // Mamba state restored and replayed). Each position's counts over `n` runs (seeds 0 .. n-1) go
-  // through a chi-square test against the target's exact marginals: p >= 1e-3 passes. The second
+  // Mamba state restored and replayed); with K = 2, tokens 1 and 2 can both be verified in one
+  // step. Each position's counts over `n` runs (seeds 0 .. n-1) go through a chi-square test
+  // against the target's exact marginals: p >= 1e-3 passes. The second
   // sampling chain has top-k, top-p, min-p and a repetition penalty, which looks at the drafted
   // tokens before each row. Drawing from p instead of max(0, p - q) after a rejection favours
   // the draft's tokens: the same test gives p < 1e-6 there.
@@ -307,7 +311,9 @@ TEST_CASE("speculative sampling: each generated token has the target's distribut
   nn::HybridModel<float, Cpu> other(test::small_hybrid_config(nn::LayerKind::mamba2));
   other.init_random(67, 0.35f);
   const std::vector<int32_t> prompt = {5, 17, 29, 5};
-  const int64_t n = 4000;
+  // Under the sanitizers (a memory check, 10x slower) fewer runs and no test of the test, which
+  // needs the full sample to reach p < 1e-6; Release runs it all.
+  const int64_t n = test::kSanitizedBuild ? 400 : 4000;
   const auto tok = char_tokenizer();
   // Proposes the target's greedy tokens and, as prompt lookup, no distribution: q(x) = 1.
   struct Deterministic final : gen::Draft {
@@ -332,7 +338,12 @@ TEST_CASE("speculative sampling: each generated token has the target's distribut
     for (gen::Draft* draft : {static_cast<gen::Draft*>(&model_draft), static_cast<gen::Draft*>(&greedy_self)}) {
       const char* name = draft == &greedy_self ? "deterministic" : "sampling draft";
       CAPTURE(name);
-      for (bool residual : {true, false}) {
+      // K = 2 rejects at either draft: the residual uses that position's p and q, and p after a
+      // kept draft looks at it (the penalty).
+      const std::pair<int64_t, bool> runs[] = {{1, true}, {1, false}, {2, true}};
+      for (const auto& [k, residual] : runs) {
+        if (test::kSanitizedBuild && !residual) continue;
+        CAPTURE(k);
         CAPTURE(residual);
         std::vector<std::vector<int64_t>> counts(3, std::vector<int64_t>(want[0].size()));
         gen::SpeculativeStats total, st;
@@ -343,7 +354,7 @@ TEST_CASE("speculative sampling: each generated token has the target's distribut
           g.sampling.seed = uint64_t(i);
           dec.reset(0);
           const auto r = gen::speculative_generate(dec, 0, *draft, tok, {}, prompt, g,
-                                                   {.draft_max = 1, .resample_residual = residual}, &st);
+                                                   {.draft_max = k, .resample_residual = residual}, &st);
           REQUIRE(r.tokens.size() == 4);
           for (size_t pos = 0; pos < 3; ++pos) ++counts[pos][size_t(r.tokens[pos])];
           total.drafted += st.drafted;
@@ -477,10 +488,20 @@ TEST_CASE("speculative, batched: each sequence gets its own tokens, acceptance a
         if (sampling) g.sampling = {.temperature = 0.9f, .top_k = 20, .top_p = 0.95f, .seed = seed};
         return g;
       };
-      const auto free_run = plain(model, config(60, 1), 400).result;
-      auto cfg_c = config(50, 3);
-      cfg_c.stop_tokens = {free_run.tokens.at(40)};  // may or may not be reached: the same either way
-      const gen::GenerateConfig cfgs[] = {config(70, 1), config(150, 2), cfg_c};
+      // Greedy, sequence 0 stops at a token of its own run whose first occurrence is not a
+      // target's choice (with every draft kept, those are tokens 0, 5, 10, ...): it ends inside
+      // kept drafts and goes back while the others go on. Sequence 1 decodes greedily beside
+      // sampling ones: the logits of one step serve the device's argmax and the host's sampler.
+      auto cfg_a = config(70, 1);
+      if (!sampling) {
+        nn::Decoder<float, Cpu> dec(model, {.slots = 1, .max_seq = 400});
+        const auto run = gen::generate(dec, 0, tok, prompt_b, cfg_a).tokens;
+        for (size_t f = 20; f < run.size() && cfg_a.stop_tokens.empty(); ++f)
+          if (f % (kDraftMax + 1) != 0 && std::find(run.begin(), run.end(), run[f]) == run.begin() + ptrdiff_t(f))
+            cfg_a.stop_tokens = {run[f]};
+        REQUIRE(!cfg_a.stop_tokens.empty());
+      }
+      const gen::GenerateConfig cfgs[] = {cfg_a, greedy_config(150), config(50, 3)};
       const std::vector<int32_t>* prompts[] = {&prompt_b, &prompt_a, &prompt_c};
       const int64_t slots[] = {2, 0, 3};
 
@@ -528,9 +549,12 @@ TEST_CASE("speculative, batched: each sequence gets its own tokens, acceptance a
         CAPTURE(i);
         check_same(results[size_t(i)], alone[size_t(i)].run.result);
         CHECK(dec.length(slots[i]) == alone[size_t(i)].run.length);
-        CHECK(stats[size_t(i)].drafted == alone[size_t(i)].stats.drafted);
-        CHECK(stats[size_t(i)].accepted == alone[size_t(i)].stats.accepted);
-        CHECK(stats[size_t(i)].generated == alone[size_t(i)].stats.generated);
+        const auto &got = stats[size_t(i)], &want = alone[size_t(i)].stats;
+        CHECK(got.drafted == want.drafted);
+        CHECK(got.accepted == want.accepted);
+        CHECK(got.generated == want.generated);
+        CHECK(got.target_steps == want.target_steps);
+        CHECK(got.replays == want.replays);
       }
       CHECK(dec.length(1) == int64_t(prompt_a.size()));
       // The slots' states: the logits after one more token each, in one step.
@@ -544,8 +568,13 @@ TEST_CASE("speculative, batched: each sequence gets its own tokens, acceptance a
                                      logits.begin() + ptrdiff_t(size_t(i + 1) * vocab));
         CHECK(row == alone[size_t(i)].run.follow);
       }
-      // The fixture reaches different acceptance per sequence.
-      if (!sampling) CHECK(stats[0].accepted == stats[0].drafted);
+      // The fixture reaches its cases: sequence 0 stopped (greedy: inside kept drafts), and
+      // different acceptance per sequence.
+      if (!sampling) {
+        CHECK(results[0].reason == gen::StopReason::stop_token);
+        CHECK(stats[0].accepted == stats[0].drafted);
+        CHECK(results[0].sampled % (kDraftMax + 1) != 1);
+      }
       CHECK(stats[1].accepted > 0);
       CHECK(stats[2].accepted < stats[2].drafted);
       CHECK(stats[0].acceptance() > stats[2].acceptance());

@@ -84,7 +84,7 @@ class Sampler {
 
   // What sample() draws from, without drawing.
   TokenDistribution distribution(std::span<const float> logits, std::span<const int32_t> history) {
-    const auto work = penalised(logits, history);
+    const auto& work = penalised(logits, history);
     if (c_.greedy()) return {{greedy_token(work)}, {1.0}, 1.0};
     // Candidates: non-NaN logits, the top_k largest (ties to the smaller id), sorted descending.
     const int64_t vocab = int64_t(logits.size());

@@ -201,7 +201,11 @@ struct SpeculativeStats {
   int64_t accepted = 0;      // of them, kept
   int64_t generated = 0;     // tokens chosen, including a final stop token
   double acceptance() const { return drafted ? double(accepted) / double(drafted) : 0; }
-  double tokens_per_step() const { return target_steps ? double(generated) / double(target_steps) : 0; }
+  // Tokens per target step, the first token left out (it comes from the prompt's logits, before
+  // any step): 1 when no draft is kept, at most K + 1.
+  double tokens_per_step() const {
+    return target_steps ? double(std::max<int64_t>(generated - 1, 0)) / double(target_steps) : 0;
+  }
 };
 
 // One sequence of a batched speculative call: the slot it runs in, its draft (a DecoderDraft
