@@ -100,16 +100,32 @@ struct Test {
   }
 };
 
+// Speculation counts summed over sequences and runs. `tokens`: the tokens generated after each
+// sequence's first, which comes from its prompt's logits rather than from a target step.
+struct SpeculationCounts {
+  int64_t drafted = 0, accepted = 0, target_steps = 0, replays = 0, tokens = 0;
+
+  void add(const SpeculationCounts& o) {
+    drafted += o.drafted, accepted += o.accepted, target_steps += o.target_steps;
+    replays += o.replays, tokens += o.tokens;
+  }
+  void add(const gen::SpeculativeStats& s) {
+    add(SpeculationCounts{s.drafted, s.accepted, s.target_steps, s.replays, std::max<int64_t>(s.generated - 1, 0)});
+  }
+  double acceptance() const { return drafted ? double(accepted) / double(drafted) : 0; }
+  double tokens_per_step() const { return target_steps ? double(tokens) / double(target_steps) : 0; }
+};
+
 // One measured run: its speed and, for a speculative one, its counts.
 struct Run {
   double tokens_per_second = 0;
-  std::optional<gen::SpeculativeStats> speculation;
+  std::optional<SpeculationCounts> speculation;
 };
 
 struct Result {
   Test test;
   std::vector<double> samples;  // tokens/s of each timed run
-  std::optional<gen::SpeculativeStats> speculation;  // summed over the timed runs
+  std::optional<SpeculationCounts> speculation;  // summed over the timed runs
 
   double mean() const { return std::accumulate(samples.begin(), samples.end(), 0.0) / double(samples.size()); }
   // The sample standard deviation (0 for a single run).
@@ -311,8 +327,9 @@ Run time_generation(nn::Decoder<T, D>& decoder, const Test& t, int32_t vocab) {
 }
 
 // Greedy generation after the chat prompt in each of the test's sequences: plain decode steps,
-// or speculative, timed by the library after the prompts' prefill (as mil-chat reports it).
-// A model draft needs a decoder per sequence.
+// or speculative, timed by the library after the prompts' prefill (as mil-chat reports it). A
+// model draft needs a decoder per sequence; it reads the prompt before the timed part too. The
+// speculative rows pay for detokenising and stop checks, which the plain decode steps skip.
 template <Element T, Device D>
 Run time_chat_generation(nn::Decoder<T, D>& target, std::span<const std::unique_ptr<nn::Decoder<T, D>>> draft_decoders,
                          const text::Tokenizer& tok, std::span<const int32_t> prompt, const Test& t) {
@@ -327,25 +344,20 @@ Run time_chat_generation(nn::Decoder<T, D>& target, std::span<const std::unique_
   std::vector<gen::SpeculativeRequest> requests;
   for (int64_t b = 0; b < t.batch; ++b) {
     gen::Draft* draft = &lookup;
-    if (t.drafting == Drafting::model) draft = models.emplace_back(std::make_unique<gen::DecoderDraft<T, D>>(*draft_decoders[size_t(b)])).get();
+    if (t.drafting == Drafting::model) {
+      draft = models.emplace_back(std::make_unique<gen::DecoderDraft<T, D>>(*draft_decoders[size_t(b)])).get();
+      draft->propose(prompt, 1);  // the prompt's prefill, kept for the timed calls
+    }
     requests.push_back({b, draft, {}, prompt, g, {}});
   }
   std::vector<gen::SpeculativeStats> stats;
   const auto results = gen::speculative_generate_batch(target, std::span(requests), tok, {.draft_max = t.draft_max}, &stats);
-  gen::SpeculativeStats sum;
-  int64_t generated = 0;
-  for (size_t b = 0; b < results.size(); ++b) {
-    // The first token of each sequence comes from its prompt's logits, before the timed part (as
-    // in the plain rows, whose N timed decode steps give the N tokens after it).
-    generated += results[b].sampled - 1;
-    // Steps each sequence took part in: tokens per step stays a per-sequence figure at any batch.
-    sum.target_steps += stats[b].target_steps;
-    sum.replays += stats[b].replays;
-    sum.drafted += stats[b].drafted;
-    sum.accepted += stats[b].accepted;
-    sum.generated += stats[b].generated;
-  }
-  return {double(generated) / results[0].generate_seconds, sum};
+  // Per sequence (tokens per step stays a per-sequence figure at any batch); the first token of
+  // each comes from its prompt's logits before the timed part, as in the plain rows, whose N
+  // timed decode steps give the N tokens after it.
+  SpeculationCounts sum;
+  for (const auto& st : stats) sum.add(st);
+  return {double(sum.tokens) / results[0].generate_seconds, sum};
 }
 
 // One untimed run (it fills caches, captures the CUDA graphs and sizes the allocator's pools),
@@ -360,12 +372,7 @@ Result measure(const Test& t, int64_t repetitions, const std::function<Run()>& r
     r.samples.push_back(run.tokens_per_second);
     if (!run.speculation) continue;
     if (!r.speculation) r.speculation.emplace();
-    auto& sum = *r.speculation;
-    sum.target_steps += run.speculation->target_steps;
-    sum.replays += run.speculation->replays;
-    sum.drafted += run.speculation->drafted;
-    sum.accepted += run.speculation->accepted;
-    sum.generated += run.speculation->generated;
+    r.speculation->add(*run.speculation);
   }
   return r;
 }
@@ -543,7 +550,9 @@ void bench_model(const Options& o, const nn::HybridModel<T, D>& model,
                  const nn::HybridModel<T, D>* draft_model, const text::Tokenizer& tok,
                  std::span<const int32_t> chat_prompt, const std::vector<Test>& tests,
                  const std::function<void(const Result&)>& report) {
-  const int32_t vocab = tok.vocab_size();
+  // Random ids the tokenizer and the model both know (an embedding may be padded beyond the
+  // tokenizer's vocabulary, or the other way round).
+  const int32_t vocab = int32_t(std::min<int64_t>(tok.vocab_size(), model.config().llama.vocab));
   std::optional<nn::Decoder<T, D>> decoder;
   for (const Test& t : tests) {
     if (t.chat) continue;
@@ -655,6 +664,8 @@ int main(int argc, char** argv) {
     MIL_CHECK(std::any_of(o.n_prompt.begin(), o.n_prompt.end(), positive) ||
                   std::any_of(o.n_gen.begin(), o.n_gen.end(), positive),
               "nothing to measure: every -p and -n length is 0");
+    MIL_CHECK(!o.speculate() || std::none_of(o.n_gen.begin(), o.n_gen.end(), [](int64_t n) { return n == 1; }),
+              "-n 1 with speculation: its only token comes from the prompt, with no step to time (use -n 2 or more)");
     if (o.threads > 0) cpu::set_threads(o.threads);
     RunContext run{.build = std::to_string(MIL_VERSION_MAJOR) + "." + std::to_string(MIL_VERSION_MINOR) +
                             "." + std::to_string(MIL_VERSION_PATCH),

@@ -46,13 +46,35 @@ for r in records:
     if speculative:
         assert r["drafted"] > 0 and 0 <= r["accepted"] <= r["drafted"], r
         assert 0 <= r["acceptance"] <= 1 and r["acceptance"] == r["accepted"] / r["drafted"], r
+        # Tokens per step after each sequence's first: at least 1 (a step gives a token), and the
+        # steps at most one per later token of each sequence and run.
         assert r["tokens_per_step"] >= 1, r
+        assert 0 < r["target_steps"] <= r["batch"] * r["repetitions"] * (r["n_gen"] - 1), r
         # Both sequences of a batch of 2 draft: twice the tokens of one (the same prompt, greedy).
         if r["batch"] == 2:
             one = next(x for x in records if x["test"] == r["test"] and x["batch"] == 1)
             assert r["drafted"] == 2 * one["drafted"] and r["accepted"] == 2 * one["accepted"], (r, one)
     else:
         assert r["acceptance"] is None and r["tokens_per_step"] is None, r
+EOF
+
+# A draft model (the teacher itself: greedy, it agrees with itself every time) at batches 1 and 2,
+# one decoder per sequence; -o json is one array.
+"$bench" -m "$teacher" -p 0 -n 6 -b 1,2 -r 1 -t 1 -md "$teacher" --draft-max 2 -o json > "$work/out.json" 2> "$work/json.log" ||
+  { cat "$work/json.log"; fail "json run with a draft model"; }
+"$python" - "$work/out.json" "$teacher" <<'EOF' || fail "json records"
+import json, sys
+records = json.load(open(sys.argv[1]))
+got = [(r["test"], r["batch"]) for r in records]
+want = [("tg6", 1), ("tg6", 2), ("tg6 chat", 1), ("tg6+draft K2", 1), ("tg6 chat", 2), ("tg6+draft K2", 2)]
+assert got == want, f"tests {got}, expected {want}"
+for r in records:
+    if r["draft"] != "model":
+        continue
+    assert r["draft_model"] == sys.argv[2], r
+    # Every draft kept: 3 tokens per step but for the budget's end (5 tokens after the first: 2 steps).
+    assert r["acceptance"] == 1 and r["target_steps"] == 2 * r["batch"], r
+    assert r["tokens_per_step"] == 2.5, r
 EOF
 
 # csv: a header naming the fields and one row per test, numbers as numbers.
@@ -77,5 +99,6 @@ refuse "-o xml" "--output: xml not in" -m "$teacher" -o xml
 refuse "-b 0" "--batch: Value 0 not in range" -m "$teacher" -b 0
 refuse "a prompt beyond the context" "test pp9000 needs 9000 tokens per sequence; the context of" -m "$teacher" -p 9000
 refuse "nothing to run" "nothing to measure" -m "$teacher" -p 0 -n 0
+refuse "-n 1 with speculation" "no step to time" -m "$teacher" -p 0 -n 1 --lookup
 echo "mil-bench: ok"
 rm -rf "$work"
