@@ -189,16 +189,17 @@ class Pipeline {
     eval_set = eval_set.first(std::min<size_t>(eval_set.size(), size_t(o_.eval_seqs)));
     eval_set_ = eval_set;
     nlohmann::json draft_entry;
+    const std::string draft_key = "draft" + std::to_string(o_.draft);  // draft2, draft4: folders of their own
     if (o_.draft > 0 && runs(o_, "draft")) {
       draft_entry = draft(train.sequences);
-      if (o_.only == "draft") return finish({{"teacher", loaded_.name}, {"draft", draft_entry}});
+      if (o_.only == "draft") return finish({{"teacher", loaded_.name}, {draft_key, draft_entry}});
     }
 
     // ---- 2. stage 1 per conversion step ---------------------------------------------------
     const auto steps = conversion_steps(o_, loaded_.model.config().llama.n_layers);
     std::optional<nn::HybridModel<float, Cpu>> previous;
     nlohmann::json report = {{"teacher", loaded_.name}, {"steps", nlohmann::json::array()}};
-    if (!draft_entry.is_null()) report["draft"] = draft_entry;
+    if (!draft_entry.is_null()) report[draft_key] = draft_entry;
     fs::path last_model;
     for (const auto& step : steps) {
       nn::HybridConfig cfg = loaded_.model.config();

@@ -59,12 +59,25 @@ grep -q "done already" "$work/second.log" || { cat "$work/second.log"; fail "rer
 grep -q "stage 3 is done already" "$work/dpo2.log" || { cat "$work/dpo2.log"; fail "stage-3 rerun trained again"; }
 if grep -q "^labelling \[" "$work/second.log"; then fail "rerun labelled again"; fi
 
-# The result chats; with speculative decoding (prompt lookup, and the whole teacher as the draft of
-# this hybrid of its first two layers) it says exactly the same.
+# A draft shrunk from the teacher (--draft 2: its first and last layers, CE on the labels), on its
+# own; mil-chat uses it below.
+"$distill" "${args[@]}" -o "$work/run" --only draft --draft 2 --draft-epochs 1 > "$work/draft.log" 2>&1 ||
+  { cat "$work/draft.log"; fail "the draft"; }
+[[ -f $work/run/draft2/model/mil_distill_done && -f $work/run/draft2/metrics.jsonl ]] || fail "no draft model"
+grep -q "draft, after training: ppl ratio" "$work/draft.log" || { cat "$work/draft.log"; fail "the draft was not evaluated"; }
+grep -q '"draft2"' "$work/run/report.json" || fail "report.json has no draft2"
+for key in steps stage2 stage3; do  # what earlier runs reported stays
+  grep -q "\"$key\": [{[]" "$work/run/report.json" || { cat "$work/run/report.json"; fail "--only draft dropped '$key' from report.json"; }
+done
+if "$distill" "${args[@]}" -o "$work/run" --only draft > "$work/nodraft.log" 2>&1; then fail "--only draft without --draft accepted"; fi
+grep -q "needs --draft 2 or 4" "$work/nodraft.log" || { cat "$work/nodraft.log"; fail "no clear error for --only draft without --draft"; }
+
+# The result chats; with speculative decoding (prompt lookup, and the shrunk draft) it says
+# exactly the same.
 "$chat" -m "$work/run/stage2/model" -p "Hello" -n 4 --temp 0 > "$work/chat.log" 2>&1 || { cat "$work/chat.log"; fail "mil-chat"; }
 "$chat" -m "$work/run/stage2/model" -p "Say hello twice" -n 24 --temp 0 > "$work/plain.txt" 2> "$work/plain.log" ||
   { cat "$work/plain.log"; fail "mil-chat"; }
-for how in "--lookup" "--lookup --draft-adaptive" "-md $teacher"; do
+for how in "--lookup" "--lookup --draft-adaptive" "-md $work/run/draft2/model"; do
   # shellcheck disable=SC2086
   "$chat" -m "$work/run/stage2/model" -p "Say hello twice" -n 24 --temp 0 $how > "$work/spec.txt" 2> "$work/spec.log" ||
     { cat "$work/spec.log"; fail "mil-chat $how"; }
@@ -78,25 +91,9 @@ done
   { cat "$work/spec.log"; fail "mil-chat --lookup with a penalty"; }
 cmp -s "$work/plain_penalty.txt" "$work/spec.txt" || { diff "$work/plain_penalty.txt" "$work/spec.txt"; fail "--lookup changed the answer under a repetition penalty"; }
 # Sampling with a draft (the rejection rule; its distribution is tested in test_speculative).
-"$chat" -m "$work/run/stage2/model" -p "Say hello twice" -n 12 --temp 0.7 -md "$teacher" > "$work/spec.txt" 2> "$work/spec.log" ||
+"$chat" -m "$work/run/stage2/model" -p "Say hello twice" -n 12 --temp 0.7 -md "$work/run/draft2/model" > "$work/spec.txt" 2> "$work/spec.log" ||
   { cat "$work/spec.log"; fail "mil-chat sampling with a draft"; }
 grep -q "speculation: .* drafted tokens accepted" "$work/spec.log" || { cat "$work/spec.log"; fail "sampling with a draft printed no acceptance"; }
-
-# A draft shrunk from the teacher (--draft 2: its first and last layers, CE on the labels), on its
-# own; with it as mil-chat's draft the greedy answer is the same again.
-"$distill" "${args[@]}" -o "$work/run" --only draft --draft 2 --draft-epochs 1 > "$work/draft.log" 2>&1 ||
-  { cat "$work/draft.log"; fail "the draft"; }
-[[ -f $work/run/draft2/model/mil_distill_done && -f $work/run/draft2/metrics.jsonl ]] || fail "no draft model"
-grep -q "draft, after training: ppl ratio" "$work/draft.log" || { cat "$work/draft.log"; fail "the draft was not evaluated"; }
-grep -q '"draft"' "$work/run/report.json" || fail "report.json has no draft"
-for key in steps stage2 stage3; do  # what earlier runs reported stays
-  grep -q "\"$key\": [{[]" "$work/run/report.json" || { cat "$work/run/report.json"; fail "--only draft dropped '$key' from report.json"; }
-done
-"$chat" -m "$work/run/stage2/model" -p "Say hello twice" -n 24 --temp 0 -md "$work/run/draft2/model" > "$work/spec.txt" 2> "$work/spec.log" ||
-  { cat "$work/spec.log"; fail "mil-chat with the shrunk draft"; }
-cmp -s "$work/plain.txt" "$work/spec.txt" || { diff "$work/plain.txt" "$work/spec.txt"; fail "the shrunk draft changed the answer"; }
-if "$distill" "${args[@]}" -o "$work/run" --only draft > "$work/nodraft.log" 2>&1; then fail "--only draft without --draft accepted"; fi
-grep -q "needs --draft 2 or 4" "$work/nodraft.log" || { cat "$work/nodraft.log"; fail "no clear error for --only draft without --draft"; }
 
 # Refusals: a folder holding another run; malformed prompts, named by file and line.
 other=("${args[@]:0:${#args[@]}-2}" --seed 4)  # args end with --seed 3
