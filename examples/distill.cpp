@@ -18,7 +18,6 @@
 
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <functional>
 #include <optional>
 
@@ -682,8 +681,11 @@ class Pipeline {
     const fs::path file = dir_ / "report.json";
     nlohmann::json merged = nlohmann::json::object();
     if (fs::exists(file)) {
-      std::ifstream in(file);
-      merged = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+      try {
+        merged = io::read_json_file_strict(file);
+      } catch (const std::exception&) {
+        merged = nullptr;  // unreadable: moved aside below
+      }
       if (!merged.is_object()) {
         const fs::path aside = dir_ / "report.json.unreadable";
         say("warning: %s is not a JSON object: moved to %s, a new one is written", file.string().c_str(),
