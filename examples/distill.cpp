@@ -54,6 +54,7 @@ struct Options {
   int64_t teacher_layers = 0;      // > 0: only the teacher's first N layers (tests, quick looks)
   // Labels.
   int64_t max_prompts = 2000, heldout = 64, slots = 16, max_prompt = 256, max_answer = 256;
+  int64_t answers = 1;  // sampled answers per training prompt (one label each)
   int32_t topk = 0;
   // Training.
   std::string tokens = "50k", sft_tokens = "0";
@@ -181,7 +182,7 @@ class Pipeline {
     // ---- 1. labels -------------------------------------------------------------------------
     if (runs(o_, "label")) label();
     if (o_.only == "label") return 0;
-    const auto train = read_labels("train"), heldout = read_labels("heldout");
+    const auto train = read_training_labels(), heldout = read_labels("heldout");
     say("labels: %zu training answers (%lld tokens), %zu held out", train.sequences.size(),
         (long long)train.manifest.answer_tokens, heldout.sequences.size());
     std::span<const data::LabelledSequence> eval_set(heldout.sequences);
@@ -312,12 +313,38 @@ class Pipeline {
     const auto set = read_prompts(0);
     say("prompts: %zu for training, %zu held out (%lld duplicates dropped)", set.train.size(),
         set.heldout.size(), (long long)set.duplicates_dropped);
-    label_into("train", set.train);
-    label_into("heldout", set.heldout);
+    for (int64_t round = 0; round < o_.answers; ++round)
+      label_into(train_labels(round), set.train, data::answer_round_seed(o_.seed, round));
+    label_into("heldout", set.heldout, o_.seed);
+  }
+
+  // The folder under labels/ of the training answers of round r: each round answers every
+  // training prompt once more with draws of its own (--answers N makes rounds 0..N-1).
+  static std::string train_labels(int64_t round) {
+    return round == 0 ? "train" : "train." + std::to_string(round + 1);
+  }
+
+  // The training labels of every round, in one dataset (the rounds' answers one after another;
+  // the trainer shuffles them); the manifest's counts are the rounds' sums.
+  data::TokenDataset read_training_labels() const {
+    data::TokenDataset all = read_labels(train_labels(0));
+    for (int64_t round = 1; round < o_.answers; ++round) {
+      MIL_CHECK(fs::exists(dir_ / "labels" / train_labels(round)), (dir_ / "labels").string(),
+                " holds no answers of round ", round + 1, " (--answers ", o_.answers,
+                "): run the label step first (--only label --answers ", o_.answers, ")");
+      data::TokenDataset more = read_labels(train_labels(round));
+      MIL_CHECK(more.manifest.prompts_sha256 == all.manifest.prompts_sha256, (dir_ / "labels").string(),
+                ": the answers of round ", round + 1, " are to other prompts than round 1's");
+      all.manifest.sequences += more.manifest.sequences;
+      all.manifest.prompt_tokens += more.manifest.prompt_tokens;
+      all.manifest.answer_tokens += more.manifest.answer_tokens;
+      std::move(more.sequences.begin(), more.sequences.end(), std::back_inserter(all.sequences));
+    }
+    return all;
   }
 
   // The teacher's answers to `prompts` into labels/<name> (resumes an interrupted run).
-  void label_into(const std::string& name, const std::vector<data::Prompt>& prompts) {
+  void label_into(const std::string& name, const std::vector<data::Prompt>& prompts, uint64_t seed) {
     data::DatasetManifest identity;
     identity.teacher_name = loaded_.name;
     identity.teacher_sha256 = teacher_sha256_;
@@ -326,7 +353,7 @@ class Pipeline {
     identity.chat_template = text::to_string(tmpl_.family);
     identity.compute = std::is_same_v<D, Cpu> ? "cpu f32" : "cuda bf16";
     data::LabelConfig lc;
-    lc.seed = o_.seed;
+    lc.seed = seed;
     lc.slots = o_.slots;
     lc.max_prompt = o_.max_prompt;
     lc.max_answer = o_.max_answer;
@@ -558,7 +585,7 @@ class Pipeline {
                 "prompt is labelled for training and none is left for the pairs");
       MIL_CHECK(!set.extra.empty(), "--dpo-prompts ", o_.dpo_prompts, ": the prompt files hold no ",
                 "prompts beyond the ", o_.max_prompts, " labelled ones (--max-prompts)");
-      label_into("dpo", set.extra);
+      label_into("dpo", set.extra, o_.seed);
       make_pairs(read_labels("dpo"), train_dir);
     } else {
       make_pairs(train, train_dir);
@@ -742,6 +769,8 @@ int main(int argc, char** argv) {
   app.add_option("--draft-epochs", o.draft_epochs, "the draft's CE epochs over the labels");
   app.add_option("--draft-lr", o.draft_lr, "the draft's peak learning rate");
   app.add_option("--max-prompts", o.max_prompts, "prompts to label at most (a seeded sample)");
+  app.add_option("--answers", o.answers, "answers the teacher samples per training prompt (more labels)")
+      ->check(CLI::Range(int64_t(1), int64_t(64)));
   app.add_option("--heldout", o.heldout, "held-out prompts (labelled for evaluation only)");
   app.add_option("--slots", o.slots, "prompts the teacher answers at once");
   app.add_option("--max-prompt", o.max_prompt, "longer prompts are skipped");

@@ -69,6 +69,23 @@ grep -q '"draft2"' "$work/run/report.json" || fail "report.json has no draft2"
 for key in steps stage2 stage3; do  # what earlier runs reported stays
   grep -q "\"$key\": [{[]" "$work/run/report.json" || { cat "$work/run/report.json"; fail "--only draft dropped '$key' from report.json"; }
 done
+# A second answer per training prompt (--answers 2): a round of labels of its own, to the same
+# prompts with other draws, read beside the first (twice the training answers).
+if "$distill" "${args[@]}" -o "$work/run" --only draft --draft 2 --answers 2 > "$work/answers.log" 2>&1; then
+  fail "--answers 2 without its labels accepted"
+fi
+grep -q "no answers of round 2" "$work/answers.log" || { cat "$work/answers.log"; fail "no clear error for missing round-2 labels"; }
+"$distill" "${args[@]}" -o "$work/run" --only label --answers 2 > "$work/label2.log" 2>&1 ||
+  { cat "$work/label2.log"; fail "--only label --answers 2"; }
+"$distill" "${args[@]}" -o "$work/run" --only draft --draft 2 --answers 2 > "$work/answers.log" 2>&1 ||
+  { cat "$work/answers.log"; fail "--answers 2"; }
+[[ -f $work/run/labels/train.2/manifest.json ]] || fail "--answers 2 made no labels/train.2"
+one=$(sed -n 's/^\[mil-distill\] labels: \([0-9]*\) training answers.*/\1/p' "$work/first.log")
+two=$(sed -n 's/^\[mil-distill\] labels: \([0-9]*\) training answers.*/\1/p' "$work/answers.log")
+[[ -n $one && $two == $((2 * one)) ]] || fail "--answers 2 read $two training answers, not twice $one"
+if cmp -s "$work/run/labels/train/shard-00000.bin" "$work/run/labels/train.2/shard-00000.bin"; then
+  fail "the second round's answers equal the first's"
+fi
 if "$distill" "${args[@]}" -o "$work/run" --only draft > "$work/nodraft.log" 2>&1; then fail "--only draft without --draft accepted"; fi
 grep -q "needs --draft 2 or 4" "$work/nodraft.log" || { cat "$work/nodraft.log"; fail "no clear error for --only draft without --draft"; }
 

@@ -72,6 +72,15 @@ inline uint64_t prompt_seed(uint64_t seed, int64_t prompt) {
   return uint64_t(r.v[0]) << 32 | r.v[1];
 }
 
+// The run seed of answer round r (r = 0, 1, ...) when each prompt is answered several times:
+// round 0 is the run's seed itself, so a one-answer dataset does not depend on the rounds; a later
+// round's seed is a Philox block prompt_seed never draws (block 1), so its answers are new draws.
+inline uint64_t answer_round_seed(uint64_t seed, int64_t round) {
+  if (round == 0) return seed;
+  const rng::U32x4 r = rng::random_block(seed, uint64_t(round), 1);
+  return uint64_t(r.v[0]) << 32 | r.v[1];
+}
+
 // The log-probabilities under the full softmax of a row's k most likely tokens (temperature 1,
 // ties to the smaller id), appended to `ids` and `logprobs`, from the row's top-k and log-sum-exp
 // (kernels/topk.hpp), whether the device or the host took them.
