@@ -18,14 +18,17 @@ import sys
 
 LABELS = re.compile(r"^\[mil-distill\]\s+(\d+) answers, (\d+) answer tokens, ([\d.]+) tokens/s; "
                     r"skipped: (\d+) too long, (\d+) empty")
-LABELLING = re.compile(r"^\[mil-distill\] labelling (\d+) (\w+) prompts")
+LABELLING = re.compile(r"^\[mil-distill\] labelling (\d+) \w+ prompts into \S*?([^/\s]+)$")
+HELDOUT_LINE = re.compile(r"held-out at (\d+) tokens: ppl ratio ([\d.]+) \| KL ([\d.]+) \| "
+                          r"top-1 agreement ([\d.]+)% \((\d+) tokens\)")
 CURVE_KEYS = ("tokens_seen", "loss", "ce", "kl", "lr", "grad_norm")
 METRIC_KEYS = {"ppl_ratio": "ppl_ratio", "kl": "kl", "top1_agreement": "top1_agreement",
                "tokens": "tokens"}
 
 
 def label_stats(logs):
-    """The last labelling summary of each split (train, heldout) printed in the logs."""
+    """The last labelling summary of each label folder (train, train.2, ..., heldout) printed in the
+    logs."""
     out, split, prompts = {}, None, 0
     for log in logs:
         for line in pathlib.Path(log).read_text().splitlines():
@@ -42,7 +45,26 @@ def label_stats(logs):
     return out
 
 
-def stage_record(folder):
+def printed_heldout(logs, rows):
+    """The held-out evaluations a log printed during training ("held-out at N tokens: ..."), for a
+    run whose heldout.jsonl did not come back; each is placed at the step whose tokens_seen is N."""
+    step_at = {r.get("tokens_seen"): r["step"] for r in rows}
+    out = []
+    for log in logs:
+        for line in pathlib.Path(log).read_text().splitlines():
+            m = HELDOUT_LINE.search(line)
+            if not m:
+                continue
+            seen = int(m.group(1))
+            if seen not in step_at:
+                raise SystemExit(f"{log}: held-out at {seen} tokens matches no step of metrics.jsonl")
+            out.append({"step": step_at[seen], "tokens_seen": seen, "ppl_ratio": float(m.group(2)),
+                        "kl": float(m.group(3)), "top1_agreement": float(m.group(4)) / 100,
+                        "tokens": int(m.group(5)), "from": "log"})
+    return out
+
+
+def stage_record(folder, logs=()):
     rows = [json.loads(l) for l in (folder / "metrics.jsonl").read_text().splitlines() if l.strip()]
     if not rows:
         raise SystemExit(f"{folder}/metrics.jsonl has no steps")
@@ -61,6 +83,8 @@ def stage_record(folder):
         record["heldout_curve"] = [
             {"step": e["step"], "tokens_seen": e["tokens_seen"], **heldout(e)}
             for e in (json.loads(l) for l in heldout_log.read_text().splitlines() if l.strip())]
+    elif logs:
+        record["heldout_curve"] = printed_heldout(logs, rows)
     return record
 
 
@@ -72,6 +96,9 @@ def main(argv):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", required=True, type=pathlib.Path)
     ap.add_argument("--log", action="append", default=[])
+    ap.add_argument("--heldout-log", action="append", default=[],
+                    help="STAGE=LOG: a training log whose printed held-out evaluations stand in for "
+                         "the stage folder's heldout.jsonl where that did not come back")
     ap.add_argument("--commit", required=True)
     ap.add_argument("--device-name", required=True)
     ap.add_argument("--driver", required=True)
@@ -84,9 +111,15 @@ def main(argv):
     if not re.fullmatch(r"[0-9a-f]{40}", a.commit):
         raise SystemExit("--commit: give the full 40-digit hash of the commit that ran")
 
+    printed_logs = {}
+    for spec in a.heldout_log:
+        stage, _, log = spec.partition("=")
+        if not log:
+            raise SystemExit(f"--heldout-log {spec}: expected STAGE=LOG, e.g. stage1-attn50=stage1.log")
+        printed_logs.setdefault(stage, []).append(log)
     stages = {}
     for folder in sorted(p.parent for p in a.run.glob("*/metrics.jsonl")):
-        stages[folder.name] = stage_record(folder)
+        stages[folder.name] = stage_record(folder, printed_logs.get(folder.name, []))
     report = a.run / "report.json"
     if report.exists():
         for step in json.loads(report.read_text()).get("steps", []):

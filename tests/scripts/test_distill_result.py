@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Tests of scripts/distill_result.py on a small run folder written here: a stage-1 step with
-metrics, held-out figures and a held-out curve, the labelling log of both splits, a resumed run whose metrics
+metrics, held-out figures and a held-out curve (or the printed one), the labelling log of two
+answer rounds and the held-out split, a resumed run whose metrics
 repeat steps (refused), an existing file (never overwritten) and a short commit (refused).
 Run by ctest (label cpu): python3 test_distill_result.py."""
 import importlib.util
@@ -26,6 +27,8 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 LOG = """[mil-distill] prompts: 96 for training, 4 held out (0 duplicates dropped)
 [mil-distill] labelling 96 train prompts into /tmp/r/labels/train
 [mil-distill]   90 answers, 12000 answer tokens, 6543.2 tokens/s; skipped: 5 too long, 1 empty
+[mil-distill] labelling 96 train prompts into /tmp/r/labels/train.2
+[mil-distill]   91 answers, 12100 answer tokens, 6500.0 tokens/s; skipped: 5 too long, 0 empty
 [mil-distill] labelling 4 heldout prompts into /tmp/r/labels/heldout
 [mil-distill]   4 answers, 500 answer tokens, 321.0 tokens/s; skipped: 0 too long, 0 empty
 """
@@ -84,6 +87,7 @@ class DistillResult(unittest.TestCase):
         self.assertEqual(r["labels"]["train"], {
             "prompts": 96, "answers": 90, "answer_tokens": 12000, "tokens_per_s": 6543.2,
             "skipped_too_long": 5, "skipped_empty": 1})
+        self.assertEqual(r["labels"]["train.2"]["answer_tokens"], 12100)  # a second answer round
         self.assertEqual(r["labels"]["heldout"]["answers"], 4)
         self.assertEqual(r["labels"]["heldout"]["prompts"], 4)
         s = r["stages"]["stage1-attn50"]
@@ -103,6 +107,32 @@ class DistillResult(unittest.TestCase):
              "tokens": 500},
             {"step": 40, "tokens_seen": 4000, "ppl_ratio": 1.6, "kl": 1.0, "top1_agreement": 0.5,
              "tokens": 500}])
+
+    def test_heldout_curve_from_the_printed_log(self):
+        # No heldout.jsonl came back: the printed evaluations stand in, at the step whose
+        # tokens_seen (100 * (step + 1)) is the printed count.
+        (self.run / "stage1-attn50" / "heldout.jsonl").unlink()
+        printed = self.tmp / "stage1.log"
+        printed.write_text("stage 1 [###...] 5/60\n"
+                           "held-out at 1200 tokens: ppl ratio 1.500 | KL 0.600 | top-1 agreement "
+                           "70.5% (500 tokens)\n"
+                           "held-out at 3000 tokens: ppl ratio 1.250 | KL 0.400 | top-1 agreement "
+                           "80.0% (500 tokens)\n")
+        r = self.write("--heldout-log", f"stage1-attn50={printed}")
+        curve = r["stages"]["stage1-attn50"]["heldout_curve"]
+        self.assertEqual([(p["step"], p["tokens_seen"], p["from"]) for p in curve],
+                         [(11, 1200, "log"), (29, 3000, "log")])
+        self.assertEqual(curve[0]["ppl_ratio"], 1.5)
+        self.assertEqual(curve[0]["kl"], 0.6)
+        self.assertAlmostEqual(curve[0]["top1_agreement"], 0.705)
+        self.assertEqual(curve[1]["tokens"], 500)
+        # A printed count that matches no step belongs to another run: refused.
+        printed.write_text("held-out at 1250 tokens: ppl ratio 1.500 | KL 0.600 | top-1 agreement "
+                           "70.5% (500 tokens)\n")
+        with self.assertRaises(SystemExit):
+            self.write("--tag", "distill-2", "--heldout-log", f"stage1-attn50={printed}")
+        with self.assertRaises(SystemExit):  # no STAGE=
+            self.write("--tag", "distill-3", "--heldout-log", str(printed))
 
     def test_never_overwrites(self):
         self.write()
