@@ -31,6 +31,7 @@
 #include <optional>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <mil/core/threads.hpp>
@@ -438,9 +439,13 @@ std::string csv_field(const ojson& v) {
 }
 
 // Writes each result as it comes: a Markdown table like llama-bench's, or one record per test.
+// A run that stops on an error still leaves valid output: the destructor closes a JSON array.
 class Report {
  public:
   explicit Report(std::string format) : format_(std::move(format)) {}
+  Report(const Report&) = delete;
+  Report& operator=(const Report&) = delete;
+  ~Report() { finish(); }
 
   void add(const ojson& rec) {
     if (format_ == "md") {
@@ -460,6 +465,7 @@ class Report {
   }
 
   void finish() {
+    if (std::exchange(finished_, true)) return;
     if (format_ == "json") std::printf(rows_ ? "\n]\n" : "[]\n");
     if (format_ == "md" && chat_rows_)
       std::printf("\ntgN chat: plain generation after the chat prompt, the baseline of the "
@@ -523,6 +529,7 @@ class Report {
   std::string format_;
   int64_t rows_ = 0;
   bool chat_rows_ = false;
+  bool finished_ = false;
 };
 
 // The model itself when it is already what the device runs (float on the CPU), else a copy there.

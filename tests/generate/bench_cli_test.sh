@@ -77,6 +77,18 @@ for r in records:
     assert r["tokens_per_step"] == 2.5, r
 EOF
 
+# A run that fails part-way (its second model is missing) exits non-zero with a clear error and
+# still leaves a valid JSON array holding the first model's records.
+if "$bench" -m "$teacher" -m "$work/missing.gguf" -p 4 -n 0 -r 1 -t 1 -o json > "$work/part.json" 2> "$work/part.log"; then
+  fail "a missing second model accepted"
+fi
+grep -q "missing.gguf" "$work/part.log" || { cat "$work/part.log"; fail "no clear error for a missing model"; }
+"$python" - "$work/part.json" <<'EOF' || fail "the output of a failed run is not a JSON array of the first model's records"
+import json, sys
+records = json.load(open(sys.argv[1]))
+assert [(r["test"], r["batch"]) for r in records] == [("pp4", 1)], records
+EOF
+
 # csv: a header naming the fields and one row per test, numbers as numbers.
 "$bench" -m "$teacher" -p 4,8 -n 0 -r 1 -o csv > "$work/out.csv" 2> "$work/csv.log" ||
   { cat "$work/csv.log"; fail "csv run"; }

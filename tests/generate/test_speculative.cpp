@@ -105,6 +105,21 @@ void check_same(const Run& a, const Run& b) {
   CHECK(a.follow == b.follow);
 }
 
+// Proposes what `inner` does with its last token changed: each step with two or more drafts keeps
+// some and rejects the last, so that an end can come inside kept drafts after a rejection.
+class LastWrongDraft final : public gen::Draft {
+ public:
+  explicit LastWrongDraft(gen::Draft& inner) : inner_(inner) {}
+  std::vector<int32_t> propose(std::span<const int32_t> context, int64_t max) override {
+    auto d = inner_.propose(context, max);
+    if (d.size() >= 2) d.back() = (d.back() + 1) % 60;
+    return d;
+  }
+
+ private:
+  gen::Draft& inner_;
+};
+
 }  // namespace
 
 TEST_CASE("speculative greedy: prompt lookup and model drafts give the target's greedy tokens") {
@@ -192,6 +207,26 @@ TEST_CASE("speculative greedy: every end comes where plain generation's does") {
     }
     CHECK(stop_tokens_in_drafts > 0);  // the fixture reaches the case
     CHECK(stop_strings_in_drafts > 0);
+    // Ends inside kept drafts after a rejection: the last draft of every step is wrong, so each
+    // step keeps K - 1 and rolls back once. The slot goes straight to what the end leaves: one
+    // rollback per step, never a second for the end.
+    LastWrongDraft wrong(same);
+    int64_t ends_after_rejection = 0;
+    for (size_t f = 20; f < 60; f += 3) {
+      auto g = greedy_config(120);
+      g.stop_tokens = {base.tokens[f]};
+      const auto want = plain(model, g);
+      const auto got = speculative(model, wrong, g);
+      check_same(got, want);
+      // With K - 1 = 3 kept per step, 4 tokens a step: an end at an index that is not 0 mod 4
+      // (sampled % 4 != 1) comes inside the kept drafts.
+      ends_after_rejection += got.result.sampled % kDraftMax != 1;
+      CHECK(got.stats.drafted == kDraftMax * got.stats.target_steps);  // every step: 4 drafts, 3 kept
+      CHECK(got.stats.accepted == (kDraftMax - 1) * got.stats.target_steps);
+      if (kind == nn::LayerKind::attention) CHECK(got.stats.replays == 0);
+      else CHECK(got.stats.replays == got.stats.target_steps);
+    }
+    CHECK(ends_after_rejection > 0);
     for (int64_t max_seq : {int64_t(prompt_tokens().size()) + 1, int64_t(prompt_tokens().size()) + 9,
                             int64_t(prompt_tokens().size()) + 10}) {  // a full context
       CAPTURE(max_seq);

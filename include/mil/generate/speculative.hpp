@@ -196,7 +196,7 @@ inline int32_t draw_residual(Sampler& sampler, const TokenDistribution& p, const
 
 struct SpeculativeStats {
   int64_t target_steps = 0;  // verification and plain decode steps of the target after the prompt
-  int64_t replays = 0;       // extra steps re-running kept tokens after a rejection (Mamba)
+  int64_t replays = 0;       // state restores + re-runs of kept tokens (Mamba), one per rollback
   int64_t drafted = 0;       // tokens proposed and verified
   int64_t accepted = 0;      // of them, kept
   int64_t generated = 0;     // tokens chosen, including a final stop token
@@ -417,47 +417,34 @@ std::vector<GenerateResult> speculative_generate_batch(nn::Decoder<T, D>& target
                               : std::max<int64_t>({z.k_now - 1, sc.draft_min, 1});
     }
 
-    // 3. Going back to the state after next and the kept tokens, where drafts were rejected.
+    // 3. The kept tokens and the one after them; then each slot goes back to what its sequence
+    // holds: after a rejection, `next` and the kept drafts; after an end inside the kept drafts,
+    // every chosen token but the last, as generate() leaves it. One truncation, or one restore and
+    // replay, per sequence, and the replays of all sequences share one step.
     replays.clear();
-    for (Sequence* zp : stepped) {
-      Sequence& z = *zp;
-      if (z.kept == int64_t(z.proposal.tokens.size())) continue;
-      if (target.can_rewind()) {
-        target.truncate(z.q.slot, z.length + 1 + z.kept);
-      } else {
-        target.restore_state(z.q.slot, sc.snapshot);
-        replays.push_back({int32_t(z.q.slot), std::span(z.row_ids).first(size_t(z.kept + 1)), -1, nn::RowLogits::none});
-        ++z.st.replays;
-      }
-    }
-    if (!replays.empty()) target.step(replays);
-
-    // 4. The kept tokens and the one after them.
     for (Sequence* zp : stepped) {
       Sequence& z = *zp;
       bool more = true;
       for (int64_t i = 0; i < z.kept && more; ++i) more = z.take(z.proposal.tokens[size_t(i)]);
+      int64_t want = z.length + 1 + z.kept;
       if (more) {
         z.next = z.after;
         z.active = z.take(z.next);
-        continue;
+      } else {
+        z.active = false;
+        want = int64_t(z.history.size()) - 1 + (z.r.reason == StopReason::stop_token ? 1 : 0);
       }
-      // It ended inside the kept drafts: leave the slot as generate() does, holding every chosen
-      // token but the last (the rest of the kept drafts go).
-      z.active = false;
-      const int64_t want = int64_t(z.history.size()) - 1 + (z.r.reason == StopReason::stop_token ? 1 : 0);
-      if (target.length(z.q.slot) > want) {
-        if (target.can_rewind()) {
-          target.truncate(z.q.slot, want);
-        } else {
-          target.restore_state(z.q.slot, sc.snapshot);
-          const nn::StepRow replay{int32_t(z.q.slot), std::span(z.row_ids).first(size_t(want - z.length)), -1,
-                                   nn::RowLogits::none};
-          target.step(std::span(&replay, 1));
-          ++z.st.replays;
-        }
+      if (target.length(z.q.slot) <= want) continue;
+      if (target.can_rewind()) {
+        target.truncate(z.q.slot, want);
+      } else {
+        target.restore_state(z.q.slot, sc.snapshot);
+        replays.push_back({int32_t(z.q.slot), std::span(z.row_ids).first(size_t(want - z.length)), -1,
+                           nn::RowLogits::none});
+        ++z.st.replays;
       }
     }
+    if (!replays.empty()) target.step(replays);
   }
 
   const double seconds = std::chrono::duration<double>(clock::now() - t1).count();
