@@ -1,6 +1,7 @@
 // The decoder's step plan against the training forward (prefill in chunks then decode, batches of
 // sequences at different lengths), and against itself: a step that verifies k tokens on n slots,
-// a prefill of several slots at once and a restored snapshot must give bitwise the logits of
+// a prefill of several slots at once, a restored snapshot and a rollback to any acceptance length
+// per slot must give bitwise the logits of
 // the single-token steps they stand for, for Transformers and Mamba-2 / Mamba-1 hybrids, at one
 // and two threads.
 #include <doctest/doctest.h>
@@ -368,5 +369,65 @@ TEST_CASE("step plan: a restored snapshot takes a slot back to the saved state")
     fresh.decode(std::span(&slot0, 1), std::span(&next, 1));
     CHECK(logit_rows(dec.logits_host(), 0, 1, vocab) == logit_rows(fresh.logits_host(), 0, 1, vocab));
     CHECK_THROWS_WITH_AS(dec.restore_state(0, 0), doctest::Contains("never saved"), Error);
+  }
+}
+
+// What the speculative loop does after a verification step: each slot keeps its first a + 1 rows
+// (the token before the drafts and a accepted drafts) and goes back on the rest, by truncating its
+// KV cache (Transformers) or by restoring its state saved before the step and running the kept
+// rows again, every slot's replay in one step (hybrids). At every acceptance length 0..k, a
+// different one per slot, the slots must then continue exactly as if only the kept tokens had
+// been decoded one at a time.
+TEST_CASE("step plan: going back to any acceptance length per slot equals decoding the kept tokens") {
+  for (nn::LayerKind kind : test::kLayerKinds) {
+    CAPTURE(test::layer_kind_name(kind));
+    const auto h = test::small_hybrid_config(kind);
+    nn::HybridModel<float, Cpu> model(h);
+    model.init_random(41, 0.3f);
+    const int64_t vocab = h.llama.vocab, k1 = 5, n = 3;  // k1 = the token before + 4 drafts
+    const std::vector<int32_t> slots = {2, 0, 3};
+    const std::vector<int64_t> prompt_len = {4, 7, 2};
+    const nn::DecoderOptions o{.slots = 4, .max_seq = 32, .max_tokens = 32, .max_logits = n * k1,
+                               .snapshots = 1};
+    for (int64_t shift = 0; shift < k1; ++shift) {  // slot i keeps (shift + 2i) % k1 drafts
+      CAPTURE(shift);
+      nn::Decoder<float, Cpu> spec(model, o), plain(model, o);
+      std::vector<std::vector<int32_t>> seqs;
+      std::vector<int64_t> accepted;
+      for (size_t i = 0; i < slots.size(); ++i) {
+        seqs.push_back(tokens(prompt_len[i] + k1 + 1, int32_t(5 * i + 2), int32_t(vocab)));
+        accepted.push_back((shift + 2 * int64_t(i)) % k1);
+        spec.prefill(slots[i], std::span(seqs[i]).first(size_t(prompt_len[i])));
+        plain.prefill(slots[i], std::span(seqs[i]).first(size_t(prompt_len[i])));
+        if (!spec.can_rewind()) spec.save_state(slots[i], 0);
+      }
+      std::vector<nn::StepRow> rows, replays;
+      for (size_t i = 0; i < slots.size(); ++i)
+        rows.push_back({slots[i], std::span(seqs[i]).subspan(size_t(prompt_len[i]), size_t(k1)), -1,
+                        nn::RowLogits::all});
+      spec.step(rows);
+      for (size_t i = 0; i < slots.size(); ++i) {
+        const auto kept = std::span(seqs[i]).subspan(size_t(prompt_len[i]), size_t(accepted[i] + 1));
+        if (spec.can_rewind()) {
+          spec.truncate(slots[i], prompt_len[i] + int64_t(kept.size()));
+        } else {
+          spec.restore_state(slots[i], 0);
+          replays.push_back({slots[i], kept, -1, nn::RowLogits::none});
+        }
+        for (int32_t t : kept) plain.decode(std::span(&slots[i], 1), std::span(&t, 1));
+      }
+      if (!replays.empty()) spec.step(replays);
+      // The same lengths, and the same logits for each slot's next token (its state is right).
+      std::vector<int32_t> next;
+      for (size_t i = 0; i < slots.size(); ++i) {
+        CAPTURE(i);
+        CHECK(spec.length(slots[i]) == prompt_len[i] + accepted[i] + 1);
+        CHECK(spec.length(slots[i]) == plain.length(slots[i]));
+        next.push_back(seqs[i][size_t(prompt_len[i] + k1)]);
+      }
+      spec.decode(slots, next);
+      plain.decode(slots, next);
+      CHECK(logit_rows(spec.logits_host(), 0, n, vocab) == logit_rows(plain.logits_host(), 0, n, vocab));
+    }
   }
 }
