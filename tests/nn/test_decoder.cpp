@@ -1,9 +1,8 @@
 // The decoder's step plan against the training forward (prefill in chunks then decode, batches of
 // sequences at different lengths), and against itself: a step that verifies k tokens on n slots,
 // a prefill of several slots at once, a restored snapshot and a rollback to any acceptance length
-// per slot must give bitwise the logits of
-// the single-token steps they stand for, for Transformers and Mamba-2 / Mamba-1 hybrids, at one
-// and two threads.
+// per slot must give bitwise the logits of the single-token steps they stand for, for
+// Transformers and Mamba-2 / Mamba-1 hybrids, at one and two threads.
 #include <doctest/doctest.h>
 
 #include <cstring>
