@@ -5,6 +5,7 @@
 //   mil-chat -m path/to/hf-folder            (no -p: interactive chat; /reset, /exit)
 //   mil-chat -m TARGET -md DRAFT --draft-max 4           (speculative decoding)
 //   mil-chat -m TARGET --lookup --temp 0                 (prompt-lookup drafts, no model)
+//   mil-chat -m MODEL --raw -p TEXT --logits-out L.json  (the logits of every prompt position)
 //
 // MODEL is a GGUF file, a Hugging Face folder (config.json + safetensors + tokenizer.json) or a
 // hybrid folder (mamba_config.json + safetensors + tokenizer.json, from mil-convert).
@@ -16,7 +17,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <iostream>
+#include <nlohmann/json.hpp>
 #include <memory>
 #include <optional>
 #include <string>
@@ -44,6 +48,7 @@ struct Options {
   int64_t draft_max = 4, draft_min = 0, lookup_ngram = 3;
   gen::SamplingConfig sampling;
   std::vector<std::string> stop;
+  std::string logits_out;  // write the prompt's logits here instead of generating
 };
 
 // The conversation so far and the tokens the decoder holds for it.
@@ -71,9 +76,51 @@ void print_speculation(const gen::SpeculativeStats& s) {
                static_cast<long long>(s.replays));
 }
 
+// The logits of every position of the prompt in one prefill step, as JSON {"model", "device",
+// "ids", "vocab", "logits": [[vocab floats] per position]}: what another implementation's logits
+// are compared with (scripts/check_hybrid_reference.py --compare reads this layout). Written to a
+// temporary file first, so a failed run leaves no half-written file under the name.
+template <Element T, Device D>
+int write_prompt_logits(const Options& o, const nn::HybridModel<T, D>& model, const text::Tokenizer& tok,
+                        const std::optional<text::ChatTemplate>& tmpl) {
+  std::vector<text::ChatMessage> messages;
+  if (!o.system.empty()) messages.push_back({"system", o.system});
+  messages.push_back({"user", o.prompt});
+  const std::vector<int32_t> ids =
+      tmpl ? text::encode_chat_prompt(tok, *tmpl, messages) : tok.encode(o.prompt, tok.data().add_bos, true);
+  MIL_CHECK(!ids.empty(), "--logits-out: the prompt has no tokens");
+  const int64_t n = int64_t(ids.size()), vocab = model.config().llama.vocab;
+  MIL_CHECK(n <= o.ctx, "--logits-out: the prompt has ", n, " tokens, more than the context (-c ", o.ctx, ")");
+  nn::Decoder<T, D> decoder(model, {.max_seq = o.ctx, .max_tokens = std::max<int64_t>(n, 512), .max_logits = n});
+  const nn::StepRow row{0, ids, -1, nn::RowLogits::all};
+  decoder.step(std::span(&row, 1));
+  const std::vector<float> logits = decoder.logits_host();
+  nlohmann::ordered_json j;
+  j["model"] = o.model;
+  j["device"] = std::string(D::name) + " " + std::string(dtype_name(dtype_of<T>::value));
+  j["ids"] = ids;
+  j["vocab"] = vocab;
+  j["logits"] = nlohmann::ordered_json::array();
+  for (int64_t r = 0; r < n; ++r)
+    j["logits"].push_back(std::vector<float>(logits.begin() + r * vocab, logits.begin() + (r + 1) * vocab));
+  const std::string tmp = o.logits_out + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    MIL_CHECK(f.good(), "--logits-out: cannot write '", tmp, "'");
+    f << j.dump() << '\n';
+    f.close();
+    MIL_CHECK(f.good(), "--logits-out: writing '", tmp, "' failed");
+  }
+  std::filesystem::rename(tmp, o.logits_out);
+  std::fprintf(stderr, "[mil-chat] logits of %lld positions x %lld -> %s\n", static_cast<long long>(n),
+               static_cast<long long>(vocab), o.logits_out.c_str());
+  return 0;
+}
+
 template <Element T, Device D>
 int run(const Options& o, const nn::HybridModel<T, D>& model, const text::Tokenizer& tok,
         const std::optional<text::ChatTemplate>& tmpl, const nn::HybridModel<T, D>* draft_model) {
+  if (!o.logits_out.empty()) return write_prompt_logits(o, model, tok, tmpl);
   nn::DecoderOptions dopt;
   dopt.max_seq = o.ctx;
   // Snapshot 0: the state at the end of the last prompt (hybrids return to it); 1: speculation's.
@@ -233,8 +280,15 @@ int main(int argc, char** argv) {
                  "longest n-gram that prompt lookup matches (it tries shorter ones down to 2-grams)")
       ->check(CLI::Range(int64_t(1), int64_t(16)))
       ->capture_default_str();
+  auto* logits_out = app.add_option("--logits-out", o.logits_out,
+                                     "write the logits of every prompt position to this JSON file "
+                                     "and generate nothing (needs -p)");
   if (const int code = examples::parse_command_line(app, argc, argv); code >= 0) return code;
   o.prompt_given = prompt->count() > 0;
+  if (logits_out->count() > 0 && !o.prompt_given) {
+    std::fprintf(stderr, "mil-chat: error: --logits-out needs a prompt (-p)\n");
+    return 2;
+  }
 
   try {
     o.sampling.validate();

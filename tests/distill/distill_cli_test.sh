@@ -101,6 +101,33 @@ for how in "--lookup" "--lookup --draft-adaptive" "-md $work/run/draft2/model"; 
   cmp -s "$work/plain.txt" "$work/spec.txt" || { diff "$work/plain.txt" "$work/spec.txt"; fail "mil-chat $how changed the answer"; }
   grep -q "speculation: .* drafted tokens accepted" "$work/spec.log" || { cat "$work/spec.log"; fail "mil-chat $how printed no acceptance"; }
 done
+# --logits-out: the logits of every prompt position, one row per token of the prompt (as many as
+# mil-chat reads for it), and causal: a longer prompt's first rows equal the shorter one's.
+model=$work/run/stage2/model
+"$chat" -m "$model" --raw -p "Say hello" -n 1 --temp 0 > /dev/null 2> "$work/count.log" || { cat "$work/count.log"; fail "mil-chat --raw"; }
+for p in "Say hello" "Say hello twice"; do
+  out=$work/logits-${p// /_}.json
+  "$chat" -m "$model" --raw -p "$p" --logits-out "$out" > "$work/logits.log" 2>&1 || { cat "$work/logits.log"; fail "--logits-out"; }
+  [[ ! -e $out.tmp ]] || fail "--logits-out left its temporary file"
+done
+python3 - "$work/logits-Say_hello.json" "$work/logits-Say_hello_twice.json" \
+  "$(sed -n 's/.*prompt: \([0-9]*\) tokens.*/\1/p' "$work/count.log")" <<'EOF' || fail "--logits-out wrote wrong logits"
+import json, math, sys
+short, long_ = (json.load(open(f)) for f in sys.argv[1:3])
+n = int(sys.argv[3])
+assert len(short["ids"]) == n and len(short["logits"]) == n, (short["ids"], n)
+assert long_["ids"][:n] == short["ids"] and len(long_["logits"]) > n
+for d in (short, long_):
+    assert all(len(row) == d["vocab"] for row in d["logits"]) and d["vocab"] > 0
+    assert all(math.isfinite(v) for row in d["logits"] for v in row)
+for i in range(n):  # the same prefix gives the same rows (within float rounding of a longer step)
+    worst = max(abs(a - b) for a, b in zip(short["logits"][i], long_["logits"][i]))
+    assert worst < 1e-4, (i, worst)
+assert short["logits"][0] != short["logits"][n - 1]  # rows are per position, not one row repeated
+EOF
+if "$chat" -m "$model" --logits-out "$work/none.json" > "$work/nop.log" 2>&1; then fail "--logits-out without -p accepted"; fi
+grep -q "needs a prompt" "$work/nop.log" || { cat "$work/nop.log"; fail "no clear error for --logits-out without -p"; }
+
 # With a repetition penalty, which looks back over the prompt too, in both paths alike.
 "$chat" -m "$work/run/stage2/model" -p "Say hello twice" -n 24 --temp 0 --repeat-penalty 1.5 > "$work/plain_penalty.txt" 2> "$work/plain.log" ||
   { cat "$work/plain.log"; fail "mil-chat with a penalty"; }
