@@ -1,0 +1,345 @@
+#pragma once
+// Inference product on quantised weights kept in their file's ggml block format:
+//   y[r*out + o] (+)= sum_i x[r*in + i] * dequant(W[o, i]),  W row o at w + o * ggml_row_bytes(type, in).
+// The weights are dequantised inside the dot product (in registers on the AVX2 path), so decoding
+// reads 34 bytes per 32 weights (Q8_0) or 20 (Q4_1) instead of 128 for the float copy: decode is
+// bound by the weight read, and that read is 3.8-6.4x smaller. Activations stay float.
+//
+// Contract (as cpu::linear_rows): row r's result is bitwise the same whatever the number of rows in
+// the call and the thread count, so verifying k tokens in one call equals k single decode steps:
+//   - one summation order per output element, fixed by `in` and the type only: 16 lanes; for
+//     each 32 consecutive weights (i0 = 0, 32, 64, ...) lane l first forms the pair
+//     x[i0+l] w[i0+l] + x[i0+16+l] w[i0+16+l] (the second product fused: one rounding where the
+//     ISA has FMA) and adds it to its sum, in increasing i0; the lanes are then added in a fixed
+//     tree (l + 8, then l + 4, l + 2, l + 1), and y is added last when accumulating;
+//   - each weight is dequantised by one formula per type and path, whatever the tile;
+//   - threads split the output rows only (never `in`); row tiles (up to 8 rows share each weight
+//     block read) do not touch the order.
+// The pair step keeps each accumulator's dependency chain at one addition per 32 weights, so one
+// decode row is not bound by FMA latency. Two paths: AVX2+FMA (chosen at run time when the CPU has
+// it) and a portable one (any CPU; it multiply-adds with one rounding where the build's ISA has FMA
+// and two elsewhere, like linear_rows). Both follow this order and keep the contract; they may
+// differ from each other in the last bits where their weight decoders round d q + m differently
+// or the build has no FMA.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "../core/error.hpp"
+#include "../io/dequantize.hpp"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))  // _mm_cvtsi64_si128 is 64-bit only
+#define MIL_QUANT_ROWS_AVX2 1
+#include <immintrin.h>
+#define MIL_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#else
+#define MIL_QUANT_ROWS_AVX2 0
+#endif
+
+namespace mil::cpu {
+
+// Which code computes the product: automatic takes AVX2 where the CPU has AVX2 and FMA; tests and
+// benchmarks force one path to check or time it.
+enum class QuantRowsPath { automatic, portable, avx2 };
+
+// Whether this CPU (and build) can run QuantRowsPath::avx2.
+inline bool quant_rows_avx2_supported() {
+#if MIL_QUANT_ROWS_AVX2
+  static const bool ok = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return ok;
+#else
+  return false;
+#endif
+}
+
+// The weight types quant_linear_rows reads.
+inline bool quant_rows_supports(io::GgmlType type) {
+  using T = io::GgmlType;
+  return type == T::Q8_0 || type == T::Q4_0 || type == T::Q4_1 || type == T::Q4_K ||
+         type == T::Q6_K;
+}
+
+namespace quant_rows_detail {
+
+using io::GgmlType;
+
+inline constexpr int kLanes = 16;
+inline constexpr int kMaxTileRows = 8;
+// Weight rows per thread task: 64 rows of 576 Q8_0 weights (39 KiB) stay in L2 while the row
+// tiles of a long call pass over them.
+inline constexpr int64_t kColumnBlock = 64;
+
+// Rows [0, R) of x against weight rows [j0, j1): one signature for both paths and every type.
+using TileFn = void (*)(GgmlType type, const uint8_t* w, int64_t row_bytes, int64_t in,
+                        const float* x, float* y, int64_t out, int64_t j0, int64_t j1,
+                        bool accumulate);
+
+// Lane l += lane l + width for width 8, 4, 2, 1: the contract's tree (the AVX2 path's horizontal
+// sum is the same tree).
+inline float sum_lanes(float* lanes) {
+  for (int width = kLanes / 2; width >= 1; width /= 2)
+    for (int l = 0; l < width; ++l) lanes[l] += lanes[l + width];
+  return lanes[0];
+}
+
+// ---- Portable path -------------------------------------------------------------------------
+
+// acc + x w with one rounding where the ISA has FMA, two elsewhere; explicit, because the
+// compiler's contraction of a * b + c may differ between the tile instantiations.
+inline float multiply_add(float x, float w, float acc) {
+#if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
+  return std::fma(x, w, acc);
+#else
+  const float product = x * w;
+  return acc + product;
+#endif
+}
+
+// One block through io's decoder (the one definition of the layouts). Not inlined, so every tile
+// runs the same compiled decode and no caller's contraction choices change a weight's bits.
+[[gnu::noinline]] inline void decode_block(GgmlType type, const uint8_t* block, float* dst) {
+  io::detail::dequantize_block(type, block, dst);
+}
+
+template <int R>
+void portable_tile(GgmlType type, const uint8_t* w, int64_t row_bytes, int64_t in, const float* x,
+                   float* y, int64_t out, int64_t j0, int64_t j1, bool accumulate) {
+  const auto info = io::ggml_type_info_or_throw(type);
+  const int64_t bs = info.block_size, bb = info.block_bytes, blocks = in / bs;
+  float weights[256];  // one decoded block, in L1
+  for (int64_t j = j0; j < j1; ++j) {
+    const uint8_t* row = w + j * row_bytes;
+    float lanes[R][kLanes] = {};
+    for (int64_t b = 0; b < blocks; ++b) {
+      decode_block(type, row + b * bb, weights);
+      for (int r = 0; r < R; ++r) {
+        const float* xb = x + r * in + b * bs;
+        for (int64_t i = 0; i < bs; i += 2 * kLanes)
+          for (int l = 0; l < kLanes; ++l) {
+            const float first = xb[i + l] * weights[i + l];
+            lanes[r][l] += multiply_add(xb[i + kLanes + l], weights[i + kLanes + l], first);
+          }
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      const float dot = sum_lanes(lanes[r]);
+      float& yr = y[r * out + j];
+      yr = accumulate ? yr + dot : dot;
+    }
+  }
+}
+
+// ---- AVX2 + FMA path -------------------------------------------------------------------------
+#if MIL_QUANT_ROWS_AVX2
+
+// 8 bytes at p (any alignment) as the low half of a vector.
+MIL_TARGET_AVX2 inline __m128i load8(const uint8_t* p) {
+  int64_t v;
+  std::memcpy(&v, p, 8);
+  return _mm_cvtsi64_si128(v);
+}
+
+// Group g (32 consecutive weights, elements 32g .. 32g + 31 of the block) of the block at b as
+// four vectors of 8 floats, decoded in registers. Each formula is the one of io::detail's decoder
+// for the type, so the weights equal dequantize_row's (up to its compiler's contraction of
+// q * d + m, which these compute with one rounding).
+template <GgmlType T>
+MIL_TARGET_AVX2 inline void decode_group(const uint8_t* b, int g, __m256* wv) {
+  if constexpr (T == GgmlType::Q8_0) {
+    const __m256 d = _mm256_set1_ps(io::detail::load_f16(b));
+    for (int v = 0; v < 4; ++v)
+      wv[v] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(load8(b + 2 + 8 * v))), d);
+  } else if constexpr (T == GgmlType::Q4_0 || T == GgmlType::Q4_1) {
+    // Element j is the low nibble of qs[j], element j + 16 the high nibble.
+    constexpr bool has_min = T == GgmlType::Q4_1;
+    const uint8_t* qs = b + (has_min ? 4 : 2);
+    const __m256i bytes0 = _mm256_cvtepu8_epi32(load8(qs)), bytes1 = _mm256_cvtepu8_epi32(load8(qs + 8));
+    const __m256i nibble = _mm256_set1_epi32(0xF);
+    const __m256i q[4] = {_mm256_and_si256(bytes0, nibble), _mm256_and_si256(bytes1, nibble),
+                          _mm256_srli_epi32(bytes0, 4), _mm256_srli_epi32(bytes1, 4)};
+    const __m256 d = _mm256_set1_ps(io::detail::load_f16(b));
+    if constexpr (has_min) {
+      const __m256 m = _mm256_set1_ps(io::detail::load_f16(b + 2));
+      for (int v = 0; v < 4; ++v) wv[v] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q[v]), d, m);
+    } else {
+      const __m256i eight = _mm256_set1_epi32(8);  // Q4_0 codes are centred at 8
+      for (int v = 0; v < 4; ++v)
+        wv[v] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(q[v], eight)), d);
+    }
+  } else if constexpr (T == GgmlType::Q4_K) {
+    // Group g is sub-block g: nibble g % 2 of qs[32 (g / 2) + l], scale d sc - dmin mn.
+    float sc, mn;
+    io::detail::k_scale_min(g, b + 4, sc, mn);
+    const float scale = io::detail::load_f16(b) * sc, min = io::detail::load_f16(b + 2) * mn;
+    const __m256 s = _mm256_set1_ps(scale), neg_min = _mm256_set1_ps(-min);
+    const uint8_t* qs = b + 16 + 32 * (g / 2);
+    const int shift = 4 * (g % 2);
+    for (int v = 0; v < 4; ++v) {
+      const __m256i q = _mm256_and_si256(_mm256_srli_epi32(_mm256_cvtepu8_epi32(load8(qs + 8 * v)), shift),
+                                         _mm256_set1_epi32(0xF));
+      wv[v] = _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(q), neg_min);
+    }
+  } else if constexpr (T == GgmlType::Q6_K) {
+    // Half h = g / 4, quarter k = g % 4: element l takes nibble k / 2 of ql[64h + 32(k % 2) + l]
+    // and bits 2k, 2k + 1 of qh[32h + l]; one int8 scale per 16 elements.
+    const int h = g / 4, k = g % 4;
+    const uint8_t* ql = b + 64 * h + 32 * (k % 2);
+    const uint8_t* qh = b + 128 + 32 * h;
+    const int8_t* scales = reinterpret_cast<const int8_t*>(b + 192);
+    const float d = io::detail::load_f16(b + 208);
+    const __m256i low_mask = _mm256_set1_epi32(0xF), high_mask = _mm256_set1_epi32(3),
+                  centre = _mm256_set1_epi32(32);
+    for (int v = 0; v < 4; ++v) {
+      const __m256i low = _mm256_and_si256(
+          _mm256_srli_epi32(_mm256_cvtepu8_epi32(load8(ql + 8 * v)), 4 * (k / 2)), low_mask);
+      const __m256i high = _mm256_and_si256(
+          _mm256_srli_epi32(_mm256_cvtepu8_epi32(load8(qh + 8 * v)), 2 * k), high_mask);
+      const __m256i q = _mm256_sub_epi32(_mm256_or_si256(low, _mm256_slli_epi32(high, 4)), centre);
+      const __m256 ds = _mm256_set1_ps(d * float(scales[8 * h + 2 * k + v / 2]));
+      wv[v] = _mm256_mul_ps(ds, _mm256_cvtepi32_ps(q));
+    }
+  }
+}
+
+// The 16 lanes (lo: lanes 0-7, hi: 8-15) in the contract's tree.
+MIL_TARGET_AVX2 inline float avx2_sum_lanes(__m256 lo, __m256 hi) {
+  const __m256 s8 = _mm256_add_ps(lo, hi);                                                 // l + 8
+  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));        // l + 4
+  s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));                                              // l + 2
+  s4 = _mm_add_ss(s4, _mm_shuffle_ps(s4, s4, 1));                                          // l + 1
+  return _mm_cvtss_f32(s4);
+}
+
+// Rows [0, R) against weight rows [j0, j1), one weight row at a time (one sequential stream for
+// the hardware prefetcher: tiles of 2-4 weight rows measured 1.5-3.5x slower on the LM head).
+// Each decoded group serves all R rows. Per row and group, the pairs of vectors (0, 2) and (1, 3)
+// are first summed apart from the accumulators (the contract's pair step), so each accumulator
+// takes one addition per group: its latency chain is 1 add, not 2 FMAs, per 32 weights.
+template <GgmlType T, int R>
+MIL_TARGET_AVX2 void avx2_tile(GgmlType, const uint8_t* w, int64_t row_bytes, int64_t in,
+                               const float* x, float* y, int64_t out, int64_t j0, int64_t j1,
+                               bool accumulate) {
+  constexpr int64_t bs = T == GgmlType::Q4_K || T == GgmlType::Q6_K ? 256 : 32;
+  constexpr int groups = int(bs / 32);
+  const int64_t blocks = in / bs, bb = blocks > 0 ? row_bytes / blocks : 0;
+  for (int64_t j = j0; j < j1; ++j) {
+    __m256 acc[R][2];
+    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    const uint8_t* row = w + j * row_bytes;
+    for (int64_t b = 0; b < blocks; ++b)
+      for (int g = 0; g < groups; ++g) {
+        __m256 wv[4];
+        decode_group<T>(row + b * bb, g, wv);
+        for (int r = 0; r < R; ++r) {
+          const float* xr = x + r * in + b * bs + 32 * g;
+          const __m256 pair0 = _mm256_fmadd_ps(_mm256_loadu_ps(xr + 16), wv[2],
+                                               _mm256_mul_ps(_mm256_loadu_ps(xr), wv[0]));
+          const __m256 pair1 = _mm256_fmadd_ps(_mm256_loadu_ps(xr + 24), wv[3],
+                                               _mm256_mul_ps(_mm256_loadu_ps(xr + 8), wv[1]));
+          acc[r][0] = _mm256_add_ps(acc[r][0], pair0);
+          acc[r][1] = _mm256_add_ps(acc[r][1], pair1);
+        }
+      }
+    for (int r = 0; r < R; ++r) {
+      const float dot = avx2_sum_lanes(acc[r][0], acc[r][1]);
+      float& yr = y[r * out + j];
+      yr = accumulate ? yr + dot : dot;
+    }
+  }
+}
+
+template <GgmlType T>
+inline TileFn avx2_tile_for_rows(int rows) {
+  switch (rows) {
+    case 1: return avx2_tile<T, 1>;
+    case 2: return avx2_tile<T, 2>;
+    case 3: return avx2_tile<T, 3>;
+    case 4: return avx2_tile<T, 4>;
+    case 5: return avx2_tile<T, 5>;
+    case 6: return avx2_tile<T, 6>;
+    case 7: return avx2_tile<T, 7>;
+    default: return avx2_tile<T, 8>;
+  }
+}
+
+inline TileFn avx2_tile_for(GgmlType type, int rows) {
+  switch (type) {
+    case GgmlType::Q8_0: return avx2_tile_for_rows<GgmlType::Q8_0>(rows);
+    case GgmlType::Q4_0: return avx2_tile_for_rows<GgmlType::Q4_0>(rows);
+    case GgmlType::Q4_1: return avx2_tile_for_rows<GgmlType::Q4_1>(rows);
+    case GgmlType::Q4_K: return avx2_tile_for_rows<GgmlType::Q4_K>(rows);
+    default: return avx2_tile_for_rows<GgmlType::Q6_K>(rows);
+  }
+}
+#endif  // MIL_QUANT_ROWS_AVX2
+
+inline TileFn portable_tile_for(int rows) {
+  static_assert(kMaxTileRows == 8);
+  switch (rows) {
+    case 1: return portable_tile<1>;
+    case 2: return portable_tile<2>;
+    case 3: return portable_tile<3>;
+    case 4: return portable_tile<4>;
+    case 5: return portable_tile<5>;
+    case 6: return portable_tile<6>;
+    case 7: return portable_tile<7>;
+    default: return portable_tile<8>;
+  }
+}
+
+}  // namespace quant_rows_detail
+
+// y[r*out + o] = (y[r*out + o] +) sum_i x[r*in + i] dequant(W[o, i]) for r < rows, o < out; W's
+// row o starts at w + o * ggml_row_bytes(type, in), in the type's block layout (any alignment).
+// Types: Q8_0, Q4_0, Q4_1, Q4_K, Q6_K; `in` a whole number of blocks (32, or 256 for the K types).
+inline void quant_linear_rows(io::GgmlType type, const uint8_t* w, int64_t out, int64_t in,
+                              const float* x, int64_t rows, float* y, bool accumulate = false,
+                              QuantRowsPath path = QuantRowsPath::automatic) {
+  namespace d = quant_rows_detail;
+  MIL_CHECK(rows >= 0 && out >= 0 && in >= 0, "quant_linear_rows: negative size rows=", rows,
+            " out=", out, " in=", in);
+  const auto info = io::ggml_type_info_or_throw(type);
+  MIL_CHECK(quant_rows_supports(type), "quant_linear_rows: ggml type ", info.name,
+            " is not supported (supported: Q8_0, Q4_0, Q4_1, Q4_K, Q6_K): dequantise the weights "
+            "to float and use linear_rows");
+  MIL_CHECK(in % info.block_size == 0, "quant_linear_rows: in = ", in,
+            " is not a whole number of ", info.name, " blocks of ", info.block_size);
+  const int64_t row_bytes = io::ggml_row_bytes(type, in);
+  (void)checked_mul(rows, in), (void)checked_mul(out, row_bytes), (void)checked_mul(rows, out);
+  MIL_CHECK(path != QuantRowsPath::avx2 || quant_rows_avx2_supported(),
+            "quant_linear_rows: the AVX2 path was asked for but this CPU or build lacks AVX2/FMA");
+  if (rows == 0 || out == 0) return;
+  MIL_CHECK(y && (in == 0 || (x && w)), "quant_linear_rows: null operand pointer");
+
+  const bool avx2 = path == QuantRowsPath::avx2 ||
+                    (path == QuantRowsPath::automatic && quant_rows_avx2_supported());
+  d::TileFn tiles[d::kMaxTileRows + 1] = {};
+  for (int n = 1; n <= d::kMaxTileRows; ++n) {
+#if MIL_QUANT_ROWS_AVX2
+    tiles[n] = avx2 ? d::avx2_tile_for(type, n) : d::portable_tile_for(n);
+#else
+    (void)avx2;
+    tiles[n] = d::portable_tile_for(n);
+#endif
+  }
+  const int64_t blocks = (out + d::kColumnBlock - 1) / d::kColumnBlock;
+  // Threads only pay off past ~64k multiply-adds; the `if` changes who computes, not the result.
+  [[maybe_unused]] const bool parallel =
+      checked_mul(checked_mul(rows, out), std::max<int64_t>(in, 1)) > (int64_t(1) << 16);
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) if (parallel)
+#endif
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t j0 = b * d::kColumnBlock, j1 = std::min(out, j0 + d::kColumnBlock);
+    for (int64_t r = 0; r < rows; r += d::kMaxTileRows) {
+      const int n = int(std::min<int64_t>(d::kMaxTileRows, rows - r));
+      tiles[n](type, w, row_bytes, in, x + r * in, y + r * out, out, j0, j1, accumulate);
+    }
+  }
+}
+
+}  // namespace mil::cpu

@@ -1,0 +1,313 @@
+// cpu::quant_linear_rows, the inference product on weights in their ggml block format: values of
+// both paths (portable, AVX2) against a double-precision product of io::dequantize_row's weights
+// with a per-element rounding bound, and the linear_rows contract that a row's bits depend neither
+// on the other rows of the call nor on the thread count.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <mil/core/threads.hpp>
+#include <mil/io/dequantize.hpp>
+#include <mil/kernels/quant_rows.hpp>
+
+#include "common/error_of.hpp"
+#include "common/random.hpp"
+
+using namespace mil;
+using io::GgmlType;
+using cpu::QuantRowsPath;
+
+namespace {
+
+using Bytes = std::vector<uint8_t>;
+
+const GgmlType kTypes[] = {GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q4_K,
+                           GgmlType::Q6_K};
+
+struct ThreadsGuard {
+  int saved = cpu::threads();
+  ~ThreadsGuard() { cpu::set_threads(saved); }
+};
+
+// The paths this CPU runs; AVX2 is skipped with a message where the CPU lacks it.
+std::vector<QuantRowsPath> paths() {
+  if (cpu::quant_rows_avx2_supported()) return {QuantRowsPath::portable, QuantRowsPath::avx2};
+  static bool told = false;
+  if (!told) MESSAGE("this CPU lacks AVX2/FMA: only the portable path of quant_linear_rows is tested");
+  told = true;
+  return {QuantRowsPath::portable};
+}
+const char* path_name(QuantRowsPath p) { return p == QuantRowsPath::avx2 ? "avx2" : "portable"; }
+
+int64_t block_size(GgmlType t) { return io::ggml_type_info_or_throw(t).block_size; }
+
+void put_half(uint8_t* p, float v) {
+  const uint16_t h = fp16(v).bits;
+  std::memcpy(p, &h, 2);
+}
+
+// `out` rows of `in` weights in `type`, written byte by byte: random quants and random scales of
+// the magnitudes real checkpoints have (weights of order 0.01 - 0.1), mins of Q4_1 / Q4_K that
+// shift the codes' centre as a real quantiser's would.
+Bytes random_weights(GgmlType type, int64_t out, int64_t in, uint32_t seed) {
+  std::mt19937 gen(seed);
+  auto unit = [&] { return float(gen() >> 8) * (1.f / 16777216.f); };
+  auto byte = [&] { return uint8_t(gen() >> 24); };
+  const auto info = io::ggml_type_info_or_throw(type);
+  Bytes w(size_t(io::ggml_row_bytes(type, in) * out));
+  for (size_t at = 0; at < w.size(); at += size_t(info.block_bytes)) {
+    uint8_t* b = w.data() + at;
+    for (int64_t i = 0; i < info.block_bytes; ++i) b[i] = byte();  // quants, qh, packed scales
+    switch (type) {
+      case GgmlType::Q8_0: put_half(b, (0.2f + unit()) * 1e-3f); break;
+      case GgmlType::Q4_0: put_half(b, (0.2f + unit()) * 2e-2f); break;
+      case GgmlType::Q4_1: {
+        const float d = (0.2f + unit()) * 2e-2f;
+        put_half(b, d);
+        put_half(b + 2, -d * (6.f + 4.f * unit()));
+        break;
+      }
+      case GgmlType::Q4_K:
+        put_half(b, (0.2f + unit()) * 5e-4f);      // d: times 6-bit scales up to 63
+        put_half(b + 2, (0.2f + unit()) * 2e-3f);  // dmin: times 6-bit mins
+        break;
+      case GgmlType::Q6_K: put_half(b + 208, (0.2f + unit()) * 5e-5f); break;  // int8 scales
+      default: FAIL("no generator for this type");
+    }
+  }
+  return w;
+}
+
+// The weights (io::dequantize_row, the reference decoder) and, per weight, the magnitude its
+// rounding is relative to: |scale part| + |min part| (dequantised with the min zeroed, then with
+// the scale zeroed), since d q + m computed with one rounding or two differ by eps |d q|, which
+// can exceed eps |d q + m| where the two cancel.
+struct Reference {
+  std::vector<float> w, magnitude;
+};
+Reference dequantised(GgmlType type, const Bytes& q, int64_t out, int64_t in) {
+  Reference ref{std::vector<float>(size_t(out * in)), std::vector<float>(size_t(out * in))};
+  const int64_t row_bytes = io::ggml_row_bytes(type, in);
+  for (int64_t o = 0; o < out; ++o)
+    io::dequantize_row(type, q.data() + o * row_bytes, ref.w.data() + o * in, in);
+  const bool has_min = type == GgmlType::Q4_1 || type == GgmlType::Q4_K;
+  if (!has_min) {
+    for (size_t i = 0; i < ref.w.size(); ++i) ref.magnitude[i] = std::abs(ref.w[i]);
+    return ref;
+  }
+  Bytes scale_only = q, min_only = q;
+  const int64_t bb = io::ggml_type_info_or_throw(type).block_bytes;
+  for (size_t at = 0; at < q.size(); at += size_t(bb)) {
+    put_half(scale_only.data() + at + 2, 0.f);  // Q4_1 m, Q4_K dmin
+    put_half(min_only.data() + at, 0.f);        // d
+  }
+  std::vector<float> a(static_cast<size_t>(in)), b(static_cast<size_t>(in));
+  for (int64_t o = 0; o < out; ++o) {
+    io::dequantize_row(type, scale_only.data() + o * row_bytes, a.data(), in);
+    io::dequantize_row(type, min_only.data() + o * row_bytes, b.data(), in);
+    for (int64_t i = 0; i < in; ++i) ref.magnitude[size_t(o * in + i)] = std::abs(a[size_t(i)]) + std::abs(b[size_t(i)]);
+  }
+  return ref;
+}
+
+// y = x W^T (+ y0) against the double-precision product of the reference weights. Per element:
+// |y - ref| <= 1.01 c eps (sum_i |x_i| magnitude_i + |y0|), eps = 2^-24, c = in / 16 + 9: in / 16
+// additions per lane, 4 in the lanes' tree, 1 for y0, 1 for each product, and 3 for the weight
+// itself (the kernel's and the reference decoder's roundings of d q + m); the pair step adds no
+// depth (its product and addition are the ones counted). Also the normalised
+// error sqrt(sum err^2 / sum ref^2) < 1e-5 (float's 6e-8 times a few sqrt(in)).
+void check_values(GgmlType type, QuantRowsPath path, int64_t rows, int64_t out, int64_t in,
+                  bool accumulate, uint32_t seed) {
+  CAPTURE(io::ggml_type_info_or_throw(type).name);
+  CAPTURE(path_name(path));
+  CAPTURE(rows);
+  CAPTURE(out);
+  CAPTURE(in);
+  CAPTURE(accumulate);
+  const Bytes q = random_weights(type, out, in, seed);
+  const Reference ref = dequantised(type, q, out, in);
+  const auto x = test::random_vector<float>(size_t(rows * in), seed + 1);
+  const auto y0 = test::random_vector<float>(size_t(rows * out), seed + 2, -4.f, 4.f);
+  // Not accumulating, y starts as NaN: it must be overwritten, never read.
+  std::vector<float> y = accumulate ? y0 : std::vector<float>(y0.size(), std::nanf(""));
+  cpu::quant_linear_rows(type, q.data(), out, in, x.data(), rows, y.data(), accumulate, path);
+  const double eps = std::ldexp(1.0, -24), c = double(in / 16 + 9);
+  double err2 = 0, ref2 = 0;
+  int bad = 0;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t o = 0; o < out; ++o) {
+      double want = accumulate ? double(y0[size_t(r * out + o)]) : 0.0;
+      double magnitude = std::abs(want);
+      for (int64_t i = 0; i < in; ++i) {
+        const double xi = double(x[size_t(r * in + i)]);
+        want += xi * double(ref.w[size_t(o * in + i)]);
+        magnitude += std::abs(xi) * double(ref.magnitude[size_t(o * in + i)]);
+      }
+      const double got = double(y[size_t(r * out + o)]), err = std::abs(got - want);
+      const double bound = 1.01 * c * eps * magnitude;
+      err2 += err * err, ref2 += want * want;
+      if (!(err <= bound) && bad++ < 5)
+        FAIL_CHECK("y[", r, ",", o, "] = ", got, ", reference ", want, ", bound ", bound);
+    }
+  CHECK(bad == 0);
+  CHECK(std::sqrt(err2 / ref2) < 1e-5);
+}
+
+bool same_bits(const float* a, const float* b, int64_t n) {
+  return std::memcmp(a, b, size_t(n) * sizeof(float)) == 0;
+}
+
+}  // namespace
+
+// Catches a wrong layout in either path's decoder (nibble order, Q4_1's min ignored, Q4_K's
+// scale/min packing, Q6_K's ql/qh/scale indexing, a wrong block stride within or between rows),
+// a weight row skipped or repeated (out = 1, 7, 33: one, several and past-32 rows), row tiles past
+// 8 (rows = 9), and y read when not accumulating (NaN start).
+TEST_CASE("quant_linear_rows: values within the rounding bound - every type, both paths") {
+  uint32_t seed = 100;
+  for (GgmlType type : kTypes)
+    for (QuantRowsPath path : paths())
+      for (int64_t blocks : {1, 3})
+        for (int64_t out : {1, 7, 33})
+          for (int64_t rows = 1; rows <= 9; ++rows) {
+            check_values(type, path, rows, out, blocks * block_size(type), rows % 2 == 0, seed);
+            seed += 7;
+          }
+}
+
+// Catches accumulate ignored (y overwritten) or applied twice, for every row tile size.
+TEST_CASE("quant_linear_rows: accumulate adds to y") {
+  for (GgmlType type : kTypes)
+    for (QuantRowsPath path : paths())
+      for (int64_t rows : {1, 2, 5, 8}) check_values(type, path, rows, 5, block_size(type), true, 7 + uint32_t(rows));
+}
+
+// Catches a summation order that depends on the row tile (e.g. a tile of 5 rows pairing or adding
+// its lanes in another order than a tile of 1, or extra accumulators for small tiles):
+// speculative verification of k tokens must equal k single decode steps.
+TEST_CASE("quant_linear_rows: a row's bits do not depend on the rows computed with it") {
+  const int64_t out = 70, max_rows = 9;  // two column blocks of 64, remainders after every tile
+  for (GgmlType type : kTypes)
+    for (QuantRowsPath path : paths()) {
+      const int64_t in = 2 * block_size(type);
+      const Bytes q = random_weights(type, out, in, 300);
+      const auto x = test::random_vector<float>(size_t(max_rows * in), 301);
+      const auto y0 = test::random_vector<float>(size_t(max_rows * out), 302);
+      for (bool accumulate : {false, true}) {
+        std::vector<float> alone = y0;
+        for (int64_t r = 0; r < max_rows; ++r)
+          cpu::quant_linear_rows(type, q.data(), out, in, x.data() + r * in, 1,
+                                 alone.data() + r * out, accumulate, path);
+        for (int64_t rows : {2, 5, 9})
+          for (int64_t first = 0; first + rows <= max_rows; first += 2) {
+            CAPTURE(io::ggml_type_info_or_throw(type).name);
+            CAPTURE(path_name(path));
+            CAPTURE(accumulate);
+            CAPTURE(rows);
+            CAPTURE(first);
+            std::vector<float> together = y0;
+            cpu::quant_linear_rows(type, q.data(), out, in, x.data() + first * in, rows,
+                                   together.data() + first * out, accumulate, path);
+            for (int64_t r = first; r < first + rows; ++r)
+              if (!same_bits(together.data() + r * out, alone.data() + r * out, out))
+                FAIL_CHECK("row ", r, " differs computed among ", rows, " rows from ", first);
+          }
+      }
+    }
+}
+
+// Catches threads that split `in` (partial sums added in a schedule-dependent order) or share an
+// accumulator: the result must be bitwise the same for 1 to 4 threads.
+TEST_CASE("quant_linear_rows: bits do not depend on the thread count") {
+  ThreadsGuard guard;
+  const int64_t rows = 5, out = 300;
+  for (GgmlType type : kTypes)
+    for (QuantRowsPath path : paths()) {
+      const int64_t in = 2 * block_size(type);
+      const Bytes q = random_weights(type, out, in, 400);
+      const auto x = test::random_vector<float>(size_t(rows * in), 401);
+      std::vector<float> one(size_t(rows * out)), many(size_t(rows * out));
+      cpu::set_threads(1);
+      cpu::quant_linear_rows(type, q.data(), out, in, x.data(), rows, one.data(), false, path);
+      for (int n : {2, 3, 4}) {
+        cpu::set_threads(n);
+        cpu::quant_linear_rows(type, q.data(), out, in, x.data(), rows, many.data(), false, path);
+        CAPTURE(io::ggml_type_info_or_throw(type).name);
+        CAPTURE(path_name(path));
+        CAPTURE(n);
+        CHECK(same_bits(one.data(), many.data(), rows * out));
+      }
+    }
+}
+
+// Catches aligned loads of the weights (a crash, or under UBSan a misaligned access): rows start
+// at any byte in a file. The result must equal the aligned copy's bit for bit.
+TEST_CASE("quant_linear_rows: weights at an odd address") {
+  const int64_t rows = 3, out = 9;
+  for (GgmlType type : kTypes)
+    for (QuantRowsPath path : paths()) {
+      const int64_t in = block_size(type);
+      const Bytes q = random_weights(type, out, in, 500);
+      Bytes shifted(q.size() + 1);
+      std::memcpy(shifted.data() + 1, q.data(), q.size());
+      const auto x = test::random_vector<float>(size_t(rows * in), 501);
+      std::vector<float> aligned(size_t(rows * out)), odd(size_t(rows * out));
+      cpu::quant_linear_rows(type, q.data(), out, in, x.data(), rows, aligned.data(), false, path);
+      cpu::quant_linear_rows(type, shifted.data() + 1, out, in, x.data(), rows, odd.data(), false, path);
+      CAPTURE(io::ggml_type_info_or_throw(type).name);
+      CAPTURE(path_name(path));
+      CHECK(same_bits(aligned.data(), odd.data(), rows * out));
+    }
+}
+
+// Catches the automatic choice ignoring the CPU (it must be the AVX2 path where supported).
+TEST_CASE("quant_linear_rows: automatic takes the AVX2 path where the CPU has it") {
+  if (!cpu::quant_rows_avx2_supported()) {
+    MESSAGE("this CPU lacks AVX2/FMA: skipped");
+    return;
+  }
+  const int64_t rows = 2, out = 5, in = 256;
+  const Bytes q = random_weights(GgmlType::Q4_K, out, in, 600);
+  const auto x = test::random_vector<float>(size_t(rows * in), 601);
+  std::vector<float> a(size_t(rows * out)), b(size_t(rows * out));
+  cpu::quant_linear_rows(GgmlType::Q4_K, q.data(), out, in, x.data(), rows, a.data());
+  cpu::quant_linear_rows(GgmlType::Q4_K, q.data(), out, in, x.data(), rows, b.data(), false,
+                         QuantRowsPath::avx2);
+  CHECK(same_bits(a.data(), b.data(), rows * out));
+}
+
+// Catches a decoder run on a type it does not know (garbage, or reading past a row) and a partial
+// last block read past the row; empty sizes must touch nothing and in = 0 writes zeros.
+TEST_CASE("quant_linear_rows: unsupported types, partial blocks and bad sizes throw clearly") {
+  std::vector<float> x(512, 1.f), y(8, 0.f);
+  Bytes w(4096, 0);
+  auto call = [&](GgmlType t, int64_t out, int64_t in, int64_t rows) {
+    return test::error_of([&] { cpu::quant_linear_rows(t, w.data(), out, in, x.data(), rows, y.data()); });
+  };
+  CHECK(call(GgmlType::Q5_0, 1, 32, 1).find("Q5_0 is not supported") != std::string::npos);
+  CHECK(call(GgmlType::F32, 1, 32, 1).find("F32 is not supported") != std::string::npos);
+  CHECK(call(GgmlType(uint32_t(4)), 1, 32, 1).find("unknown ggml tensor type 4") != std::string::npos);
+  CHECK(call(GgmlType::Q8_0, 1, 48, 1).find("48 is not a whole number of Q8_0 blocks of 32") !=
+        std::string::npos);
+  CHECK(call(GgmlType::Q4_K, 1, 32, 1).find("32 is not a whole number of Q4_K blocks of 256") !=
+        std::string::npos);
+  CHECK(call(GgmlType::Q8_0, -1, 32, 1).find("negative size") != std::string::npos);
+  CHECK(test::error_of([&] {
+          cpu::quant_linear_rows(GgmlType::Q8_0, nullptr, 1, 32, x.data(), 1, y.data());
+        }).find("null operand") != std::string::npos);
+  CHECK(y == std::vector<float>(8, 0.f));  // a rejected call writes nothing
+  for (QuantRowsPath path : paths()) {
+    std::vector<float> z{1, 2, 3, 4};
+    cpu::quant_linear_rows(GgmlType::Q4_1, nullptr, 2, 0, nullptr, 2, z.data(), true, path);
+    CHECK(z == std::vector<float>{1, 2, 3, 4});
+    cpu::quant_linear_rows(GgmlType::Q4_1, nullptr, 2, 0, nullptr, 2, z.data(), false, path);
+    CHECK(z == std::vector<float>(4, 0.f));
+  }
+  cpu::quant_linear_rows(GgmlType::Q8_0, nullptr, 0, 32, nullptr, 3, nullptr);  // out = 0
+}
