@@ -47,9 +47,12 @@ def label_stats(logs):
 
 def printed_heldout(logs, rows):
     """The held-out evaluations a log printed during training ("held-out at N tokens: ..."), for a
-    run whose heldout.jsonl did not come back; each is placed at the step whose tokens_seen is N."""
-    step_at = {r.get("tokens_seen"): r["step"] for r in rows}
-    out = []
+    run whose heldout.jsonl did not come back. A metrics row's "step" is the step's index, counted
+    before it, while heldout.jsonl counts the steps done: an evaluation after the row whose
+    tokens_seen is N is at step index + 1. A point printed twice (a resumed run evaluates its
+    step again) is kept once, the later print."""
+    step_at = {r.get("tokens_seen"): r["step"] + 1 for r in rows}
+    out = {}
     for log in logs:
         for line in pathlib.Path(log).read_text().splitlines():
             m = HELDOUT_LINE.search(line)
@@ -58,10 +61,11 @@ def printed_heldout(logs, rows):
             seen = int(m.group(1))
             if seen not in step_at:
                 raise SystemExit(f"{log}: held-out at {seen} tokens matches no step of metrics.jsonl")
-            out.append({"step": step_at[seen], "tokens_seen": seen, "ppl_ratio": float(m.group(2)),
-                        "kl": float(m.group(3)), "top1_agreement": float(m.group(4)) / 100,
-                        "tokens": int(m.group(5)), "from": "log"})
-    return out
+            out[step_at[seen]] = {"step": step_at[seen], "tokens_seen": seen,
+                                  "ppl_ratio": float(m.group(2)), "kl": float(m.group(3)),
+                                  "top1_agreement": float(m.group(4)) / 100,
+                                  "tokens": int(m.group(5)), "from": "log"}
+    return [out[step] for step in sorted(out)]
 
 
 def stage_record(folder, logs=()):
@@ -118,7 +122,11 @@ def main(argv):
             raise SystemExit(f"--heldout-log {spec}: expected STAGE=LOG, e.g. stage1-attn50=stage1.log")
         printed_logs.setdefault(stage, []).append(log)
     stages = {}
-    for folder in sorted(p.parent for p in a.run.glob("*/metrics.jsonl")):
+    folders = sorted(p.parent for p in a.run.glob("*/metrics.jsonl"))
+    unknown = set(printed_logs) - {f.name for f in folders}
+    if unknown:
+        raise SystemExit(f"--heldout-log: no stage folder {sorted(unknown)} with metrics.jsonl in {a.run}")
+    for folder in folders:
         stages[folder.name] = stage_record(folder, printed_logs.get(folder.name, []))
     report = a.run / "report.json"
     if report.exists():

@@ -109,19 +109,23 @@ class DistillResult(unittest.TestCase):
              "tokens": 500}])
 
     def test_heldout_curve_from_the_printed_log(self):
-        # No heldout.jsonl came back: the printed evaluations stand in, at the step whose
-        # tokens_seen (100 * (step + 1)) is the printed count.
+        # No heldout.jsonl came back: the printed evaluations stand in, after the metrics row whose
+        # tokens_seen (100 * (index + 1)) is the printed count, i.e. at steps done = index + 1;
+        # a point printed twice (a resumed run) is kept once.
         (self.run / "stage1-attn50" / "heldout.jsonl").unlink()
         printed = self.tmp / "stage1.log"
         printed.write_text("stage 1 [###...] 5/60\n"
                            "held-out at 1200 tokens: ppl ratio 1.500 | KL 0.600 | top-1 agreement "
                            "70.5% (500 tokens)\n"
+                           "held-out at 3000 tokens: ppl ratio 1.300 | KL 0.400 | top-1 agreement "
+                           "80.0% (500 tokens)\n"
                            "held-out at 3000 tokens: ppl ratio 1.250 | KL 0.400 | top-1 agreement "
                            "80.0% (500 tokens)\n")
         r = self.write("--heldout-log", f"stage1-attn50={printed}")
         curve = r["stages"]["stage1-attn50"]["heldout_curve"]
         self.assertEqual([(p["step"], p["tokens_seen"], p["from"]) for p in curve],
-                         [(11, 1200, "log"), (29, 3000, "log")])
+                         [(12, 1200, "log"), (30, 3000, "log")])
+        self.assertEqual(curve[1]["ppl_ratio"], 1.25)  # the later print of the repeated point
         self.assertEqual(curve[0]["ppl_ratio"], 1.5)
         self.assertEqual(curve[0]["kl"], 0.6)
         self.assertAlmostEqual(curve[0]["top1_agreement"], 0.705)
@@ -133,6 +137,8 @@ class DistillResult(unittest.TestCase):
             self.write("--tag", "distill-2", "--heldout-log", f"stage1-attn50={printed}")
         with self.assertRaises(SystemExit):  # no STAGE=
             self.write("--tag", "distill-3", "--heldout-log", str(printed))
+        with self.assertRaises(SystemExit):  # a stage with no folder
+            self.write("--tag", "distill-4", "--heldout-log", f"stage1-attn25={printed}")
 
     def test_never_overwrites(self):
         self.write()
