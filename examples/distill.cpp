@@ -220,8 +220,8 @@ class Pipeline {
       entry["before"] = evaluate(student, eval_set, "converted, before training");
       if (!fs::exists(last_model / kDone)) {
         train_stage(student, &teacher_, train.sequences, stage1_options(step.tokens, train.sequences), run_dir,
-              {{"stage", "1"}, {"attn_layers", step.attn_layers}, {"mixer", o_.mixer},
-               {"trainable", o_.trainable}, {"previous", previous.has_value()}});
+              with_label_rounds({{"stage", "1"}, {"attn_layers", step.attn_layers}, {"mixer", o_.mixer},
+                                 {"trainable", o_.trainable}, {"previous", previous.has_value()}}));
         save(student, last_model);
       } else {
         say("stage 1 of this step is done already: %s", last_model.string().c_str());
@@ -248,7 +248,7 @@ class Pipeline {
         so.stage = distill::Stage::sft;
         so.lr = o_.sft_lr;
         so.min_lr = o_.sft_lr / 10;
-        train_stage(student, nullptr, train.sequences, so, run_dir, {{"stage", "2"}});
+        train_stage(student, nullptr, train.sequences, so, run_dir, with_label_rounds({{"stage", "2"}}));
         save(student, run_dir / "model");
       } else {
         student.copy_owned_from(nn::load_model((run_dir / "model").string()).model);
@@ -324,6 +324,13 @@ class Pipeline {
     return round == 0 ? "train" : "train." + std::to_string(round + 1);
   }
 
+  // A trainer's identity with the label rounds it trains on, so that a checkpoint is resumed only
+  // on the same data (runs of one round keep the identity they always had).
+  nlohmann::json with_label_rounds(nlohmann::json identity) const {
+    if (o_.answers > 1) identity["answers"] = o_.answers;
+    return identity;
+  }
+
   // The training labels of every round, in one dataset (the rounds' answers one after another;
   // the trainer shuffles them); the manifest's counts are the rounds' sums.
   data::TokenDataset read_training_labels() const {
@@ -340,6 +347,9 @@ class Pipeline {
       all.manifest.answer_tokens += more.manifest.answer_tokens;
       std::move(more.sequences.begin(), more.sequences.end(), std::back_inserter(all.sequences));
     }
+    if (fs::exists(dir_ / "labels" / train_labels(o_.answers)))
+      say("note: labels/%s holds a further answer round, unused with --answers %lld",
+          train_labels(o_.answers).c_str(), (long long)o_.answers);
     return all;
   }
 
@@ -521,7 +531,7 @@ class Pipeline {
       t.min_lr = o_.draft_lr / 10;
       say("draft: %g epochs of CE on the labels", o_.draft_epochs);
       distill::Trainer<T, D> trainer(model, nullptr, train, t, run_dir,
-                                     {{"stage", "draft"}, {"layers", layers}});
+                                     with_label_rounds({{"stage", "draft"}, {"layers", layers}}));
       run_steps(trainer, model, t, run_dir, {}, "draft");
       save(model, run_dir / "model");
     } else {

@@ -86,6 +86,16 @@ two=$(sed -n 's/^\[mil-distill\] labels: \([0-9]*\) training answers.*/\1/p' "$w
 if cmp -s "$work/run/labels/train/shard-00000.bin" "$work/run/labels/train.2/shard-00000.bin"; then
   fail "the second round's answers equal the first's"
 fi
+# A stage-1 checkpoint resumes only on the label rounds it was trained on: with its model gone,
+# --answers 2 is refused by name, and the run's own settings finish it again.
+stage1=$(ls -d "$work"/run/stage1-*/ | head -1)
+mv "$stage1/model" "$work/stage1-model"
+if "$distill" "${args[@]}" -o "$work/run" --only stage1 --answers 2 > "$work/resume2.log" 2>&1; then
+  fail "a stage-1 checkpoint of one answer round resumed on two"
+fi
+grep -q "answers" "$work/resume2.log" || { cat "$work/resume2.log"; fail "no clear error for other label rounds"; }
+"$distill" "${args[@]}" -o "$work/run" --only stage1 > "$work/resume1.log" 2>&1 || { cat "$work/resume1.log"; fail "stage-1 resume on its own rounds"; }
+[[ -f $stage1/model/mil_distill_done ]] || fail "stage 1 was not finished again"
 if "$distill" "${args[@]}" -o "$work/run" --only draft > "$work/nodraft.log" 2>&1; then fail "--only draft without --draft accepted"; fi
 grep -q "needs --draft 2 or 4" "$work/nodraft.log" || { cat "$work/nodraft.log"; fail "no clear error for --only draft without --draft"; }
 

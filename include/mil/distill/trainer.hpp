@@ -263,7 +263,7 @@ class Trainer {
   std::vector<int64_t> next_picks() {
     std::vector<int64_t> picks;
     for (int64_t i = 0; i < o_.micro_batch; ++i) {
-      if (state_.cursor == int64_t(order_.size())) {  // next epoch, freshly shuffled
+      if (state_.cursor >= int64_t(order_.size())) {  // next epoch, freshly shuffled
         state_.epoch += 1;
         state_.cursor = 0;
         order_ = data::epoch_order(items(), o_.seed, state_.epoch);
