@@ -10,7 +10,9 @@ must give the logits mil gives for the same tokens.
 
 The reference code comes from scripts/stage_reference.sh (PEERS/MambaInLlama, PEERS/mamba_ssm,
 PEERS/csrc/selective_scan); a Mamba-1 hybrid JIT-builds the selective-scan extension first
-(minutes). Needs PyTorch with CUDA, transformers, einops and safetensors.
+(minutes; needs ninja). Needs PyTorch with CUDA, transformers, einops and safetensors; the
+reference was written for transformers 4.4x, and newer versions get its Mamba layers' tuple
+outputs unwrapped (adapt_layer_outputs).
 
 Prints and writes (--out) one JSON record: the largest absolute logit difference, the same over
 the largest absolute logit (a scale-free figure), the mean absolute difference, per-position
@@ -26,20 +28,54 @@ import sys
 import time
 
 
+# ssm_cfg keys only the Mamba-2 mixer takes: how mil (nn/hybrid_checkpoint.hpp) tells the mixers
+# apart, since both write d_state-style keys.
+MAMBA2_ONLY = {"ngroups", "headdim", "d_ssm", "conv_init", "A_init_range", "D_has_hdim", "rmsnorm",
+               "norm_before_gate", "dt_limit", "bias", "chunk_size", "use_mem_eff_path"}
+
+
 def load_reference(model_dir, peers, dtype, attn):
+    """The reference wrapper over the folder. The wrapper's from_pretrained would load the
+    Transformer half from config.json's _name_or_path, the path where the folder was written;
+    built here from the folder itself, it works wherever the folder was carried."""
     sys.path[:0] = [str(peers / "MambaInLlama"), str(peers)]
     mamba_cfg = json.loads((model_dir / "mamba_config.json").read_text())
-    mamba2 = "ngroups" in mamba_cfg.get("ssm_cfg", {}) or "d_state" in mamba_cfg.get("ssm_cfg", {})
+    mamba2 = bool(MAMBA2_ONLY & set(mamba_cfg.get("ssm_cfg", {})))
     if not mamba2:  # Mamba-1: selective_scan_interface imports the compiled extension by name
         build_selective_scan(peers)
+    from transformers import AutoModelForCausalLM
     if mamba2:
         from mamba2.hybrid_wrapper import MambaTransformerHybridModelWrapper
+        from mamba2.hybrid_mamba_config import MambaConfig
+        from mamba2.hybrid_model import MambaDecoderLayer
     else:
         from mamba.hybrid_wrapper import MambaTransformerHybridModelWrapper
-    model = MambaTransformerHybridModelWrapper.from_pretrained(
-        str(model_dir), torch_dtype=dtype, attn_implementation=attn)
+        from mamba.hybrid_mamba_config import MambaConfig
+        from mamba.hybrid_model import MambaDecoderLayer
+    adapt_layer_outputs(MambaDecoderLayer)
+    transformer = AutoModelForCausalLM.from_pretrained(str(model_dir), torch_dtype=dtype,
+                                                       attn_implementation=attn)
+    config = MambaConfig(**mamba_cfg)
+    model = MambaTransformerHybridModelWrapper(str(model_dir), transformer, config, config.attn_layers,
+                                               dtype, init_with_kqvo=False)
     model.eval()
     return model, "mamba2" if mamba2 else "mamba1"
+
+
+def adapt_layer_outputs(layer_class):
+    """The reference's Mamba layers return a tuple, as transformers' decoder layers did when the
+    code was written; newer transformers pass a layer's output straight on as the hidden states.
+    There, the layer returns its hidden states alone (the computation is untouched)."""
+    import inspect
+    from transformers.models.llama import modeling_llama
+    if "layer_outputs[0]" in inspect.getsource(modeling_llama.LlamaModel.forward):
+        return
+    forward = layer_class.forward
+
+    def hidden_states_only(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        return out[0] if isinstance(out, tuple) else out
+    layer_class.forward = hidden_states_only
 
 
 def build_selective_scan(peers):
@@ -100,14 +136,14 @@ def main(argv):
     model, mixer = load_reference(a.model, a.peers, dtype, a.attn)
     x = torch.tensor([ids], dtype=torch.long, device="cuda")
     with torch.no_grad():
-        ref = model(x).logits[0].float()
+        ref = model(x, use_cache=False).logits[0].float()
         record = {"format": "mil-reference-logits/1", "model": str(a.model), "mixer": mixer,
                   "mil_device": mil.get("device"), "reference_dtype": a.dtype, "attention": a.attn,
                   "tokens": len(ids), "vocab": vocab,
                   "mil_vs_reference": compare(mil["logits"], ref.tolist())}
         if a.dtype == "bfloat16":  # the reference against itself in fp32: bf16's own noise
             model.model = model.model.float()
-            ref32 = model(x).logits[0].float()
+            ref32 = model(x, use_cache=False).logits[0].float()
             record["reference_bf16_vs_fp32"] = compare(ref.tolist(), ref32.tolist())
             record["mil_vs_reference_fp32"] = compare(mil["logits"], ref32.tolist())
     peers_commits = a.peers / "COMMITS"
