@@ -135,6 +135,27 @@ for i in range(n):  # the same prefix gives the same rows (within float rounding
     assert worst < 1e-4, (i, worst)
 assert short["logits"][0] != short["logits"][n - 1]  # rows are per position, not one row repeated
 EOF
+# The last row is the one generation reads: its argmax is the greedy first token mil-chat prints
+# (byte-level tokens decoded with the GPT-2 alphabet; a special token prints nothing).
+"$chat" -m "$model" --raw -p "Say hello" -n 1 --temp 0 > "$work/first_token.txt" 2> /dev/null || fail "mil-chat -n 1"
+python3 - "$work/logits-Say_hello.json" "$work/first_token.txt" "$model/tokenizer.json" <<'EOF' || fail "--logits-out's last row is not what generation reads"
+import json, sys
+d, printed, tok = json.load(open(sys.argv[1])), open(sys.argv[2], "rb").read(), json.load(open(sys.argv[3]))
+keep = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+char_to_byte, extra = {chr(b): b for b in keep}, 0
+for b in range(256):
+    if b not in keep:
+        char_to_byte[chr(256 + extra)], extra = b, extra + 1
+id_to_token = {i: t for t, i in tok["model"]["vocab"].items()}
+special = {t["id"] for t in tok.get("added_tokens", []) if t.get("special")}
+row = d["logits"][-1]
+best = max(range(len(row)), key=row.__getitem__)
+if best in special:
+    assert printed.strip() == b"", (best, printed)
+else:
+    piece = bytes(char_to_byte[c] for c in id_to_token[best])
+    assert printed in (piece, piece + b"\n"), (best, piece, printed)
+EOF
 if "$chat" -m "$model" --logits-out "$work/none.json" > "$work/nop.log" 2>&1; then fail "--logits-out without -p accepted"; fi
 grep -q "needs a prompt" "$work/nop.log" || { cat "$work/nop.log"; fail "no clear error for --logits-out without -p"; }
 

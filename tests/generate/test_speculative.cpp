@@ -211,22 +211,24 @@ TEST_CASE("speculative greedy: every end comes where plain generation's does") {
     // step keeps K - 1 and rolls back once. The slot goes straight to what the end leaves: one
     // rollback per step, never a second for the end.
     LastWrongDraft wrong(same);
-    int64_t ends_after_rejection = 0;
-    for (size_t f = 20; f < 60; f += 3) {
+    int64_t ends_after_rejection[2] = {};  // by a stop token, by a stop string
+    for (size_t f = 20; f < 100; f += 3) {  // stop tokens, then stop strings
       auto g = greedy_config(120);
-      g.stop_tokens = {base.tokens[f]};
+      if (f < 60) g.stop_tokens = {base.tokens[f]};
+      else g.stop_strings = {base.text.substr(f - 40, 2)};
       const auto want = plain(model, g);
       const auto got = speculative(model, wrong, g);
       check_same(got, want);
       // With K - 1 = 3 kept per step, 4 tokens a step: an end at an index that is not 0 mod 4
       // (sampled % 4 != 1) comes inside the kept drafts.
-      ends_after_rejection += got.result.sampled % kDraftMax != 1;
+      ends_after_rejection[f >= 60] += got.result.sampled % kDraftMax != 1;
       CHECK(got.stats.drafted == kDraftMax * got.stats.target_steps);  // every step: 4 drafts, 3 kept
       CHECK(got.stats.accepted == (kDraftMax - 1) * got.stats.target_steps);
       if (kind == nn::LayerKind::attention) CHECK(got.stats.replays == 0);
       else CHECK(got.stats.replays == got.stats.target_steps);
     }
-    CHECK(ends_after_rejection > 0);
+    CHECK(ends_after_rejection[0] > 0);  // the fixture reaches both kinds of end
+    CHECK(ends_after_rejection[1] > 0);
     for (int64_t max_seq : {int64_t(prompt_tokens().size()) + 1, int64_t(prompt_tokens().size()) + 9,
                             int64_t(prompt_tokens().size()) + 10}) {  // a full context
       CAPTURE(max_seq);
