@@ -63,7 +63,7 @@ struct Options {
       "Here is a list: red apple, green pear, yellow banana, purple grape, orange tangerine. "
       "Repeat the list word for word three times, then extend it with ten more fruits in the "
       "same style.";
-  bool lookup = false;
+  bool lookup = false, float_weights = false;
   int64_t repetitions = 3;
   int threads = 0;
   bool speculate() const { return lookup || !draft_model.empty(); }
@@ -147,6 +147,7 @@ struct RunContext {
 
 struct ModelInfo {
   std::string path, name, layout, mixer;  // layout: "30 attn", "15 attn + 15 mamba2"
+  std::string weights;  // what the products read: "blocks" (a GGUF file's), "float", "bf16"
   int64_t bytes = 0, params = 0, layers = 0, attention_layers = 0, mamba_layers = 0;
   int64_t context = 0;  // the context length stored with the model; 0 when it names none
 };
@@ -397,6 +398,7 @@ ojson record(const RunContext& run, const ModelInfo& m, const Result& r, const O
   j["mamba_layers"] = m.mamba_layers;
   j["mixer"] = m.mixer;
   j["layout"] = m.layout;
+  j["weights"] = m.weights;
   j["test"] = t.name();
   j["n_prompt"] = t.n_prompt;
   j["n_gen"] = t.n_gen;
@@ -511,7 +513,7 @@ class Report {
              bytes >= 1 << 30 ? format("%.2f GiB", bytes / (1 << 30)) : format("%.2f MiB", bytes / (1 << 20)),
              params >= 1e9 ? format("%.2f B", params / 1e9) : format("%.2f M", params / 1e6),
              r["layout"].get<std::string>(),
-             (r["backend"] == "cuda" ? "CUDA " : "CPU ") + r["dtype"].get<std::string>(),
+             (r["backend"] == "cuda" ? "CUDA " : "CPU ") + r["weights"].get<std::string>(),
              std::to_string(r["threads"].get<int>()), r["test"].get<std::string>(),
              std::to_string(r["batch"].get<int64_t>()),
              format("%.2f ± %.2f", r["tokens_per_second"].get<double>(),
@@ -608,11 +610,14 @@ void bench_models(const Options& o, const RunContext& run, const std::optional<n
   Report report(o.output);
   for (const std::string& path : o.models) {
     std::fprintf(stderr, "[mil-bench] model: %s\n", path.c_str());
-    const auto loaded = nn::load_model(path);
+    auto loaded = nn::load_model(path);
+    if (o.float_weights) loaded.model.set_block_weights(nullptr);
     if (draft)
       gen::check_draft_tokenizer(loaded.tokenizer, loaded.model.config().llama.vocab,
                                  draft->tokenizer, draft->model.config().llama.vocab, o.draft_model);
-    const ModelInfo info = describe(path, loaded);
+    ModelInfo info = describe(path, loaded);
+    const bool blocks = std::is_same_v<T, float> && std::is_same_v<D, Cpu> && loaded.model.block_weights();
+    info.weights = blocks ? "blocks" : std::string(dtype_name(dtype_of<T>::value));
     const auto chat_prompt = o.speculate() ? chat_prompt_ids(loaded, o.prompt) : std::vector<int32_t>();
     const auto tests = plan_tests(o, int64_t(chat_prompt.size()));
     check_context(tests, info);
@@ -654,6 +659,9 @@ int main(int argc, char** argv) {
   app.add_option("--model-draft", o.draft_model,
                  "speculative tests with this draft model (same tokenizer); also -md");
   app.add_flag("--lookup", o.lookup, "speculative tests with prompt-lookup drafts");
+  app.add_flag("--float-weights", o.float_weights,
+               "CPU: products on float copies of a GGUF file's quantised weights instead of on "
+               "their blocks");
   app.add_option("--draft-max", o.draft_max, "tokens drafted per target step at most (list)")
       ->delimiter(',')
       ->check(CLI::Range(int64_t(1), int64_t(64)))
@@ -680,6 +688,7 @@ int main(int argc, char** argv) {
     std::optional<nn::LoadedModel> draft;
     if (!o.draft_model.empty()) {
       draft = nn::load_model(o.draft_model);
+      if (o.float_weights) draft->model.set_block_weights(nullptr);
       std::fprintf(stderr, "[mil-bench] draft: %s, %lld layers\n", draft->name.c_str(),
                    static_cast<long long>(draft->model.config().llama.n_layers));
     }

@@ -41,7 +41,7 @@ namespace {
 struct Options {
   std::string model, prompt, system, chat_template, device = "auto";
   int64_t n_predict = 256, ctx = 2048;
-  bool raw = false, prompt_given = false;
+  bool raw = false, prompt_given = false, float_weights = false;
   // Speculative decoding: a draft model (-md) or prompt lookup (--lookup).
   std::string draft_model;
   bool lookup = false, draft_adaptive = false;
@@ -254,6 +254,9 @@ int main(int argc, char** argv) {
   app.add_option("-s,--seed", o.sampling.seed, "sampling seed")->capture_default_str();
   app.add_option("--system", o.system, "system message");
   app.add_flag("--raw", o.raw, "send the prompt as is, without the chat template");
+  app.add_flag("--float-weights", o.float_weights,
+               "CPU: products on float copies of a GGUF file's quantised weights instead of on "
+               "their blocks (slower; the reference for the block products)");
   app.add_option("--chat-template", o.chat_template,
                  "template family when the model's is not recognised (chatml, zephyr, llama3, "
                  "llama2, mistral)");
@@ -293,6 +296,7 @@ int main(int argc, char** argv) {
   try {
     o.sampling.validate();
     auto loaded = nn::load_model(o.model);
+    if (o.float_weights) loaded.model.set_block_weights(nullptr);
     std::optional<text::ChatTemplate> tmpl;
     if (!o.raw) {
       tmpl = o.chat_template.empty()
@@ -302,6 +306,7 @@ int main(int argc, char** argv) {
     std::optional<nn::LoadedModel> draft;
     if (!o.draft_model.empty()) {
       draft = nn::load_model(o.draft_model);
+      if (o.float_weights) draft->model.set_block_weights(nullptr);
       gen::check_draft_tokenizer(loaded.tokenizer, loaded.model.config().llama.vocab,
                                  draft->tokenizer, draft->model.config().llama.vocab, o.draft_model);
       std::fprintf(stderr, "[mil-chat] draft: %s, %lld layers\n", draft->name.c_str(),

@@ -12,6 +12,7 @@
 
 #include "common/compare.hpp"
 #include "common/small_hybrid.hpp"
+#include "common/threads_scope.hpp"
 
 using namespace mil;
 
@@ -209,12 +210,7 @@ std::vector<uint8_t> logit_rows(const std::vector<float>& l, int64_t first, int6
   return out;
 }
 
-// Restores the thread count when a test ends.
-struct ThreadsScope {
-  int saved = cpu::threads();
-  explicit ThreadsScope(int n) { cpu::set_threads(n); }
-  ~ThreadsScope() { cpu::set_threads(saved); }
-};
+using test::ThreadsScope;
 
 
 }  // namespace

@@ -18,10 +18,12 @@
 #include <vector>
 
 #include <mil/generate/generate.hpp>
+#include <mil/nn/block_weights.hpp>
 #include <mil/nn/decoder.hpp>
 #include <mil/nn/llama_gguf.hpp>
 #include <mil/text/gguf_tokenizer.hpp>
 
+#include "common/compare.hpp"
 #include "common/teacher.hpp"
 
 using namespace mil;
@@ -83,10 +85,11 @@ double log_sum_exp(const float* row, int64_t n) {
 // (Re-running the training forward on the growing sequence would take minutes on two cores; the
 // greedy case checks that forward by teacher forcing instead, one pass per prompt.)
 std::vector<int32_t> greedy_continuation(const Teacher& t, const std::vector<int32_t>& prompt,
-                                         int64_t max_new, int32_t eos) {
+                                         int64_t max_new, int32_t eos,
+                                         const nn::HybridModel<float, Cpu>* model = nullptr) {
   nn::DecoderOptions o;
   o.max_seq = int64_t(prompt.size()) + max_new;
-  nn::Decoder<float, Cpu> dec(t.model, o);
+  nn::Decoder<float, Cpu> dec(model ? *model : t.model, o);
   gen::GenerateConfig cfg;
   cfg.max_new_tokens = max_new;
   cfg.sampling.temperature = 0.f;
@@ -299,5 +302,48 @@ TEST_CASE("oracle: SmolLM2 greedy continuations match llama.cpp") {
   std::printf("[mil] llama.cpp oracle (q4_1): greedy continuations identical on %d of %d prompts; "
               "the others part where llama.cpp's own f32 run parts from its q4_1 run or later "
               "(%s)\n", identical_q4, total, parted.c_str());
+  CHECK(total >= 5);
+}
+
+// The decoder's products on the file's Q4_1/Q8_0 blocks (nn/block_weights.hpp, what mil-chat and
+// mil-bench run on the CPU) against its float products on the same weights: the same greedy
+// continuations of the six prompts, token for token (the two differ only in summation order; the
+// float path's are llama.cpp's f32 ones, as the case above checks), and prompt logits within
+// float rounding of each other.
+TEST_CASE("oracle: block-format products give the float path's greedy continuations") {
+  if (test::skip_real_model_run()) return;  // minutes under ASan
+  const Teacher* t = teacher();
+  if (!t) return;
+  // The teacher's tensors, shared, with its file's blocks beside them.
+  nn::HybridModel<float, Cpu> blocks(t->model.config(), t->model, [](const nn::ParamSlot&) { return true; });
+  const auto f = io::GgufFile::open(test::teacher_path().string());
+  blocks.set_block_weights(std::make_shared<nn::BlockWeights>(nn::block_weights_from_gguf(f, t->model.config().llama)));
+  const int32_t eos = golden().at("eos").get<int32_t>();
+  const int64_t max_new = golden().at("new_tokens").get<int64_t>(), vocab = t->model.config().llama.vocab;
+  int same = 0, total = 0;
+  for (const auto& g : golden().at("runs").at("f32").at("greedy")) {
+    CAPTURE(g.at("name").get<std::string>());
+    const auto prompt = g.at("prompt_ids").get<std::vector<int32_t>>();
+    // The float path's continuation is llama.cpp's f32 one (the greedy case above checks it).
+    const auto float_ids = g.at("generated").get<std::vector<int32_t>>();
+    const auto block_ids = greedy_continuation(*t, prompt, max_new, eos, &blocks);
+    CHECK(block_ids == float_ids);
+    same += block_ids == float_ids;
+    ++total;
+
+    // The prompt's logits, all positions, both ways.
+    nn::DecoderOptions o{.max_seq = int64_t(prompt.size()), .max_tokens = int64_t(prompt.size()),
+                         .max_logits = int64_t(prompt.size())};
+    nn::Decoder<float, Cpu> on_blocks(blocks, o), on_floats(t->model, o);
+    const nn::StepRow row{0, prompt, 0, nn::RowLogits::all};
+    on_blocks.step(std::span(&row, 1));
+    on_floats.step(std::span(&row, 1));
+    const auto lb = on_blocks.logits_host(), lf = on_floats.logits_host();
+    REQUIRE(int64_t(lb.size()) == int64_t(prompt.size()) * vocab);
+    test::require_close("prompt logits, blocks vs float", lb, lf, test::Bound{1e-5, 1e-4});
+    CHECK(lb != lf);  // the block products ran
+  }
+  std::printf("[mil] block-format products: greedy continuations equal to the float path's on %d of "
+              "%d prompts\n", same, total);
   CHECK(total >= 5);
 }

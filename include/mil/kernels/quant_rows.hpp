@@ -73,9 +73,10 @@ inline constexpr int kMaxTileRows = 8;
 // tiles of a long call pass over them.
 inline constexpr int64_t kColumnBlock = 64;
 
-// Rows [0, R) of x against weight rows [j0, j1): one signature for both paths and every type.
+// Rows [0, R) of x against weight rows [j0, j1) into y[r * ldy + j]: one signature for both paths
+// and every type.
 using TileFn = void (*)(GgmlType type, const uint8_t* w, int64_t row_bytes, int64_t in,
-                        const float* x, float* y, int64_t out, int64_t j0, int64_t j1,
+                        const float* x, float* y, int64_t ldy, int64_t j0, int64_t j1,
                         bool accumulate);
 
 // Lane l += lane l + width for width 8, 4, 2, 1: the contract's tree (the AVX2 path's horizontal
@@ -107,7 +108,7 @@ inline float multiply_add(float x, float w, float acc) {
 
 template <int R>
 void portable_tile(GgmlType type, const uint8_t* w, int64_t row_bytes, int64_t in, const float* x,
-                   float* y, int64_t out, int64_t j0, int64_t j1, bool accumulate) {
+                   float* y, int64_t ldy, int64_t j0, int64_t j1, bool accumulate) {
   const auto info = io::ggml_type_info_or_throw(type);
   const int64_t bs = info.block_size, bb = info.block_bytes, blocks = in / bs;
   float weights[256];  // one decoded block, in L1
@@ -127,7 +128,7 @@ void portable_tile(GgmlType type, const uint8_t* w, int64_t row_bytes, int64_t i
     }
     for (int r = 0; r < R; ++r) {
       const float dot = sum_lanes(lanes[r]);
-      float& yr = y[r * out + j];
+      float& yr = y[r * ldy + j];
       yr = accumulate ? yr + dot : dot;
     }
   }
@@ -221,7 +222,7 @@ MIL_TARGET_AVX2 inline float avx2_sum_lanes(__m256 lo, __m256 hi) {
 // takes one addition per group: its latency chain is 1 add, not 2 FMAs, per 32 weights.
 template <GgmlType T, int R>
 MIL_TARGET_AVX2 void avx2_tile(GgmlType, const uint8_t* w, int64_t row_bytes, int64_t in,
-                               const float* x, float* y, int64_t out, int64_t j0, int64_t j1,
+                               const float* x, float* y, int64_t ldy, int64_t j0, int64_t j1,
                                bool accumulate) {
   constexpr int64_t bs = T == GgmlType::Q4_K || T == GgmlType::Q6_K ? 256 : 32;
   constexpr int groups = int(bs / 32);
@@ -246,7 +247,7 @@ MIL_TARGET_AVX2 void avx2_tile(GgmlType, const uint8_t* w, int64_t row_bytes, in
       }
     for (int r = 0; r < R; ++r) {
       const float dot = avx2_sum_lanes(acc[r][0], acc[r][1]);
-      float& yr = y[r * out + j];
+      float& yr = y[r * ldy + j];
       yr = accumulate ? yr + dot : dot;
     }
   }
@@ -293,15 +294,21 @@ inline TileFn portable_tile_for(int rows) {
 
 }  // namespace quant_rows_detail
 
-// y[r*out + o] = (y[r*out + o] +) sum_i x[r*in + i] dequant(W[o, i]) for r < rows, o < out; W's
+// y[r*ldy + o] = (y[r*ldy + o] +) sum_i x[r*in + i] dequant(W[o, i]) for r < rows, o < out; W's
 // row o starts at w + o * ggml_row_bytes(type, in), in the type's block layout (any alignment).
 // Types: Q8_0, Q4_0, Q4_1, Q4_K, Q6_K; `in` a whole number of blocks (32, or 256 for the K types).
+// y_stride (ldy) 0 means out; a larger one writes columns of a wider output (a matrix stored as
+// parts of different types, nn/block_weights.hpp).
 inline void quant_linear_rows(io::GgmlType type, const uint8_t* w, int64_t out, int64_t in,
                               const float* x, int64_t rows, float* y, bool accumulate = false,
-                              QuantRowsPath path = QuantRowsPath::automatic) {
+                              QuantRowsPath path = QuantRowsPath::automatic,
+                              int64_t y_stride = 0) {
   namespace d = quant_rows_detail;
   MIL_CHECK(rows >= 0 && out >= 0 && in >= 0, "quant_linear_rows: negative size rows=", rows,
             " out=", out, " in=", in);
+  MIL_CHECK(y_stride == 0 || y_stride >= out, "quant_linear_rows: y_stride ", y_stride,
+            " is below out = ", out);
+  const int64_t ldy = y_stride ? y_stride : out;
   const auto info = io::ggml_type_info_or_throw(type);
   MIL_CHECK(quant_rows_supports(type), "quant_linear_rows: ggml type ", info.name,
             " is not supported (supported: Q8_0, Q4_0, Q4_1, Q4_K, Q6_K): dequantise the weights "
@@ -309,7 +316,7 @@ inline void quant_linear_rows(io::GgmlType type, const uint8_t* w, int64_t out, 
   MIL_CHECK(in % info.block_size == 0, "quant_linear_rows: in = ", in,
             " is not a whole number of ", info.name, " blocks of ", info.block_size);
   const int64_t row_bytes = io::ggml_row_bytes(type, in);
-  (void)checked_mul(rows, in), (void)checked_mul(out, row_bytes), (void)checked_mul(rows, out);
+  (void)checked_mul(rows, in), (void)checked_mul(out, row_bytes), (void)checked_mul(rows, ldy);
   MIL_CHECK(path != QuantRowsPath::avx2 || quant_rows_avx2_supported(),
             "quant_linear_rows: the AVX2 path was asked for but this CPU or build lacks AVX2/FMA");
   if (rows == 0 || out == 0) return;
@@ -337,7 +344,7 @@ inline void quant_linear_rows(io::GgmlType type, const uint8_t* w, int64_t out, 
     const int64_t j0 = b * d::kColumnBlock, j1 = std::min(out, j0 + d::kColumnBlock);
     for (int64_t r = 0; r < rows; r += d::kMaxTileRows) {
       const int n = int(std::min<int64_t>(d::kMaxTileRows, rows - r));
-      tiles[n](type, w, row_bytes, in, x + r * in, y + r * out, out, j0, j1, accumulate);
+      tiles[n](type, w, row_bytes, in, x + r * in, y + r * ldy, ldy, j0, j1, accumulate);
     }
   }
 }

@@ -25,6 +25,7 @@
 #include "../kernels/kv_attention.cuh"
 #include "../kernels/matmul.cuh"
 #endif
+#include "block_weights.hpp"
 #include "weights.hpp"
 
 namespace mil::nn {
@@ -135,9 +136,14 @@ struct StepScratch {
   }
 };
 
-// y (=|+=) x W^T over `rows` rows: the inference product (row-invariant on the CPU).
+// y (=|+=) x W^T over `rows` rows: the inference product (row-invariant on the CPU), on W's
+// block-format copy where the caller has one (float on the CPU; nn/block_weights.hpp).
 template <Element T, Device D>
-void linear_step(T* y, const T* x, const ag::Var<T, D>& w, int64_t rows, bool accumulate) {
+void linear_step(T* y, const T* x, const ag::Var<T, D>& w, int64_t rows, bool accumulate,
+                 const BlockMatrix* blocks = nullptr) {
+  if constexpr (std::is_same_v<T, float> && std::is_same_v<D, Cpu>) {
+    if (blocks && !blocks->empty()) return blocks->apply(x, rows, y, accumulate);
+  }
   const Shape& s = w.shape();
   MIL_RUN(D, linear_rows, y, x, w.value().data(), rows, s[0], s[1], accumulate);
 }
@@ -151,12 +157,13 @@ struct KvLayer {
 
 template <Element T, Device D>
 void attention_step(T* x, StepScratch<T, D>& s, const LayerWeights<T, D>& w, const LlamaConfig& c,
-                    const StepTokens& t, const KvLayer<T>& cache, float* workspace) {
+                    const StepTokens& t, const KvLayer<T>& cache, float* workspace,
+                    const BlockLayer* blocks = nullptr) {
   const int64_t rows = t.count, d = c.d_model, hd = c.head_dim, H = c.n_heads;
   const int64_t Hkv = c.n_kv_heads, qkvw = c.qkv_layout().width(), kvw = Hkv * hd;
   T *h = s.h.data(), *qkv = s.qkv.data(), *att = s.att.data();
   MIL_RUN(D, rmsnorm_forward, h, nullptr, x, w.norm.value().data(), rows, d, c.norm_eps);
-  linear_step(qkv, h, w.attn.wqkv, rows, false);
+  linear_step(qkv, h, w.attn.wqkv, rows, false, blocks ? &blocks->wqkv : nullptr);
   if (c.attention_bias) MIL_RUN(D, bias_add, qkv, w.attn.bqkv.value().data(), rows, qkvw);
   // q and k heads are adjacent in a row: one launch rotates both.
   MIL_RUN(D, rope_apply, qkv, qkv, t.positions, rows, H + Hkv, qkvw, c.rope(), false);
@@ -176,7 +183,7 @@ void attention_step(T* x, StepScratch<T, D>& s, const LayerWeights<T, D>& w, con
                               float(1.0 / std::sqrt(double(hd)))};
     MIL_RUN(D, attention_kv_cache, att, qkv, cache.k, cache.v, t.slots, t.positions, ks, workspace);
   }
-  linear_step(x, att, w.attn.wo, rows, true);
+  linear_step(x, att, w.attn.wo, rows, true, blocks ? &blocks->wo : nullptr);
 }
 
 // The recurrent state of one Mamba layer: conv rings [slots, ring_len, channels] and fp32 SSM
@@ -242,22 +249,23 @@ void mamba_step(T* x, StepScratch<T, D>& s, const LayerWeights<T, D>& w, const H
 
 template <Element T, Device D>
 void mlp_step(T* x, StepScratch<T, D>& s, const MlpWeights<T, D>& w, const LlamaConfig& c,
-              int64_t rows) {
+              int64_t rows, const BlockLayer* blocks = nullptr) {
   const int64_t d = c.d_model, ff = c.d_ff;
   T *h = s.h.data(), *gu = s.gate_up.data(), *m = s.mlp.data();
   MIL_RUN(D, rmsnorm_forward, h, nullptr, x, w.norm.value().data(), rows, d, c.norm_eps);
-  linear_step(gu, h, w.w_gate_up, rows, false);
+  linear_step(gu, h, w.w_gate_up, rows, false, blocks ? &blocks->gate_up : nullptr);
   MIL_RUN(D, swiglu_forward, m, gu, gu + ff, rows, ff, 2 * ff);
-  linear_step(x, m, w.w_down, rows, true);
+  linear_step(x, m, w.w_down, rows, true, blocks ? &blocks->down : nullptr);
 }
 
 // logits [n, vocab] and their argmax for n rows of final activations `x` ([n, d_model]).
 template <Element T, Device D>
 void logits_step(T* logits, int32_t* argmax, const T* x, StepScratch<T, D>& s,
-                 const ModelWeights<T, D>& w, const LlamaConfig& c, int64_t n) {
+                 const ModelWeights<T, D>& w, const LlamaConfig& c, int64_t n,
+                 const BlockMatrix* lm_head_blocks = nullptr) {
   T* h = s.h.data();
   MIL_RUN(D, rmsnorm_forward, h, nullptr, x, w.norm.value().data(), n, c.d_model, c.norm_eps);
-  linear_step(logits, h, w.lm_head, n, false);
+  linear_step(logits, h, w.lm_head, n, false, lm_head_blocks);
   MIL_RUN(D, argmax_rows, argmax, logits, n, c.vocab);
 }
 

@@ -19,7 +19,8 @@
 // back by max_rollback tokens by position alone.
 //
 // The blocks are nn/blocks.hpp's step-plan forms. On the CPU every product is row-invariant
-// (cpu::linear_rows), so verifying k tokens in one step gives bitwise the logits of k decode steps.
+// (cpu::linear_rows, and cpu::quant_linear_rows on a GGUF model's block-format weights), so
+// verifying k tokens in one step gives bitwise the logits of k decode steps.
 // On the GPU the decoder runs on its own stream. A step whose rows all continue their sequences
 // with the same number of tokens (decode, verification) is captured as a CUDA graph the first time
 // its shape is seen (after one eager run that creates the cuBLASLt plans) and replayed after that:
@@ -29,6 +30,7 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -54,6 +56,8 @@ struct DecoderOptions {
   int64_t snapshots = 0;     // saved Mamba states per slot (save_state / restore_state)
   int64_t max_rollback = 0;  // extra conv-ring rows: the conv rolls back this far by position
   bool cuda_graphs = true;   // capture uniform steps (GPU)
+  bool block_weights = true; // float CPU: products on the model's block-format weights where it
+                             // has them (a GGUF file's quantised layers); false: float weights
 };
 
 // Per logits row: its k best (ids, values; kernels/topk.hpp) and its log-sum-exp.
@@ -86,6 +90,8 @@ class Decoder {
 
   Decoder(const HybridModel<T, D>& model, DecoderOptions o = {})
       : weights_(model.weights()), hybrid_(model.config()), cfg_(hybrid_.llama), opt_(o) {
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<D, Cpu>)
+      if (o.block_weights) blocks_ = model.block_weights();
     MIL_CHECK(o.slots >= 1 && o.max_seq >= 1 && o.max_tokens >= 1 && o.max_logits >= 0 &&
                   o.snapshots >= 0 && o.max_rollback >= 0,
               "Decoder: slots (", o.slots, "), max_seq (", o.max_seq, ") and max_tokens (",
@@ -503,6 +509,8 @@ class Decoder {
     forward();
   }
 
+  const BlockLayer* block_layer(int64_t l) const { return blocks_ ? &blocks_->layers[size_t(l)] : nullptr; }
+
   // The staged step through every layer, then the logits of the rows asked for.
   void forward() {
     const StepTokens t = device_tokens();
@@ -516,14 +524,14 @@ class Decoder {
       if (w.kind == LayerKind::attention) {
         const KvLayer<T> cache{k_cache_.data() + i * layer_cache, v_cache_.data() + i * layer_cache,
                                opt_.slots, opt_.max_seq};
-        attention_step(x, scratch_, w, cfg_, t, cache, workspace_.data());
+        attention_step(x, scratch_, w, cfg_, t, cache, workspace_.data(), block_layer(l));
       } else {
         const int64_t ring = ring_len_ * hybrid_.conv_channels();
         const MambaLayerState<T> st{conv_ring_.data() + i * opt_.slots * ring, ring_len_,
                                     ssm_state_.data() + i * opt_.slots * state_size_, opt_.slots};
         mamba_step(x, scratch_, w, hybrid_, t, st);
       }
-      mlp_step(x, scratch_, w.mlp, cfg_, t.count);
+      mlp_step(x, scratch_, w.mlp, cfg_, t.count, block_layer(l));
     }
     if (logit_rows_ == 0) return;
     const T* rows = x + logits_first_ * d;
@@ -532,7 +540,8 @@ class Decoder {
       MIL_RUN(D, embedding_forward, logit_x_.data(), x, index, logit_rows_, d, t.count);
       rows = logit_x_.data();
     }
-    logits_step(logits_.data(), argmax_.data(), rows, scratch_, weights_, cfg_, logit_rows_);
+    logits_step(logits_.data(), argmax_.data(), rows, scratch_, weights_, cfg_, logit_rows_,
+                blocks_ ? &blocks_->lm_head : nullptr);
 #if defined(__CUDACC__)
     if constexpr (std::is_same_v<D, Cuda>)
       MIL_CUDA_CHECK(cudaMemcpyAsync(host_argmax_, argmax_.data(),
@@ -542,6 +551,7 @@ class Decoder {
   }
 
   ModelWeights<T, D> weights_;  // views: the model's tensors, shared
+  std::shared_ptr<const BlockWeights> blocks_;  // the model's, shared; null: float products
   HybridConfig hybrid_;
   LlamaConfig cfg_;
   DecoderOptions opt_;

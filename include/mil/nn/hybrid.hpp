@@ -6,6 +6,7 @@
 // initialisation, one conversion and one loader (nn/model_load.hpp) serve both.
 #include <cmath>
 #include <functional>
+#include <memory>
 #include <numeric>
 #include <span>
 #include <string>
@@ -125,6 +126,36 @@ class HybridModel {
     return logits_block(tape, x, weights_, c);
   }
 
+  // The linear layers in their file's block formats (a GGUF model on the CPU): the decoder's
+  // float CPU products use them (nn/block_weights.hpp). Copies and conversions of the model do not
+  // carry them: they are bound to these weights' values as loaded.
+  const std::shared_ptr<const BlockWeights>& block_weights() const { return blocks_; }
+  void set_block_weights(std::shared_ptr<const BlockWeights> b) {
+    if (b) {
+      const LlamaConfig& c = cfg_.llama;
+      MIL_CHECK(int64_t(b->layers.size()) == c.n_layers, "set_block_weights: ", b->layers.size(),
+                " layers for a model of ", c.n_layers);
+      auto check = [&](const BlockMatrix& m, const Var& w, const char* what) {
+        MIL_CHECK(m.empty() || (w.shape().rank() == 2 && m.out() == w.shape()[0] &&
+                                m.in() == w.shape()[1]),
+                  "set_block_weights: ", what, " is ", m.out(), " x ", m.in(), ", the model's ",
+                  w.shape().str());
+      };
+      for (int64_t l = 0; l < c.n_layers; ++l) {
+        const auto& bl = b->layers[size_t(l)];
+        const auto& w = weights_.layers[size_t(l)];
+        MIL_CHECK(w.kind == LayerKind::attention ||
+                      (bl.wqkv.empty() && bl.wo.empty()),
+                  "set_block_weights: layer ", l, " is a Mamba layer and has attention blocks");
+        if (w.kind == LayerKind::attention) check(bl.wqkv, w.attn.wqkv, "wqkv"), check(bl.wo, w.attn.wo, "wo");
+        check(bl.gate_up, w.mlp.w_gate_up, "gate_up");
+        check(bl.down, w.mlp.w_down, "down");
+      }
+      check(b->lm_head, weights_.lm_head, "lm_head");
+    }
+    blocks_ = std::move(b);
+  }
+
   // Writable views for initialisation and loading (the tensors themselves are shared).
   LayerWeights<T, D>& layer(int64_t l) { return weights_.layers.at(size_t(l)); }
   ModelWeights<T, D>& mutable_weights() { return weights_; }
@@ -161,6 +192,7 @@ class HybridModel {
   HybridConfig cfg_;
   ParameterStore<T, D> params_;
   ModelWeights<T, D> weights_;
+  std::shared_ptr<const BlockWeights> blocks_;
 };
 
 // Layers `keep` (ascending, distinct) of a model, renumbered 0, 1, ..., with its embeddings, final

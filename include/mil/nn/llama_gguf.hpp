@@ -100,14 +100,8 @@ inline void load_gguf_rows(const io::GgufFile& f, const std::string& name,
     io::dequantize_rows(t, 0, rows, dst);
     return;
   }
-  const int64_t hd = rows / permute_heads;
-  MIL_CHECK(hd * permute_heads == rows && hd % 2 == 0, "GGUF '", f.source(), "': tensor '", name,
-            "' has ", rows, " rows, not ", permute_heads, " heads of an even size");
-  for (int64_t g = 0; g < rows; ++g) {
-    int64_t h = g / hd, r = g % hd, i = r / 2, j = r % 2;
-    int64_t hf = h * hd + j * (hd / 2) + i;
-    io::dequantize_rows(t, g, 1, dst + hf * cols);
-  }
+  const auto order = gguf_rope_order(f, name, permute_heads);
+  for (int64_t hf = 0; hf < rows; ++hf) io::dequantize_rows(t, order[size_t(hf)], 1, dst + hf * cols);
 }
 
 }  // namespace detail

@@ -16,6 +16,21 @@ struct GgufTensorShape {
   std::vector<int64_t> ne;  // ggml order: ne[0] is the contiguous dimension
 };
 
+// For each Hugging Face row of Q or K tensor `name` (`heads` heads), the GGUF row that holds it:
+// llama.cpp's converter stores HF row h*hd + j*hd/2 + i at h*hd + 2i + j (its interleaved RoPE).
+inline std::vector<int64_t> gguf_rope_order(const io::GgufFile& f, const std::string& name,
+                                            int64_t heads) {
+  const int64_t rows = f.tensor(name).rows(), hd = heads > 0 ? rows / heads : 0;
+  MIL_CHECK(heads > 0 && hd * heads == rows && hd % 2 == 0, "GGUF '", f.source(), "': tensor '",
+            name, "' has ", rows, " rows, not ", heads, " heads of an even size");
+  std::vector<int64_t> order(static_cast<size_t>(rows));
+  for (int64_t hf = 0; hf < rows; ++hf) {
+    const int64_t r = hf % hd, half = hd / 2;
+    order[size_t(hf)] = hf - r + 2 * (r % half) + r / half;
+  }
+  return order;
+}
+
 // Every tensor the model of `c` reads (output.weight only for untied embeddings).
 inline std::vector<GgufTensorShape> llama_gguf_tensor_shapes(const LlamaConfig& c) {
   const int64_t d = c.d_model, q = c.n_heads * c.head_dim, kv = c.n_kv_heads * c.head_dim;

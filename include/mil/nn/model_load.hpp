@@ -4,7 +4,9 @@
 // (mamba_config.json + safetensors + tokenizer.json), a Llama-family GGUF file (llama.cpp), or a
 // Hugging Face folder (config.json, safetensors, tokenizer.json and tokenizer_config.json or
 // chat_template.jinja). A Transformer loads as the hybrid whose every layer is attention.
-// convert_model() moves the weights to another type or device.
+// convert_model() moves the weights to another type or device. A GGUF model also keeps its
+// quantised linear layers in their block formats (nn/block_weights.hpp), which the CPU decoder's
+// products read instead of the float copies.
 #include <filesystem>
 #include <string>
 
@@ -42,6 +44,8 @@ inline LoadedModel load_gguf(const std::string& path) {
                   text::chat_template_from_gguf(f),
                   f.find_string("general.name").value_or(std::filesystem::path(path).stem())};
   check_vocab(out, path);
+  out.model.set_block_weights(
+      std::make_shared<BlockWeights>(block_weights_from_gguf(f, out.model.config().llama)));
   return out;
 }
 
