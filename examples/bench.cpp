@@ -483,7 +483,7 @@ class Report {
   };
   static constexpr Column kColumns[] = {
       {"model", 32, false}, {"size", 10, true},     {"params", 9, true},  {"mixers", 20, false},
-      {"backend", 9, false}, {"threads", 7, true},  {"test", 18, false},  {"batch", 5, true},
+      {"backend", 10, false}, {"threads", 7, true},  {"test", 18, false},  {"batch", 5, true},
       {"t/s", 20, true},     {"accept", 6, true},   {"tok/step", 8, true}};
 
   void md_line(const std::vector<std::string>& cells) {
