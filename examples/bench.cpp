@@ -203,7 +203,7 @@ ModelInfo describe(const std::string& path, const nn::LoadedModel& loaded) {
   if (m.mamba_layers)
     m.layout += (m.layout.empty() ? "" : " + ") + std::to_string(m.mamba_layers) + " " + m.mixer;
   m.bytes = model_bytes(path);
-  m.params = loaded.model.params().numel();
+  for (const auto& e : loaded.model.params().entries()) m.params += e.var.numel();  // blocks too
   m.context = nn::stored_context_length(path);
   return m;
 }
@@ -610,8 +610,7 @@ void bench_models(const Options& o, const RunContext& run, const std::optional<n
   Report report(o.output);
   for (const std::string& path : o.models) {
     std::fprintf(stderr, "[mil-bench] model: %s\n", path.c_str());
-    auto loaded = nn::load_model(path);
-    if (o.float_weights) loaded.model.set_block_weights(nullptr);
+    auto loaded = examples::load_for_decoding(path, !std::is_same_v<D, Cpu>, o.float_weights);
     if (draft)
       gen::check_draft_tokenizer(loaded.tokenizer, loaded.model.config().llama.vocab,
                                  draft->tokenizer, draft->model.config().llama.vocab, o.draft_model);
@@ -687,13 +686,12 @@ int main(int argc, char** argv) {
                    .time_utc = utc_now(), .cpu = cpu_model_name(), .threads = cpu::threads()};
     std::optional<nn::LoadedModel> draft;
     if (!o.draft_model.empty()) {
-      draft = nn::load_model(o.draft_model);
-      if (o.float_weights) draft->model.set_block_weights(nullptr);
+      draft = examples::load_for_decoding(o.draft_model, examples::runs_on_gpu(o.device), o.float_weights);
       std::fprintf(stderr, "[mil-bench] draft: %s, %lld layers\n", draft->name.c_str(),
                    static_cast<long long>(draft->model.config().llama.n_layers));
     }
 #if MIL_CUDA_ENABLED && defined(__CUDACC__)
-    if (o.device == "cuda" || (o.device == "auto" && mil::cuda::device_count() > 0)) {
+    if (examples::runs_on_gpu(o.device)) {
       MIL_CHECK(mil::cuda::device_count() > 0, "--device cuda: no CUDA device found");
       run.backend = "cuda", run.dtype = "bf16", run.gpu = gpu_name();
       std::fprintf(stderr, "[mil-bench] device: CUDA (bf16), %s\n", run.gpu.c_str());

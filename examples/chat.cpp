@@ -26,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include <mil/core/threads.hpp>
 #include <mil/generate/generate.hpp>
 #include <mil/generate/speculative.hpp>
 #include <mil/nn/decoder.hpp>
@@ -41,6 +42,7 @@ namespace {
 struct Options {
   std::string model, prompt, system, chat_template, device = "auto";
   int64_t n_predict = 256, ctx = 2048;
+  int threads = 0;  // CPU threads; 0: all cores
   bool raw = false, prompt_given = false, float_weights = false;
   // Speculative decoding: a draft model (-md) or prompt lookup (--lookup).
   std::string draft_model;
@@ -254,6 +256,8 @@ int main(int argc, char** argv) {
   app.add_option("-s,--seed", o.sampling.seed, "sampling seed")->capture_default_str();
   app.add_option("--system", o.system, "system message");
   app.add_flag("--raw", o.raw, "send the prompt as is, without the chat template");
+  app.add_option("-t,--threads", o.threads, "CPU threads (default: all cores)")
+      ->check(CLI::Range(1, 1 << 12));
   app.add_flag("--float-weights", o.float_weights,
                "CPU: products on float copies of a GGUF file's quantised weights instead of on "
                "their blocks (slower; the reference for the block products)");
@@ -295,8 +299,9 @@ int main(int argc, char** argv) {
 
   try {
     o.sampling.validate();
-    auto loaded = nn::load_model(o.model);
-    if (o.float_weights) loaded.model.set_block_weights(nullptr);
+    if (o.threads > 0) cpu::set_threads(o.threads);
+    const bool gpu = examples::runs_on_gpu(o.device);
+    auto loaded = examples::load_for_decoding(o.model, gpu, o.float_weights);
     std::optional<text::ChatTemplate> tmpl;
     if (!o.raw) {
       tmpl = o.chat_template.empty()
@@ -305,8 +310,7 @@ int main(int argc, char** argv) {
     }
     std::optional<nn::LoadedModel> draft;
     if (!o.draft_model.empty()) {
-      draft = nn::load_model(o.draft_model);
-      if (o.float_weights) draft->model.set_block_weights(nullptr);
+      draft = examples::load_for_decoding(o.draft_model, gpu, o.float_weights);
       gen::check_draft_tokenizer(loaded.tokenizer, loaded.model.config().llama.vocab,
                                  draft->tokenizer, draft->model.config().llama.vocab, o.draft_model);
       std::fprintf(stderr, "[mil-chat] draft: %s, %lld layers\n", draft->name.c_str(),
@@ -324,7 +328,7 @@ int main(int argc, char** argv) {
                  static_cast<long long>(c.n_kv_heads), static_cast<long long>(c.vocab),
                  tmpl ? (", chat template " + text::to_string(tmpl->family)).c_str() : ", raw");
 #if MIL_CUDA_ENABLED && defined(__CUDACC__)
-    if (o.device == "cuda" || (o.device == "auto" && mil::cuda::device_count() > 0)) {
+    if (gpu) {
       MIL_CHECK(mil::cuda::device_count() > 0, "--device cuda: no CUDA device found");
       std::fprintf(stderr, "[mil-chat] device: CUDA (bf16)\n");
       const auto gpu_model = nn::convert_model<bf16, Cuda>(loaded.model);
@@ -335,7 +339,9 @@ int main(int argc, char** argv) {
 #else
     MIL_CHECK(o.device != "cuda", "--device cuda: this mil-chat was built without CUDA");
 #endif
-    std::fprintf(stderr, "[mil-chat] device: CPU (float)\n");
+    std::fprintf(stderr, "[mil-chat] device: CPU (float%s), %d threads\n",
+                 loaded.model.block_weights() ? ", products on the file's quantised blocks" : "",
+                 cpu::threads());
     return run(o, loaded.model, loaded.tokenizer, tmpl, draft ? &draft->model : nullptr);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "mil-chat: error: %s\n", e.what());

@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include <mil/nn/model_load.hpp>
+
 namespace mil::examples {
 
 // Parses the command line, taking llama.cpp's spelling "-md" of --model-draft too (CLI11 declares
@@ -22,6 +24,26 @@ inline int parse_command_line(CLI::App& app, int argc, char** argv) {
     return app.exit(e);
   }
   return -1;
+}
+
+// Whether a program runs on the GPU for --device cpu|cuda|auto: a CUDA build's programs compiled by
+// nvcc with a device present (auto) or asked for (cuda; a missing device is then the caller's
+// clear error). Known before loading, so a CPU run can load its model for CPU inference only.
+inline bool runs_on_gpu(const std::string& device) {
+#if MIL_CUDA_ENABLED && defined(__CUDACC__)
+  return device == "cuda" || (device == "auto" && mil::cuda::device_count() > 0);
+#else
+  return false;
+#endif
+}
+
+// How a program's model is loaded: for CPU inference only (a GGUF file's quantised matrices in
+// block format alone, about the file's size in memory) unless it runs on the GPU or was asked for
+// the float products (--float-weights).
+inline nn::LoadedModel load_for_decoding(const std::string& path, bool gpu, bool float_weights) {
+  auto loaded = nn::load_model(path, gpu || float_weights ? nn::LoadFor::any : nn::LoadFor::cpu_inference);
+  if (float_weights) loaded.model.set_block_weights(nullptr);
+  return loaded;
 }
 
 }  // namespace mil::examples

@@ -36,6 +36,7 @@ for r in records:
     assert abs(sum(r["samples"]) / 2 - t) <= 1e-9 * t, f"{r['test']}: mean of {r['samples']} is not {t}"
     assert r["tokens_per_second_sd"] >= 0, r
     assert r["threads"] == 1 and r["backend"] == "cpu" and r["dtype"] == "f32", r
+    assert r["weights"] == "blocks", r  # the GGUF file's quantised blocks, read in place
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", r["time"]), r["time"]
     assert r["build"] and r["cpu"], r
     assert r["model_path"] == sys.argv[2] and r["model_bytes"] == os.path.getsize(sys.argv[2]), r
@@ -89,8 +90,9 @@ records = json.load(open(sys.argv[1]))
 assert [(r["test"], r["batch"]) for r in records] == [("pp4", 1)], records
 EOF
 
-# csv: a header naming the fields and one row per test, numbers as numbers.
-"$bench" -m "$teacher" -p 4,8 -n 0 -r 1 -o csv > "$work/out.csv" 2> "$work/csv.log" ||
+# csv: a header naming the fields and one row per test, numbers as numbers; --float-weights runs
+# the products on float copies of the weights.
+"$bench" -m "$teacher" -p 4,8 -n 0 -r 1 --float-weights -o csv > "$work/out.csv" 2> "$work/csv.log" ||
   { cat "$work/csv.log"; fail "csv run"; }
 "$python" - "$work/out.csv" <<'EOF' || fail "csv records"
 import csv, sys
@@ -98,6 +100,7 @@ rows = list(csv.DictReader(open(sys.argv[1], newline="")))
 assert [(r["test"], r["batch"]) for r in rows] == [("pp4", "1"), ("pp8", "1")], rows
 for r in rows:
     assert float(r["tokens_per_second"]) > 0 and int(r["n_gen"]) == 0 and r["acceptance"] == "", r
+    assert r["weights"] == "f32", r
 EOF
 
 # Bad input: a clear error and a non-zero exit.

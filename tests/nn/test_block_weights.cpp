@@ -281,3 +281,41 @@ TEST_CASE("block weights: the teacher's block matrices hold its float weights, r
   CHECK(b.lm_head.parts().size() == 1);
   CHECK(b.lm_head.parts()[0].type == GgmlType::Q8_0);
 }
+
+TEST_CASE("block weights: a GGUF model loaded for CPU inference holds its blocks only and decodes the same bits") {
+  if (!test::real_teacher()) return;
+  const auto f = io::GgufFile::open(test::teacher_path().string());
+  const auto both = nn::load_gguf_model(f, nn::GgufWeights::float_and_blocks);
+  const auto lean = nn::load_gguf_model(f, nn::GgufWeights::cpu_inference);
+  REQUIRE(both.block_weights());
+  REQUIRE(lean.block_weights());
+  CHECK(both.has_float_weights());
+  CHECK(!lean.has_float_weights());
+  // Only the norms stay in float (30 layers x 2 x 576 + 576), and no gradient buffer.
+  const auto& c = lean.config().llama;
+  CHECK(lean.params().values().numel() == (2 * c.n_layers + 1) * c.d_model);
+  CHECK(lean.params().trainable_numel() == 0);
+  CHECK(!lean.weights().tok_embeddings.value().defined());
+  CHECK(!lean.weights().layers[3].attn.wqkv.value().defined());
+  CHECK(lean.weights().layers[3].mlp.norm.value().defined());
+
+  // The same prompt through both: bitwise the same logits (the same block products; embedding rows
+  // dequantised from the tied head's blocks equal the float table's).
+  const std::vector<int32_t> ids = {1, 504, 3458, 282, 4649, 30, 2};
+  const nn::DecoderOptions o{.max_seq = 16, .max_tokens = 16, .max_logits = 7};
+  nn::Decoder<float, Cpu> a(both, o), b(lean, o);
+  const nn::StepRow row{0, ids, 0, nn::RowLogits::all};
+  a.step(std::span(&row, 1));
+  b.step(std::span(&row, 1));
+  CHECK(a.logits_host() == b.logits_host());
+
+  // What needs the float weights says so.
+  nn::DecoderOptions floats = o;
+  floats.block_weights = false;
+  CHECK(test::error_of([&] { nn::Decoder<float, Cpu> d(lean, floats); }).find("block format only") != std::string::npos);
+  CHECK(test::error_of([&] { (void)nn::convert_model<float, Cpu>(lean); }).find("without elements") != std::string::npos);
+  ag::Tape tape;
+  const auto t = Tensor<int32_t, Cpu>::from(Shape{2}, {1, 2});
+  CHECK(test::error_of([&] { (void)lean.forward(tape, t, nn::sequence_positions<Cpu>(1, 2), 1, 2); })
+            .find("block format only") != std::string::npos);
+}

@@ -78,6 +78,14 @@ class Tensor {
     else return host.template to<D>();
   }
 
+  // A tensor that names a shape and holds no elements: a parameter whose values are kept in
+  // another form (a GGUF file's blocks, nn/block_weights.hpp). data() is null; copies refuse it.
+  static Tensor shape_only(Shape shape) {
+    Tensor t;
+    t.shape_ = shape;
+    return t;
+  }
+
   bool defined() const { return storage_ != nullptr; }
   T* data() { return base(); }
   const T* data() const { return base(); }
@@ -119,6 +127,8 @@ class Tensor {
   void copy_from(const Tensor<T, S>& src) {
     MIL_CHECK(src.numel() == numel(), "copy_from: ", src.shape().str(), " into ", shape_.str());
     if (!numel()) return;
+    MIL_CHECK(defined() && src.defined(), "copy_from: a tensor of shape ", shape_.str(),
+              " without elements (a weight kept in block format only)");
     if constexpr (std::is_same_v<D, Cpu> && std::is_same_v<S, Cpu>) {
       std::memmove(data(), src.data(), nbytes());
     } else {
@@ -148,6 +158,7 @@ class Tensor {
   std::vector<T> to_vector() const {
     std::vector<T> v(static_cast<size_t>(numel()));
     if (!numel()) return v;
+    MIL_CHECK(defined(), "to_vector: a tensor of shape ", shape_.str(), " without elements");
     if constexpr (std::is_same_v<D, Cpu>) std::memcpy(v.data(), data(), nbytes());
     else to<Cpu>().copy_to_host(v.data());
     return v;

@@ -11,9 +11,11 @@
 // so a matrix is a list of parts, each a run of rows of one type. The bytes are copied out of the
 // file: the matrix does not depend on the file staying open.
 //
-// A model holds its block weights beside its float parameters (HybridModel::block_weights); the
-// decoder uses them on the CPU in float (DecoderOptions::block_weights). Matrices whose tensors are
-// in a type without a block product (F32, F16, BF16, Q5_*) stay empty and run in float.
+// A model holds its block weights beside its float parameters (HybridModel::block_weights), or, when
+// loaded for CPU inference, instead of the float copies of the matrices they hold; the decoder
+// uses them on the CPU in float (DecoderOptions::block_weights), the embedding lookup included when
+// the embeddings are the tied LM head. Matrices whose tensors are in a type without a block product
+// (F32, F16, BF16, Q5_*) stay empty and run in float.
 #include <memory>
 #include <span>
 #include <string>
@@ -22,6 +24,7 @@
 #include "../io/gguf.hpp"
 #include "../kernels/quant_rows.hpp"
 #include "llama_gguf_tensors.hpp"
+#include "param_table.hpp"
 
 namespace mil::nn {
 
@@ -102,7 +105,23 @@ struct BlockLayer {
 
 struct BlockWeights {
   std::vector<BlockLayer> layers;
-  BlockMatrix lm_head;
+  BlockMatrix lm_head;  // with tied embeddings also the embedding table (rows dequantised on lookup)
+
+  // The matrix that holds parameter `s` of a model (tied: whether its embeddings are its LM head),
+  // or null for a parameter kept only in float (norms, biases, Mamba mixers).
+  const BlockMatrix* matrix_for(const ParamSlot& s, bool tied) const {
+    if (s.layer < 0)
+      return s.param == Param::lm_head || (tied && s.param == Param::tok_embeddings) ? &lm_head : nullptr;
+    if (size_t(s.layer) >= layers.size()) return nullptr;
+    const BlockLayer& l = layers[size_t(s.layer)];
+    switch (s.param) {
+      case Param::wqkv: return &l.wqkv;
+      case Param::wo: return &l.wo;
+      case Param::w_gate_up: return &l.gate_up;
+      case Param::w_down: return &l.down;
+      default: return nullptr;
+    }
+  }
 
   int64_t n_bytes() const {
     int64_t n = lm_head.n_bytes();

@@ -92,6 +92,9 @@ class Decoder {
       : weights_(model.weights()), hybrid_(model.config()), cfg_(hybrid_.llama), opt_(o) {
     if constexpr (std::is_same_v<T, float> && std::is_same_v<D, Cpu>)
       if (o.block_weights) blocks_ = model.block_weights();
+    MIL_CHECK(blocks_ || model.has_float_weights(), "Decoder: the model keeps some weights in block "
+              "format only (loaded for CPU inference): they need the block products of a float CPU "
+              "decoder (DecoderOptions::block_weights)");
     MIL_CHECK(o.slots >= 1 && o.max_seq >= 1 && o.max_tokens >= 1 && o.max_logits >= 0 &&
                   o.snapshots >= 0 && o.max_rollback >= 0,
               "Decoder: slots (", o.slots, "), max_seq (", o.max_seq, ") and max_tokens (",
@@ -510,14 +513,24 @@ class Decoder {
   }
 
   const BlockLayer* block_layer(int64_t l) const { return blocks_ ? &blocks_->layers[size_t(l)] : nullptr; }
+  // The embedding rows come from the block-format LM head they are tied to: the same values as
+  // the float table (both dequantise the file's rows), which a CPU-inference model does not hold.
+  bool embeddings_in_blocks() const {
+    return blocks_ && cfg_.tied_embeddings && !blocks_->lm_head.empty();
+  }
 
   // The staged step through every layer, then the logits of the rows asked for.
   void forward() {
     const StepTokens t = device_tokens();
     const int64_t d = cfg_.d_model, layer_cache = opt_.slots * opt_.max_seq * cfg_.n_kv_heads * cfg_.head_dim;
     T* x = x_.data();
-    MIL_RUN(D, embedding_forward, x, weights_.tok_embeddings.value().data(), t.ids, t.count, d,
-            cfg_.vocab);
+    if (embeddings_in_blocks()) {
+      if constexpr (std::is_same_v<T, float> && std::is_same_v<D, Cpu>)
+        for (int64_t i = 0; i < t.count; ++i) blocks_->lm_head.dequantize_row(t.ids[i], x + i * d);
+    } else {
+      MIL_RUN(D, embedding_forward, x, weights_.tok_embeddings.value().data(), t.ids, t.count, d,
+              cfg_.vocab);
+    }
     for (int64_t l = 0; l < cfg_.n_layers; ++l) {
       const LayerWeights<T, D>& w = weights_.layers[size_t(l)];
       const int64_t i = state_index_[size_t(l)];

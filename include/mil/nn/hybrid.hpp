@@ -84,10 +84,30 @@ class HybridModel {
       : cfg_(cfg), params_(borrowing_store(cfg, lender, borrow)),
         weights_(bind_weights(cfg_, params_)) {}
 
+  // A model for inference only: no gradient buffers, and the parameters for which omit(slot) is
+  // true hold no elements (their values are given afterwards in block format, set_block_weights).
+  static HybridModel inference(const HybridConfig& cfg, const Borrow& omit) {
+    std::vector<ParamSpec> specs;
+    std::unordered_map<std::string, bool> omitted;
+    for (const auto& s : parameter_table(cfg)) {
+      specs.push_back({s.key(), s.shape});
+      omitted[s.key()] = omit && omit(s);
+    }
+    return HybridModel(cfg, ParameterStore<T, D>::inference(
+                                specs, [&](const std::string& name) { return omitted.at(name); }));
+  }
+
   HybridModel(HybridModel&& o) noexcept = default;
   HybridModel& operator=(HybridModel&& o) noexcept = default;
 
   const HybridConfig& config() const { return cfg_; }
+  // Whether every parameter holds its float values (false for an inference model whose quantised
+  // matrices are kept in block format only): training, conversion and copies need them.
+  bool has_float_weights() const {
+    for (const auto& e : params_.entries())
+      if (!e.var.value().defined() && e.var.numel() > 0) return false;
+    return true;
+  }
   ParameterStore<T, D>& params() { return params_; }
   const ParameterStore<T, D>& params() const { return params_; }
   const ModelWeights<T, D>& weights() const { return weights_; }
@@ -116,6 +136,8 @@ class HybridModel {
               int64_t batch, int64_t seq) const {
     MIL_CHECK(ids.numel() == batch * seq, "HybridModel::forward: ", ids.numel(),
               " ids for batch ", batch, " x seq ", seq);
+    MIL_CHECK(has_float_weights(), "HybridModel::forward: this model keeps some weights in block "
+              "format only (loaded for CPU inference); load it with its float weights");
     const LlamaConfig& c = cfg_.llama;
     Var x = ag::embedding(tape, weights_.tok_embeddings, ids);
     for (const auto& w : weights_.layers) {
@@ -177,6 +199,9 @@ class HybridModel {
   }
 
  private:
+  HybridModel(const HybridConfig& cfg, ParameterStore<T, D>&& store)
+      : cfg_(cfg), params_(std::move(store)), weights_(bind_weights(cfg_, params_)) {}
+
   static ParameterStore<T, D> borrowing_store(const HybridConfig& cfg, const HybridModel& lender,
                                               const Borrow& borrow) {
     std::vector<ParamSpec> specs;

@@ -6,6 +6,7 @@
 // contiguous rows. llama.cpp's converter permutes the rows of Q and K within each head for its
 // interleaved RoPE: GGUF row h*hd + 2i + j holds HF row h*hd + j*hd/2 + i. Loading moves whole
 // rows back, so the model sees the Hugging Face (rotate_half) layout that mil's RoPE uses.
+#include <memory>
 #include <string>
 
 #include "../io/gguf.hpp"
@@ -87,6 +88,7 @@ namespace detail {
 // ne[0] floats). With permute_heads > 0, undo llama.cpp's Q/K row permutation for that many heads.
 inline void load_gguf_rows(const io::GgufFile& f, const std::string& name,
                            std::vector<int64_t> ne, float* dst, int64_t permute_heads = 0) {
+  if (!dst) return;  // a weight kept in block format only
   const io::TensorInfo& t = f.tensor(name);
   auto str = [](const std::vector<int64_t>& s) {
     std::string r = "[";
@@ -106,11 +108,26 @@ inline void load_gguf_rows(const io::GgufFile& f, const std::string& name,
 
 }  // namespace detail
 
-// The model of a GGUF file (float, CPU): the configuration from the metadata, then every
-// weight dequantised into its view.
-inline HybridModel<float, Cpu> load_gguf_model(const io::GgufFile& f) {
+// How a GGUF model is held: float weights (training, conversion, the GPU), float weights and the
+// file's blocks beside them (the CPU decoder reads the blocks), or for CPU inference the blocks
+// alone where they exist (no float copy of those matrices, no gradient buffers: about the file's
+// size in memory).
+enum class GgufWeights { float_only, float_and_blocks, cpu_inference };
+
+// The model of a GGUF file (CPU): the configuration from the metadata, then every weight
+// dequantised into its view, except those kept in block format only (GgufWeights::cpu_inference).
+inline HybridModel<float, Cpu> load_gguf_model(const io::GgufFile& f,
+                                               GgufWeights held = GgufWeights::float_only) {
   const LlamaConfig c = llama_config_from_gguf(f);
-  HybridModel<float, Cpu> model(all_attention(c));
+  std::shared_ptr<BlockWeights> blocks;
+  if (held != GgufWeights::float_only) blocks = std::make_shared<BlockWeights>(block_weights_from_gguf(f, c));
+  auto in_blocks = [&](const ParamSlot& s) {
+    const BlockMatrix* m = blocks->matrix_for(s, c.tied_embeddings);
+    return m && !m->empty();
+  };
+  HybridModel<float, Cpu> model = held == GgufWeights::cpu_inference
+                                      ? HybridModel<float, Cpu>::inference(all_attention(c), in_blocks)
+                                      : HybridModel<float, Cpu>(all_attention(c));
   const ModelWeights<float, Cpu>& w = model.weights();
   auto ptr = [](const ag::Var<float, Cpu>& v) { return v.value().data(); };
   const int64_t d = c.d_model, q = c.n_heads * c.head_dim, kv = c.n_kv_heads * c.head_dim;
@@ -122,17 +139,18 @@ inline HybridModel<float, Cpu> load_gguf_model(const io::GgufFile& f) {
     detail::load_gguf_rows(f, g + "attn_norm.weight", {d}, ptr(layer.norm));
     float* wqkv = ptr(layer.attn.wqkv);
     detail::load_gguf_rows(f, g + "attn_q.weight", {d, q}, wqkv, c.n_heads);
-    detail::load_gguf_rows(f, g + "attn_k.weight", {d, kv}, wqkv + q * d, c.n_kv_heads);
-    detail::load_gguf_rows(f, g + "attn_v.weight", {d, kv}, wqkv + (q + kv) * d);
+    detail::load_gguf_rows(f, g + "attn_k.weight", {d, kv}, wqkv ? wqkv + q * d : nullptr, c.n_kv_heads);
+    detail::load_gguf_rows(f, g + "attn_v.weight", {d, kv}, wqkv ? wqkv + (q + kv) * d : nullptr);
     detail::load_gguf_rows(f, g + "attn_output.weight", {q, d}, ptr(layer.attn.wo));
     detail::load_gguf_rows(f, g + "ffn_norm.weight", {d}, ptr(layer.mlp.norm));
     float* gate_up = ptr(layer.mlp.w_gate_up);
     detail::load_gguf_rows(f, g + "ffn_gate.weight", {d, c.d_ff}, gate_up);
-    detail::load_gguf_rows(f, g + "ffn_up.weight", {d, c.d_ff}, gate_up + c.d_ff * d);
+    detail::load_gguf_rows(f, g + "ffn_up.weight", {d, c.d_ff}, gate_up ? gate_up + c.d_ff * d : nullptr);
     detail::load_gguf_rows(f, g + "ffn_down.weight", {c.d_ff, d}, ptr(layer.mlp.w_down));
   }
   detail::load_gguf_rows(f, "output_norm.weight", {d}, ptr(w.norm));
   if (!c.tied_embeddings) detail::load_gguf_rows(f, "output.weight", {d, c.vocab}, ptr(w.lm_head));
+  if (blocks) model.set_block_weights(std::move(blocks));
   return model;
 }
 

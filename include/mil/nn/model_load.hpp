@@ -6,7 +6,7 @@
 // chat_template.jinja). A Transformer loads as the hybrid whose every layer is attention.
 // convert_model() moves the weights to another type or device. A GGUF model also keeps its
 // quantised linear layers in their block formats (nn/block_weights.hpp), which the CPU decoder's
-// products read instead of the float copies.
+// products read instead of the float copies; LoadFor::cpu_inference keeps only those.
 #include <filesystem>
 #include <string>
 
@@ -17,6 +17,12 @@
 #include "llama_hf.hpp"
 
 namespace mil::nn {
+
+// What a loaded model is for: anything (float weights, and a GGUF file's quantised matrices in
+// block format beside them, which the CPU decoder reads), or CPU inference only (a GGUF file's
+// quantised matrices in block format only, no gradient buffers: such a model decodes on the CPU
+// but cannot be trained, converted or moved to the GPU).
+enum class LoadFor { any, cpu_inference };
 
 struct LoadedModel {
   HybridModel<float, Cpu> model;
@@ -38,14 +44,14 @@ inline std::string folder_name(const std::filesystem::path& dir) {
   return name.empty() ? dir.parent_path().filename().string() : name;
 }
 
-inline LoadedModel load_gguf(const std::string& path) {
+inline LoadedModel load_gguf(const std::string& path, LoadFor use) {
   const auto f = io::GgufFile::open(path);
-  LoadedModel out{load_gguf_model(f), text::Tokenizer(text::tokenizer_data_from_gguf(f)),
+  LoadedModel out{load_gguf_model(f, use == LoadFor::cpu_inference ? GgufWeights::cpu_inference
+                                                                   : GgufWeights::float_and_blocks),
+                  text::Tokenizer(text::tokenizer_data_from_gguf(f)),
                   text::chat_template_from_gguf(f),
                   f.find_string("general.name").value_or(std::filesystem::path(path).stem())};
   check_vocab(out, path);
-  out.model.set_block_weights(
-      std::make_shared<BlockWeights>(block_weights_from_gguf(f, out.model.config().llama)));
   return out;
 }
 
@@ -71,10 +77,10 @@ inline LoadedModel load_folder(const std::filesystem::path& dir) {
 
 // A folder is a hybrid checkpoint (it has mamba_config.json) or a Hugging Face Transformer; a file
 // must be GGUF (checked by its magic bytes).
-inline LoadedModel load_model(const std::string& path) {
+inline LoadedModel load_model(const std::string& path, LoadFor use = LoadFor::any) {
   namespace fs = std::filesystem;
   MIL_CHECK(fs::exists(path), "model '", path, "' not found");
-  return fs::is_directory(path) ? load_detail::load_folder(path) : load_detail::load_gguf(path);
+  return fs::is_directory(path) ? load_detail::load_folder(path) : load_detail::load_gguf(path, use);
 }
 
 // The context length stored with a model at `path`: GGUF <arch>.context_length, or config.json's
