@@ -173,7 +173,40 @@ TEST_CASE("block matrix: parts of several types and row orders compute the float
   io::TensorInfo f32 = a.info;
   f32.type = GgmlType::F32;
   CHECK(test::error_of([&] { m.append(f32); }).find("no block product") != std::string::npos);
+  const std::vector<int64_t> bad_order = {0, 9, 1};
+  CHECK(test::error_of([&] { m.append(b.info, bad_order); }).find("order names row 9") != std::string::npos);
   CHECK(m.out() == 14);  // refused appends change nothing
+  CHECK(m.n_bytes() == a.info.n_bytes + b.info.n_bytes + c.info.n_bytes + d.info.n_bytes);
+  m.append(d.info);  // joins the last part: its rows must follow the earlier ones directly
+  m.dequantize_row(15, row.data());
+  CHECK(row == d.row(1));
+}
+
+TEST_CASE("block matrix: K-type parts wider than a thread task, on both product paths") {
+  // 70 rows span two column blocks of the product (64 rows each), so a part's second task starts
+  // at its row 64 while writing columns of a wider output.
+  const int64_t in = 256;
+  const RandomTensor a(GgmlType::Q4_K, 5, in, 21), b(GgmlType::Q6_K, 70, in, 22), c(GgmlType::Q8_0, 2, in, 23);
+  nn::BlockMatrix m(in);
+  for (const auto* t : {&a, &b, &c}) m.append(t->info);
+  REQUIRE(m.parts().size() == 3);
+  std::vector<float> w;
+  for (const auto* t : {&a, &b, &c})
+    for (int64_t r = 0; r < t->info.rows(); ++r) {
+      const auto row = t->row(r);
+      w.insert(w.end(), row.begin(), row.end());
+    }
+  std::vector<cpu::QuantRowsPath> paths{cpu::QuantRowsPath::portable};
+  if (cpu::quant_rows_avx2_supported()) paths.push_back(cpu::QuantRowsPath::avx2);
+  for (auto path : paths)
+    for (int64_t rows : {1, 10}) {
+      CAPTURE(rows);
+      const auto x = test::random_vector<float>(size_t(rows * in), 31 + uint64_t(rows));
+      const auto ref = float_product(w, m.out(), in, x, rows);
+      std::vector<float> y(ref.size(), test::poison<float>());
+      m.apply(x.data(), rows, y.data(), false, path);
+      test::require_close(path == cpu::QuantRowsPath::avx2 ? "avx2" : "portable", y, ref, 1e-5);
+    }
 }
 
 TEST_CASE("decoder on block weights: close to the float path, and verification equals decode steps bitwise") {
@@ -244,6 +277,9 @@ TEST_CASE("block weights: a model refuses blocks of another shape") {
   CHECK(!model.block_weights());  // refused: nothing set
   model.set_block_weights(bm.blocks);
   CHECK(model.block_weights() == bm.blocks);
+  // New float values make the blocks stale: they are dropped.
+  model.init_random(6, 0.3f);
+  CHECK(!model.block_weights());
 }
 
 TEST_CASE("block weights: the teacher's block matrices hold its float weights, row for row") {
@@ -308,6 +344,17 @@ TEST_CASE("block weights: a GGUF model loaded for CPU inference holds its blocks
   a.step(std::span(&row, 1));
   b.step(std::span(&row, 1));
   CHECK(a.logits_host() == b.logits_host());
+
+  // Blocks must cover every weight the model has no float values for.
+  auto holes = std::make_shared<nn::BlockWeights>(*lean.block_weights());
+  holes->layers[2].wqkv = nn::BlockMatrix(c.d_model);
+  auto lean2 = nn::load_gguf_model(f, nn::GgufWeights::cpu_inference);
+  const auto lean2_blocks = lean2.block_weights();
+  CHECK(test::error_of([&] { lean2.set_block_weights(holes); }).find("layers.2.wqkv has no float values") != std::string::npos);
+  CHECK(test::error_of([&] { lean2.set_block_weights(nullptr); }).find("cannot drop its blocks") != std::string::npos);
+  CHECK(lean2.block_weights().get() == lean2_blocks.get());  // refused: unchanged
+  CHECK(test::error_of([&] { lean2.copy_owned_from(both); }).find("block format only") != std::string::npos);
+  CHECK(test::error_of([&] { lean2.init_random(1); }).find("block format only") != std::string::npos);
 
   // What needs the float weights says so.
   nn::DecoderOptions floats = o;

@@ -6,7 +6,7 @@
 //
 // The forward is the decoder's step (nn/decoder.hpp), `batch` sequences a step, each in its own
 // slot: one step runs the prompts without logits, the next the answers with a logits row per
-// token. On the CPU the decoder's products are row-invariant (cpu::linear_rows), so a sequence's
+// token. On the CPU the decoder's products are row-invariant (cpu::linear_rows, cpu::quant_linear_rows), so a sequence's
 // value is bitwise the same alone or in any batch: the stored reference log-probabilities do not
 // depend on how the pairs were grouped, or where a stopped run continued. (The training forward's
 // matrix products round differently with the number of rows.)

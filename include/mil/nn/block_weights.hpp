@@ -58,11 +58,12 @@ class BlockMatrix {
               t.n_bytes, " bytes, not ", rows, " rows of ", rb);
     MIL_CHECK(order.empty() || int64_t(order.size()) == rows, "BlockMatrix: an order of ",
               order.size(), " rows for tensor '", t.name, "' of ", rows);
+    for (int64_t from : order)  // checked before anything changes
+      MIL_CHECK(from >= 0 && from < rows, "BlockMatrix: order names row ", from, " of ", rows);
     const int64_t offset = n_bytes();
     bytes_.resize(size_t(checked_add(offset, t.n_bytes)));
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t from = order.empty() ? r : order[size_t(r)];
-      MIL_CHECK(from >= 0 && from < rows, "BlockMatrix: order names row ", from, " of ", rows);
       std::memcpy(bytes_.data() + offset + r * rb, t.data + from * rb, size_t(rb));
     }
     if (!parts_.empty() && parts_.back().type == t.type) {

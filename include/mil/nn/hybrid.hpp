@@ -118,6 +118,7 @@ class HybridModel {
   // init_mamba_layer: drawn on the CPU, so CPU and GPU models start from the same numbers.
   // Borrowed parameters are the lender's and keep their values.
   void init_random(uint64_t seed, float std = 0.02f) {
+    writable_floats("init_random");
     HybridModel<float, Cpu> host(cfg_);
     rng::fill_normal(host.params().values(), 0.f, std, seed);
     for (const auto& s : parameter_table(cfg_))
@@ -153,6 +154,8 @@ class HybridModel {
   // carry them: they are bound to these weights' values as loaded.
   const std::shared_ptr<const BlockWeights>& block_weights() const { return blocks_; }
   void set_block_weights(std::shared_ptr<const BlockWeights> b) {
+    MIL_CHECK(b || has_float_weights(), "set_block_weights: the model keeps some weights in block "
+              "format only: it cannot drop its blocks");
     if (b) {
       const LlamaConfig& c = cfg_.llama;
       MIL_CHECK(int64_t(b->layers.size()) == c.n_layers, "set_block_weights: ", b->layers.size(),
@@ -174,6 +177,13 @@ class HybridModel {
         check(bl.down, w.mlp.w_down, "down");
       }
       check(b->lm_head, weights_.lm_head, "lm_head");
+      // A weight without float values must be in the blocks.
+      for (const auto& s : parameter_table(cfg_)) {
+        const Var& v = weights_[s];
+        const BlockMatrix* m = b->matrix_for(s, c.tied_embeddings);
+        MIL_CHECK(v.value().defined() || v.numel() == 0 || (m && !m->empty()), "set_block_weights: ",
+                  s.key(), " has no float values and no blocks");
+      }
     }
     blocks_ = std::move(b);
   }
@@ -186,6 +196,7 @@ class HybridModel {
   // type or device; rounded once on the host). Borrowed parameters are not touched.
   template <Element S, Device DS>
   void copy_owned_from(const HybridModel<S, DS>& src) {
+    writable_floats("copy_owned_from");
     for (const auto& e : params_.entries()) {
       if (!e.owned()) continue;
       const auto& from = src.params()[e.name].value();
@@ -199,6 +210,14 @@ class HybridModel {
   }
 
  private:
+  // Before the float weights change: a model without them refuses, and blocks made from the old
+  // values are dropped (the decoder then runs the float products on the new ones).
+  void writable_floats(const char* what) {
+    MIL_CHECK(has_float_weights(), "HybridModel::", what, ": the model keeps some weights in block "
+              "format only (loaded for CPU inference): load it with its float weights");
+    blocks_.reset();
+  }
+
   HybridModel(const HybridConfig& cfg, ParameterStore<T, D>&& store)
       : cfg_(cfg), params_(std::move(store)), weights_(bind_weights(cfg_, params_)) {}
 

@@ -453,6 +453,8 @@ inline void load_hybrid_weights(const std::filesystem::path& dir, HybridModel<fl
 inline void save_hybrid(const std::filesystem::path& dir, const HybridModel<float, Cpu>& model,
                         const HybridSaveOptions& o = {}) {
   const HybridConfig& c = model.config();
+  MIL_CHECK(model.has_float_weights(), "save_hybrid: the model keeps some weights in block format "
+            "only (loaded for CPU inference): load it with its float weights to save it");
   MIL_CHECK(o.hf.dtype == "bfloat16" || o.hf.dtype == "float32", "save_hybrid: dtype '",
             o.hf.dtype, "' is not bfloat16 or float32");
   MIL_CHECK(o.hf.max_position_embeddings > 0, "save_hybrid: max_position_embeddings must be > 0");

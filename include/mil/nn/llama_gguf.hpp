@@ -120,9 +120,12 @@ inline HybridModel<float, Cpu> load_gguf_model(const io::GgufFile& f,
                                                GgufWeights held = GgufWeights::float_only) {
   const LlamaConfig c = llama_config_from_gguf(f);
   std::shared_ptr<BlockWeights> blocks;
-  if (held != GgufWeights::float_only) blocks = std::make_shared<BlockWeights>(block_weights_from_gguf(f, c));
+  if (held != GgufWeights::float_only) {
+    blocks = std::make_shared<BlockWeights>(block_weights_from_gguf(f, c));
+    if (blocks->n_bytes() == 0) blocks.reset();  // no type with a block product: float throughout
+  }
   auto in_blocks = [&](const ParamSlot& s) {
-    const BlockMatrix* m = blocks->matrix_for(s, c.tied_embeddings);
+    const BlockMatrix* m = blocks ? blocks->matrix_for(s, c.tied_embeddings) : nullptr;
     return m && !m->empty();
   };
   HybridModel<float, Cpu> model = held == GgufWeights::cpu_inference

@@ -441,6 +441,8 @@ inline nlohmann::ordered_json llama_hf_config_json(const LlamaConfig& c, const H
 inline void save_llama_hf(const std::filesystem::path& dir, const HybridModel<float, Cpu>& model,
                           const HfSaveOptions& o = {}) {
   const LlamaConfig& c = model.config().llama;
+  MIL_CHECK(model.has_float_weights(), "save_llama_hf: the model keeps some weights in block format "
+            "only (loaded for CPU inference): load it with its float weights to save it");
   MIL_CHECK(model.config().n_mamba_layers() == 0, "save_llama_hf: the model has ",
             model.config().n_mamba_layers(), " Mamba layers: save it with save_hybrid");
   MIL_CHECK(o.dtype == "bfloat16" || o.dtype == "float32", "save_llama_hf: dtype '", o.dtype,
