@@ -24,6 +24,7 @@
 #include <type_traits>
 
 #include "../core/error.hpp"
+#include "row_tiles.hpp"
 
 namespace mil::cpu {
 
@@ -174,20 +175,10 @@ void linear_rows(T* y, const T* x, const T* w, int64_t rows, int64_t out, int64_
   (void)checked_mul(rows, in), (void)checked_mul(out, in), (void)checked_mul(rows, out);
   if (rows == 0 || out == 0) return;
   MIL_CHECK(y && (in == 0 || (x && w)), "linear_rows: null operand pointer");
-  const int64_t blocks = (out + d::kColumnBlock - 1) / d::kColumnBlock;
-  // Threads only pay off past ~64k multiply-adds; the `if` changes who computes, not the result.
-  [[maybe_unused]] const bool parallel =
-      checked_mul(checked_mul(rows, out), std::max<int64_t>(in, 1)) > (int64_t(1) << 16);
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(static) if (parallel)
-#endif
-  for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t j0 = b * d::kColumnBlock, j1 = std::min(out, j0 + d::kColumnBlock);
-    for (int64_t r = 0; r < rows; r += d::kMaxTileRows) {
-      const int n = int(std::min<int64_t>(d::kMaxTileRows, rows - r));
-      d::tile_rows(n, y + r * out, x + r * in, w, out, in, j0, j1, accumulate);
-    }
-  }
+  for_each_row_tile(rows, out, in, d::kColumnBlock, d::kMaxTileRows,
+                    [&](int n, int64_t r, int64_t j0, int64_t j1) {
+                      d::tile_rows(n, y + r * out, x + r * in, w, out, in, j0, j1, accumulate);
+                    });
 }
 
 }  // namespace mil::cpu

@@ -28,6 +28,7 @@
 
 #include "../core/error.hpp"
 #include "../io/dequantize.hpp"
+#include "row_tiles.hpp"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))  // _mm_cvtsi64_si128 is 64-bit only
 #define MIL_QUANT_ROWS_AVX2 1
@@ -333,20 +334,11 @@ inline void quant_linear_rows(io::GgmlType type, const uint8_t* w, int64_t out, 
     tiles[n] = d::portable_tile_for(n);
 #endif
   }
-  const int64_t blocks = (out + d::kColumnBlock - 1) / d::kColumnBlock;
-  // Threads only pay off past ~64k multiply-adds; the `if` changes who computes, not the result.
-  [[maybe_unused]] const bool parallel =
-      checked_mul(checked_mul(rows, out), std::max<int64_t>(in, 1)) > (int64_t(1) << 16);
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(static) if (parallel)
-#endif
-  for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t j0 = b * d::kColumnBlock, j1 = std::min(out, j0 + d::kColumnBlock);
-    for (int64_t r = 0; r < rows; r += d::kMaxTileRows) {
-      const int n = int(std::min<int64_t>(d::kMaxTileRows, rows - r));
-      tiles[n](type, w, row_bytes, in, x + r * in, y + r * ldy, ldy, j0, j1, accumulate);
-    }
-  }
+  for_each_row_tile(rows, out, in, d::kColumnBlock, d::kMaxTileRows,
+                    [&](int n, int64_t r, int64_t j0, int64_t j1) {
+                      tiles[n](type, w, row_bytes, in, x + r * in, y + r * ldy, ldy, j0, j1,
+                               accumulate);
+                    });
 }
 
 }  // namespace mil::cpu

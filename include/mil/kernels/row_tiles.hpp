@@ -1,0 +1,32 @@
+#pragma once
+// The loop the row-invariant CPU products share (cpu::linear_rows, cpu::quant_linear_rows): the
+// output columns (weight rows) in blocks of `column_block`, one thread task each, and within a
+// task the call's rows in tiles of up to `max_tile_rows` that share each weight read. Threads split
+// columns only and a tile's rows never change a row's summation order, so a row's bits depend on
+// neither the thread count nor the other rows of the call.
+#include <algorithm>
+#include <cstdint>
+
+#include "../core/error.hpp"
+
+namespace mil::cpu {
+
+// tile(n, r, j0, j1): rows [r, r + n) against weight rows [j0, j1).
+template <class Tile>
+inline void for_each_row_tile(int64_t rows, int64_t out, int64_t in, int64_t column_block,
+                              int max_tile_rows, const Tile& tile) {
+  const int64_t blocks = (out + column_block - 1) / column_block;
+  // Threads only pay off past ~64k multiply-adds; the `if` changes who computes, not the result.
+  [[maybe_unused]] const bool parallel =
+      checked_mul(checked_mul(rows, out), std::max<int64_t>(in, 1)) > (int64_t(1) << 16);
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) if (parallel)
+#endif
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t j0 = b * column_block, j1 = std::min(out, j0 + column_block);
+    for (int64_t r = 0; r < rows; r += max_tile_rows)
+      tile(int(std::min<int64_t>(max_tile_rows, rows - r)), r, j0, j1);
+  }
+}
+
+}  // namespace mil::cpu
