@@ -79,7 +79,7 @@ void finish(benchmark::State& state, double seconds, double weight_bytes, int64_
 // y [rows, out] = x [rows, in] W^T with W in `type`; state.range(0) = rows.
 void quantised(benchmark::State& state, GgmlType type, QuantRowsPath path, int64_t out, int64_t in) {
   if (path == QuantRowsPath::avx2 && !mil::cpu::quant_rows_avx2_supported()) {
-    state.SkipWithError("this CPU lacks AVX2/FMA");
+    state.SkipWithError("this CPU lacks AVX2/FMA/F16C");
     return;
   }
   if (in % mil::io::ggml_type_info_or_throw(type).block_size != 0) {

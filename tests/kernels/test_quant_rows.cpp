@@ -42,7 +42,7 @@ struct ThreadsGuard {
 std::vector<QuantRowsPath> paths() {
   if (cpu::quant_rows_avx2_supported()) return {QuantRowsPath::portable, QuantRowsPath::avx2};
   static bool told = false;
-  if (!told) MESSAGE("this CPU lacks AVX2/FMA: only the portable path of quant_linear_rows is tested");
+  if (!told) MESSAGE("this CPU lacks AVX2/FMA/F16C: only the portable path of quant_linear_rows is tested");
   told = true;
   return {QuantRowsPath::portable};
 }
@@ -235,7 +235,7 @@ TEST_CASE("quant_linear_rows: weights at an odd address") {
 // Catches the automatic choice ignoring the CPU (it must be the AVX2 path where supported).
 TEST_CASE("quant_linear_rows: automatic takes the AVX2 path where the CPU has it") {
   if (!cpu::quant_rows_avx2_supported()) {
-    MESSAGE("this CPU lacks AVX2/FMA: skipped");
+    MESSAGE("this CPU lacks AVX2/FMA/F16C: skipped");
     return;
   }
   const int64_t rows = 2, out = 5, in = 256;
