@@ -18,7 +18,7 @@ import sys
 
 LABELS = re.compile(r"^\[mil-distill\]\s+(\d+) answers, (\d+) answer tokens, ([\d.]+) tokens/s; "
                     r"skipped: (\d+) too long, (\d+) empty")
-LABELLING = re.compile(r"^\[mil-distill\] labelling (\d+) \w+ prompts into \S*?([^/\s]+)$")
+LABELLING = re.compile(r"^\[mil-distill\] labelling (\d+) \S+ prompts into \S*?([^/\s]+)$")
 HELDOUT_LINE = re.compile(r"held-out at (\d+) tokens: ppl ratio ([\d.]+) \| KL ([\d.]+) \| "
                           r"top-1 agreement ([\d.]+)% \((\d+) tokens\)")
 CURVE_KEYS = ("tokens_seen", "loss", "ce", "kl", "lr", "grad_norm")
