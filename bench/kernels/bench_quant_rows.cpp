@@ -1,7 +1,8 @@
 // The inference product on quantised weights, cpu::quant_linear_rows, at SmolLM2-135M's decode
-// shapes (MLP up 1536 x 576, down 576 x 1536, LM head 49152 x 576) at 1 row (decode) and 5 rows
-// (verification of speculated tokens), for each type it reads and both of its paths, beside the
-// float product cpu::linear_rows on the same weights dequantised.
+// shapes (MLP up 1536 x 576, down 576 x 1536, LM head 49152 x 576) at 1 row (decode), 5 rows
+// (verification of speculated tokens) and 64 (a slice of a prompt), for each type it reads and
+// each of its paths (AVX-512, AVX2, portable), beside the float product cpu::linear_rows on the
+// same weights dequantised.
 //
 // Counters, besides bench::report()'s (wall-clock floors):
 //   weight_GB/s: the bytes of the weights as this product reads them (the block format, or 4 per
@@ -82,6 +83,10 @@ void quantised(benchmark::State& state, GgmlType type, QuantRowsPath path, int64
     state.SkipWithError("this CPU lacks AVX2/FMA/F16C");
     return;
   }
+  if (path == QuantRowsPath::avx512 && !mil::cpu::quant_rows_avx512_supported()) {
+    state.SkipWithError("this CPU lacks AVX-512F");
+    return;
+  }
   if (in % mil::io::ggml_type_info_or_throw(type).block_size != 0) {
     state.SkipWithError("in is not a whole number of this type's blocks (GGUF files store such "
                         "tensors in a 32-element type)");
@@ -120,27 +125,27 @@ void float_rows(benchmark::State& state, int64_t out, int64_t in) {
 }
 
 void decode_rows(benchmark::internal::Benchmark* b) {
-  b->Arg(1)->Arg(5)->ArgName("rows")->Unit(benchmark::kMicrosecond);
+  b->Arg(1)->Arg(5)->Arg(64)->ArgName("rows")->Unit(benchmark::kMicrosecond);
 }
 
 }  // namespace
 
-#define MIL_QUANT_ROWS_SHAPE(name, out, in)                                                      \
-  BENCHMARK_CAPTURE(float_rows, f32_##name, out, in)->Apply(decode_rows);                      \
-  BENCHMARK_CAPTURE(quantised, q8_0_avx2_##name, GgmlType::Q8_0, QuantRowsPath::avx2, out, in) \
-      ->Apply(decode_rows);                                                                     \
-  BENCHMARK_CAPTURE(quantised, q4_1_avx2_##name, GgmlType::Q4_1, QuantRowsPath::avx2, out, in) \
-      ->Apply(decode_rows);                                                                     \
-  BENCHMARK_CAPTURE(quantised, q4_k_avx2_##name, GgmlType::Q4_K, QuantRowsPath::avx2, out, in) \
-      ->Apply(decode_rows);                                                                     \
-  BENCHMARK_CAPTURE(quantised, q6_k_avx2_##name, GgmlType::Q6_K, QuantRowsPath::avx2, out, in) \
-      ->Apply(decode_rows);                                                                     \
-  BENCHMARK_CAPTURE(quantised, q8_0_portable_##name, GgmlType::Q8_0, QuantRowsPath::portable,  \
-                    out, in)                                                                    \
-      ->Apply(decode_rows);                                                                     \
-  BENCHMARK_CAPTURE(quantised, q4_1_portable_##name, GgmlType::Q4_1, QuantRowsPath::portable,  \
-                    out, in)                                                                    \
+#define MIL_QUANT_ROWS_CASE(type, path, name, out, in)                                           \
+  BENCHMARK_CAPTURE(quantised, type##_##path##_##name, GgmlType::type, QuantRowsPath::path, out, \
+                    in)                                                                            \
       ->Apply(decode_rows)
+#define MIL_QUANT_ROWS_SHAPE(name, out, in)                                   \
+  BENCHMARK_CAPTURE(float_rows, f32_##name, out, in)->Apply(decode_rows);   \
+  MIL_QUANT_ROWS_CASE(Q8_0, avx512, name, out, in);                         \
+  MIL_QUANT_ROWS_CASE(Q4_1, avx512, name, out, in);                         \
+  MIL_QUANT_ROWS_CASE(Q4_K, avx512, name, out, in);                         \
+  MIL_QUANT_ROWS_CASE(Q6_K, avx512, name, out, in);                         \
+  MIL_QUANT_ROWS_CASE(Q8_0, avx2, name, out, in);                           \
+  MIL_QUANT_ROWS_CASE(Q4_1, avx2, name, out, in);                           \
+  MIL_QUANT_ROWS_CASE(Q4_K, avx2, name, out, in);                           \
+  MIL_QUANT_ROWS_CASE(Q6_K, avx2, name, out, in);                           \
+  MIL_QUANT_ROWS_CASE(Q8_0, portable, name, out, in);                       \
+  MIL_QUANT_ROWS_CASE(Q4_1, portable, name, out, in)
 
 MIL_QUANT_ROWS_SHAPE(mlp_up_1536x576, 1536, 576);
 MIL_QUANT_ROWS_SHAPE(mlp_down_576x1536, 576, 1536);

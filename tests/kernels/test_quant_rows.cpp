@@ -1,5 +1,5 @@
 // cpu::quant_linear_rows, the inference product on weights in their ggml block format: values of
-// both paths (portable, AVX2) against a double-precision product of io::dequantize_row's weights
+// every path (portable, AVX2, AVX-512) against a double-precision product of io::dequantize_row's weights
 // with a per-element rounding bound, and the linear_rows contract that a row's bits depend neither
 // on the other rows of the call nor on the thread count.
 #include <doctest/doctest.h>
@@ -38,15 +38,21 @@ struct ThreadsGuard {
   ~ThreadsGuard() { cpu::set_threads(saved); }
 };
 
-// The paths this CPU runs; AVX2 is skipped with a message where the CPU lacks it.
+// The paths this CPU runs; AVX2 and AVX-512 are skipped with a message where the CPU lacks them.
 std::vector<QuantRowsPath> paths() {
-  if (cpu::quant_rows_avx2_supported()) return {QuantRowsPath::portable, QuantRowsPath::avx2};
+  std::vector<QuantRowsPath> p{QuantRowsPath::portable};
+  if (cpu::quant_rows_avx2_supported()) p.push_back(QuantRowsPath::avx2);
+  if (cpu::quant_rows_avx512_supported()) p.push_back(QuantRowsPath::avx512);
   static bool told = false;
-  if (!told) MESSAGE("this CPU lacks AVX2/FMA/F16C: only the portable path of quant_linear_rows is tested");
+  if (!told && p.size() < 3)
+    MESSAGE("this CPU lacks ", cpu::quant_rows_avx2_supported() ? "AVX-512F" : "AVX2/FMA/F16C",
+            ": the paths it cannot run are not tested");
   told = true;
-  return {QuantRowsPath::portable};
+  return p;
 }
-const char* path_name(QuantRowsPath p) { return p == QuantRowsPath::avx2 ? "avx2" : "portable"; }
+const char* path_name(QuantRowsPath p) {
+  return p == QuantRowsPath::avx512 ? "avx512" : p == QuantRowsPath::avx2 ? "avx2" : "portable";
+}
 
 int64_t block_size(GgmlType t) { return io::ggml_type_info_or_throw(t).block_size; }
 
@@ -135,7 +141,7 @@ bool same_bits(const float* a, const float* b, int64_t n) {
 // scale/min packing, Q6_K's ql/qh/scale indexing, a wrong block stride within or between rows),
 // a weight row skipped or repeated (out = 1, 7, 33: one, several and past-32 rows), row tiles past
 // 8 (rows = 9), and y read when not accumulating (NaN start).
-TEST_CASE("quant_linear_rows: values within the rounding bound - every type, both paths") {
+TEST_CASE("quant_linear_rows: values within the rounding bound - every type, every path") {
   uint32_t seed = 100;
   for (GgmlType type : kTypes)
     for (QuantRowsPath path : paths())
@@ -232,20 +238,51 @@ TEST_CASE("quant_linear_rows: weights at an odd address") {
     }
 }
 
-// Catches the automatic choice ignoring the CPU (it must be the AVX2 path where supported).
-TEST_CASE("quant_linear_rows: automatic takes the AVX2 path where the CPU has it") {
-  if (!cpu::quant_rows_avx2_supported()) {
-    MESSAGE("this CPU lacks AVX2/FMA/F16C: skipped");
-    return;
-  }
+// Catches the automatic choice ignoring the CPU: it must be the widest SIMD path the CPU has, and
+// run it (the same bits as asking for that path).
+TEST_CASE("quant_linear_rows: automatic takes the widest SIMD path the CPU has") {
+  const QuantRowsPath widest = cpu::quant_rows_avx512_supported() ? QuantRowsPath::avx512
+                               : cpu::quant_rows_avx2_supported() ? QuantRowsPath::avx2
+                                                                  : QuantRowsPath::portable;
+  CHECK(cpu::quant_rows_path_for(QuantRowsPath::automatic) == widest);
+  CHECK(cpu::quant_rows_path_for(QuantRowsPath::portable) == QuantRowsPath::portable);
   const int64_t rows = 2, out = 5, in = 256;
   const Bytes q = random_weights(GgmlType::Q4_K, out, in, 600);
   const auto x = test::random_vector<float>(size_t(rows * in), 601);
   std::vector<float> a(size_t(rows * out)), b(size_t(rows * out));
   cpu::quant_linear_rows(GgmlType::Q4_K, q.data(), out, in, x.data(), rows, a.data());
-  cpu::quant_linear_rows(GgmlType::Q4_K, q.data(), out, in, x.data(), rows, b.data(), false,
-                         QuantRowsPath::avx2);
+  cpu::quant_linear_rows(GgmlType::Q4_K, q.data(), out, in, x.data(), rows, b.data(), false, widest);
   CHECK(same_bits(a.data(), b.data(), rows * out));
+}
+
+// Catches an AVX-512 decoder or lane order that differs from the AVX2 path's (a weight decoded by
+// another formula, elements 0-15 and 16-31 paired otherwise, the lanes summed in another tree): the
+// two must give the same bits for every type, tile and accumulate, so a model's outputs do not
+// depend on which of the two a CPU has.
+TEST_CASE("quant_linear_rows: the AVX-512 and AVX2 paths give the same bits") {
+  if (!cpu::quant_rows_avx512_supported()) {
+    MESSAGE("this CPU lacks AVX-512F: skipped");
+    return;
+  }
+  const int64_t out = 70, rows = 9;
+  for (GgmlType type : kTypes)
+    for (bool accumulate : {false, true}) {
+      const int64_t in = 3 * block_size(type);
+      const Bytes q = random_weights(type, out, in, 700);
+      const auto x = test::random_vector<float>(size_t(rows * in), 701);
+      const auto y0 = test::random_vector<float>(size_t(rows * out), 702);
+      for (int64_t n = 1; n <= rows; ++n) {
+        std::vector<float> a = y0, b = y0;
+        cpu::quant_linear_rows(type, q.data(), out, in, x.data(), n, a.data(), accumulate,
+                               QuantRowsPath::avx2);
+        cpu::quant_linear_rows(type, q.data(), out, in, x.data(), n, b.data(), accumulate,
+                               QuantRowsPath::avx512);
+        CAPTURE(io::ggml_type_info_or_throw(type).name);
+        CAPTURE(accumulate);
+        CAPTURE(n);
+        CHECK(same_bits(a.data(), b.data(), n * out));
+      }
+    }
 }
 
 // Catches a decoder run on a type it does not know (garbage, or reading past a row) and a partial

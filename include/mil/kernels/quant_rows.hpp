@@ -16,11 +16,12 @@
 //   - threads split the output rows only (never `in`); row tiles (up to 8 rows share each weight
 //     block read) do not touch the order.
 // The pair step keeps each accumulator's dependency chain at one addition per 32 weights, so one
-// decode row is not bound by FMA latency. Two paths: AVX2+FMA (chosen at run time when the CPU has
-// it) and a portable one (any CPU; it multiply-adds with one rounding where the build's ISA has FMA
-// and two elsewhere, like linear_rows). Both follow this order and keep the contract; they may
-// differ from each other in the last bits where their weight decoders round d q + m differently
-// or the build has no FMA.
+// decode row is not bound by FMA latency. Three paths, chosen at run time by what the CPU has:
+// AVX-512 (the 16 lanes in one register), AVX2+FMA+F16C, and a portable one (any CPU; it
+// multiply-adds with one rounding where the build's ISA has FMA and two elsewhere, like
+// linear_rows). All follow this order and keep the contract; AVX-512 and AVX2 give the same bits,
+// the portable path may differ from them in the last bits where its weight decoder rounds d q + m
+// differently or the build has no FMA.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -34,15 +35,17 @@
 #define MIL_QUANT_ROWS_AVX2 1
 #include <immintrin.h>
 #define MIL_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define MIL_TARGET_AVX512 __attribute__((target("avx512f,avx2,fma,f16c")))
 #else
 #define MIL_QUANT_ROWS_AVX2 0
 #endif
 
 namespace mil::cpu {
 
-// Which code computes the product: automatic takes AVX2 where the CPU has AVX2 and FMA; tests and
-// benchmarks force one path to check or time it.
-enum class QuantRowsPath { automatic, portable, avx2 };
+// Which code computes the product: automatic takes AVX-512 where the CPU has it, else AVX2 where
+// it has AVX2, FMA and F16C, else the portable path; tests and benchmarks force one path to check
+// or time it.
+enum class QuantRowsPath { automatic, portable, avx2, avx512 };
 
 // Whether this CPU (and build) can run QuantRowsPath::avx2 (AVX2, FMA and F16C).
 inline bool quant_rows_avx2_supported() {
@@ -56,6 +59,24 @@ inline bool quant_rows_avx2_supported() {
 #else
   return false;
 #endif
+}
+
+// Whether this CPU (and build) can run QuantRowsPath::avx512 (AVX-512F besides the AVX2 path's).
+inline bool quant_rows_avx512_supported() {
+#if MIL_QUANT_ROWS_AVX2
+  static const bool ok = quant_rows_avx2_supported() && __builtin_cpu_supports("avx512f");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+// The path a request runs: automatic becomes the widest this CPU has.
+inline QuantRowsPath quant_rows_path_for(QuantRowsPath requested) {
+  if (requested != QuantRowsPath::automatic) return requested;
+  return quant_rows_avx512_supported() ? QuantRowsPath::avx512
+         : quant_rows_avx2_supported() ? QuantRowsPath::avx2
+                                       : QuantRowsPath::portable;
 }
 
 // The weight types quant_linear_rows reads.
@@ -286,6 +307,131 @@ inline TileFn avx2_tile_for(GgmlType type, int rows) {
     default: return avx2_tile_for_rows<GgmlType::Q6_K>(rows);
   }
 }
+
+// ---- AVX-512 path ----------------------------------------------------------------------------
+// The contract's 16 lanes are one 512-bit vector: lane l of a group's pair step is
+// x[l] w[l] + x[16 + l] w[16 + l], i.e. the group's elements 0-15 ("lo") against 16-31 ("hi").
+// Every weight is decoded by the AVX2 path's formula and the lanes are summed in its tree, so the
+// two paths give the same bits; this one takes half the instructions per group, and its 32
+// registers hold eight rows' accumulators without spilling (the AVX2 prefill tile spills).
+
+// 16 bytes at p (any alignment) widened to 16 int32, signed or not.
+MIL_TARGET_AVX512 inline __m512i widen16_u8(const uint8_t* p) {
+  return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+MIL_TARGET_AVX512 inline __m512i widen16_i8(const uint8_t* p) {
+  return _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+// Q6_K: 16 codes of quarter k (nibble k / 2 of ql[l], bits 2k, 2k + 1 of qh[l]), centred, as floats.
+MIL_TARGET_AVX512 inline __m512 q6_codes16(const uint8_t* ql, const uint8_t* qh, int k) {
+  const __m512i low = _mm512_and_si512(_mm512_srlv_epi32(widen16_u8(ql), _mm512_set1_epi32(4 * (k / 2))),
+                                       _mm512_set1_epi32(0xF));
+  const __m512i high = _mm512_and_si512(_mm512_srlv_epi32(widen16_u8(qh), _mm512_set1_epi32(2 * k)),
+                                        _mm512_set1_epi32(3));
+  return _mm512_cvtepi32_ps(
+      _mm512_sub_epi32(_mm512_or_si512(low, _mm512_slli_epi32(high, 4)), _mm512_set1_epi32(32)));
+}
+
+// Group g of the block at b (32 weights) as elements 0-15 (lo) and 16-31 (hi).
+template <GgmlType T>
+MIL_TARGET_AVX512 inline void decode_group16(const uint8_t* b, int g, __m512& lo, __m512& hi) {
+  if constexpr (T == GgmlType::Q8_0) {
+    const __m512 d = _mm512_set1_ps(f16_at(b));
+    lo = _mm512_mul_ps(_mm512_cvtepi32_ps(widen16_i8(b + 2)), d);
+    hi = _mm512_mul_ps(_mm512_cvtepi32_ps(widen16_i8(b + 18)), d);
+  } else if constexpr (T == GgmlType::Q4_0 || T == GgmlType::Q4_1) {
+    constexpr bool has_min = T == GgmlType::Q4_1;
+    const __m512i bytes = widen16_u8(b + (has_min ? 4 : 2));
+    __m512i q_lo = _mm512_and_si512(bytes, _mm512_set1_epi32(0xF)), q_hi = _mm512_srli_epi32(bytes, 4);
+    const __m512 d = _mm512_set1_ps(f16_at(b));
+    if constexpr (has_min) {
+      const __m512 m = _mm512_set1_ps(f16_at(b + 2));
+      lo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q_lo), d, m);
+      hi = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q_hi), d, m);
+    } else {
+      const __m512i eight = _mm512_set1_epi32(8);
+      lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(q_lo, eight)), d);
+      hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(q_hi, eight)), d);
+    }
+  } else if constexpr (T == GgmlType::Q4_K) {
+    float sc, mn;
+    io::detail::k_scale_min(g, b + 4, sc, mn);
+    const float scale = f16_at(b) * sc, min = f16_at(b + 2) * mn;
+    const __m512 s = _mm512_set1_ps(scale), neg_min = _mm512_set1_ps(-min);
+    const uint8_t* qs = b + 16 + 32 * (g / 2);
+    const __m512i shift = _mm512_set1_epi32(4 * (g % 2)), nibble = _mm512_set1_epi32(0xF);
+    const __m512i q_lo = _mm512_and_si512(_mm512_srlv_epi32(widen16_u8(qs), shift), nibble);
+    const __m512i q_hi = _mm512_and_si512(_mm512_srlv_epi32(widen16_u8(qs + 16), shift), nibble);
+    lo = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(q_lo), neg_min);
+    hi = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(q_hi), neg_min);
+  } else if constexpr (T == GgmlType::Q6_K) {
+    const int h = g / 4, k = g % 4;
+    const uint8_t* ql = b + 64 * h + 32 * (k % 2);
+    const uint8_t* qh = b + 128 + 32 * h;
+    const int8_t* scales = reinterpret_cast<const int8_t*>(b + 192);
+    const float d = f16_at(b + 208);
+    lo = _mm512_mul_ps(_mm512_set1_ps(d * float(scales[8 * h + 2 * k])), q6_codes16(ql, qh, k));
+    hi = _mm512_mul_ps(_mm512_set1_ps(d * float(scales[8 * h + 2 * k + 1])),
+                       q6_codes16(ql + 16, qh + 16, k));
+  }
+}
+
+// As avx2_tile, with one 16-lane accumulator per row.
+template <GgmlType T, int R>
+MIL_TARGET_AVX512 void avx512_tile(GgmlType, const uint8_t* w, int64_t row_bytes, int64_t in,
+                                   const float* x, float* y, int64_t ldy, int64_t j0, int64_t j1,
+                                   bool accumulate) {
+  constexpr int64_t bs = T == GgmlType::Q4_K || T == GgmlType::Q6_K ? 256 : 32;
+  constexpr int groups = int(bs / 32);
+  const int64_t blocks = in / bs, bb = blocks > 0 ? row_bytes / blocks : 0;
+  for (int64_t j = j0; j < j1; ++j) {
+    __m512 acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+    const uint8_t* row = w + j * row_bytes;
+    for (int64_t b = 0; b < blocks; ++b)
+      for (int g = 0; g < groups; ++g) {
+        __m512 lo, hi;
+        decode_group16<T>(row + b * bb, g, lo, hi);
+        for (int r = 0; r < R; ++r) {
+          const float* xr = x + r * in + b * bs + 32 * g;
+          acc[r] = _mm512_add_ps(acc[r], _mm512_fmadd_ps(_mm512_loadu_ps(xr + 16), hi,
+                                                         _mm512_mul_ps(_mm512_loadu_ps(xr), lo)));
+        }
+      }
+    for (int r = 0; r < R; ++r) {
+      const __m256 lanes_lo = _mm512_castps512_ps256(acc[r]);
+      const __m256 lanes_hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[r]), 1));
+      const float dot = avx2_sum_lanes(lanes_lo, lanes_hi);
+      float& yr = y[r * ldy + j];
+      yr = accumulate ? yr + dot : dot;
+    }
+  }
+}
+
+template <GgmlType T>
+inline TileFn avx512_tile_for_rows(int rows) {
+  switch (rows) {
+    case 1: return avx512_tile<T, 1>;
+    case 2: return avx512_tile<T, 2>;
+    case 3: return avx512_tile<T, 3>;
+    case 4: return avx512_tile<T, 4>;
+    case 5: return avx512_tile<T, 5>;
+    case 6: return avx512_tile<T, 6>;
+    case 7: return avx512_tile<T, 7>;
+    default: return avx512_tile<T, 8>;
+  }
+}
+
+inline TileFn avx512_tile_for(GgmlType type, int rows) {
+  switch (type) {
+    case GgmlType::Q8_0: return avx512_tile_for_rows<GgmlType::Q8_0>(rows);
+    case GgmlType::Q4_0: return avx512_tile_for_rows<GgmlType::Q4_0>(rows);
+    case GgmlType::Q4_1: return avx512_tile_for_rows<GgmlType::Q4_1>(rows);
+    case GgmlType::Q4_K: return avx512_tile_for_rows<GgmlType::Q4_K>(rows);
+    default: return avx512_tile_for_rows<GgmlType::Q6_K>(rows);
+  }
+}
 #endif  // MIL_QUANT_ROWS_AVX2
 
 inline TileFn portable_tile_for(int rows) {
@@ -329,17 +475,19 @@ inline void quant_linear_rows(io::GgmlType type, const uint8_t* w, int64_t out, 
   (void)checked_mul(rows, in), (void)checked_mul(out, row_bytes), (void)checked_mul(rows, ldy);
   MIL_CHECK(path != QuantRowsPath::avx2 || quant_rows_avx2_supported(),
             "quant_linear_rows: the AVX2 path was asked for but this CPU or build lacks AVX2/FMA/F16C");
+  MIL_CHECK(path != QuantRowsPath::avx512 || quant_rows_avx512_supported(),
+            "quant_linear_rows: the AVX-512 path was asked for but this CPU or build lacks AVX-512F");
   if (rows == 0 || out == 0) return;
   MIL_CHECK(y && (in == 0 || (x && w)), "quant_linear_rows: null operand pointer");
 
-  const bool avx2 = path == QuantRowsPath::avx2 ||
-                    (path == QuantRowsPath::automatic && quant_rows_avx2_supported());
+  path = quant_rows_path_for(path);
   d::TileFn tiles[d::kMaxTileRows + 1] = {};
   for (int n = 1; n <= d::kMaxTileRows; ++n) {
 #if MIL_QUANT_ROWS_AVX2
-    tiles[n] = avx2 ? d::avx2_tile_for(type, n) : d::portable_tile_for(n);
+    tiles[n] = path == QuantRowsPath::avx512 ? d::avx512_tile_for(type, n)
+               : path == QuantRowsPath::avx2 ? d::avx2_tile_for(type, n)
+                                             : d::portable_tile_for(n);
 #else
-    (void)avx2;
     tiles[n] = d::portable_tile_for(n);
 #endif
   }
