@@ -1,7 +1,7 @@
 #pragma once
 // Attention against a key/value cache, for inference: prefill continuing a conversation and
 // incremental decode of a batch of sequences that are each at their own length. The shape shared
-// with the CUDA kernels (kv_attention.cuh) and the plain-loop CPU reference in mil::cpu.
+// with the CUDA kernels (kv_attention.cuh), the CPU kernel and its plain-loop reference.
 //
 // Layouts (element offsets):
 //   cache  k[(slot*max_seq + pos)*kv_width + g*head_dim + d], v likewise; kv_width = kv_heads*hd
@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include <mil/core/dtype.hpp>
@@ -70,12 +71,12 @@ void kv_cache_append(T* k_cache, T* v_cache, const T* k, const T* v, int64_t src
   }
 }
 
-// out = softmax(scale q k^T) v over each row's cache prefix, in acc_t<T> with a two-pass softmax.
-// The workspace is the GPU kernel's (split keys); the reference needs none and ignores it.
+// out = softmax(scale q k^T) v over each row's cache prefix, in acc_t<T> with a two-pass softmax:
+// the plain loops the fast path and the GPU kernels are tested against.
 template <class T>
-void attention_kv_cache(T* out, const T* q, const T* k_cache, const T* v_cache,
-                        const int32_t* slots, const int32_t* positions, const KvAttentionShape& s,
-                        float* /*workspace*/ = nullptr) {
+void attention_kv_cache_reference(T* out, const T* q, const T* k_cache, const T* v_cache,
+                                  const int32_t* slots, const int32_t* positions,
+                                  const KvAttentionShape& s) {
   using A = acc_t<T>;
   check(s);
   check_slots_positions(slots, positions, s.rows, s.slots, s.max_seq);
@@ -102,6 +103,94 @@ void attention_kv_cache(T* out, const T* q, const T* k_cache, const T* v_cache,
         for (int64_t d = 0; d < hd; ++d) acc[d] += p[j] * to_acc(vc[j * kvw + g * hd + d]);
       T* o = out + (r * s.heads + h) * hd;
       for (int64_t d = 0; d < hd; ++d) o[d] = T(acc[d] / sum);
+    }
+  }
+}
+
+namespace kv_attention_detail {
+
+inline constexpr int kLanes = 16;
+
+// a . b over n floats in one order whatever the caller: lane l sums the elements d = l (mod 16)
+// in increasing d, then the lanes add in the tree l + 8, l + 4, l + 2, l + 1. Fixed trip counts,
+// so the compiler vectorises the lanes at any optimisation level that vectorises.
+inline float dot(const float* a, const float* b, int64_t n) {
+  float lanes[kLanes] = {};
+  int64_t d = 0;
+  for (; d + kLanes <= n; d += kLanes)
+    for (int l = 0; l < kLanes; ++l) lanes[l] += a[d + l] * b[d + l];
+  for (int l = 0; d + l < n; ++l) lanes[l] += a[d + l] * b[d + l];
+  for (int width = kLanes / 2; width >= 1; width /= 2)
+    for (int l = 0; l < width; ++l) lanes[l] += lanes[l + width];
+  return lanes[0];
+}
+
+// acc[0, n) += p * v[0, n), in chunks of 16 (vectorised) and a tail.
+inline void add_scaled(float* acc, float p, const float* v, int64_t n) {
+  int64_t d = 0;
+  for (; d + kLanes <= n; d += kLanes)
+    for (int l = 0; l < kLanes; ++l) acc[d + l] += p * v[d + l];
+  for (; d < n; ++d) acc[d] += p * v[d];
+}
+
+// One query head against n cached keys and values (rows kv_width apart): scores, softmax, the
+// weighted sum of values. p holds n floats, acc head_dim.
+inline void attend(float* o, const float* q, const float* k, const float* v, int64_t n,
+                   int64_t kvw, int64_t hd, float scale, float* p, float* acc) {
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int64_t j = 0; j < n; ++j) {
+    p[j] = dot(q, k + j * kvw, hd) * scale;
+    mx = std::max(mx, p[j]);
+  }
+  float sum = 0;
+  for (int64_t j = 0; j < n; ++j) sum += (p[j] = std::exp(p[j] - mx));
+  std::fill(acc, acc + hd, 0.f);
+  for (int64_t j = 0; j < n; ++j) add_scaled(acc, p[j], v + j * kvw, hd);
+  const float inv = 1.f / sum;
+  for (int64_t d = 0; d < hd; ++d) o[d] = acc[d] * inv;
+}
+
+}  // namespace kv_attention_detail
+
+// attention_kv_cache_reference's result. For float, the fast path: (head, row) pairs split over
+// the threads (heads outermost, so neighbouring tasks read the same keys), the dot products and
+// the value sums vectorised in a fixed order. Each (row, head) is computed alone, in an order set
+// by its own length only, so a row's bits depend neither on the other rows of the call nor on
+// the thread count (speculative verification equals decoding). The workspace is the GPU kernel's
+// (split keys); the CPU needs none and ignores it.
+template <class T>
+void attention_kv_cache(T* out, const T* q, const T* k_cache, const T* v_cache,
+                        const int32_t* slots, const int32_t* positions, const KvAttentionShape& s,
+                        float* /*workspace*/ = nullptr) {
+  if constexpr (!std::is_same_v<T, float>) {
+    attention_kv_cache_reference(out, q, k_cache, v_cache, slots, positions, s);
+  } else {
+    check(s);
+    check_slots_positions(slots, positions, s.rows, s.slots, s.max_seq);
+    const int64_t hd = s.head_dim, group = s.heads / s.kv_heads, kvw = s.kv_width();
+    const int64_t tasks = s.rows * s.heads;
+    int64_t longest = 0, work = 0;
+    for (int64_t r = 0; r < s.rows; ++r) {
+      longest = std::max<int64_t>(longest, int64_t(positions[r]) + 1);
+      work += (int64_t(positions[r]) + 1) * s.heads * hd;
+    }
+    // Threads pay off past ~64k multiply-adds; the `if` changes who computes, not the result.
+    [[maybe_unused]] const bool parallel = work > (int64_t(1) << 16);
+#if defined(_OPENMP)
+#pragma omp parallel if (parallel)
+#endif
+    {
+      std::vector<float> p(static_cast<size_t>(longest)), acc(static_cast<size_t>(hd));
+#if defined(_OPENMP)
+#pragma omp for schedule(dynamic, 4)
+#endif
+      for (int64_t t = 0; t < tasks; ++t) {
+        const int64_t h = t / s.rows, r = t % s.rows, g = h / group;
+        const int64_t base = int64_t(slots[r]) * s.max_seq * kvw + g * hd;
+        kv_attention_detail::attend(out + (r * s.heads + h) * hd, q + r * s.q_stride + h * hd,
+                                    k_cache + base, v_cache + base, int64_t(positions[r]) + 1,
+                                    kvw, hd, s.scale, p.data(), acc.data());
+      }
     }
   }
 }
