@@ -29,16 +29,8 @@
 
 #include "../core/error.hpp"
 #include "../io/dequantize.hpp"
+#include "cpu_simd.hpp"
 #include "row_tiles.hpp"
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))  // _mm_cvtsi64_si128 is 64-bit only
-#define MIL_QUANT_ROWS_AVX2 1
-#include <immintrin.h>
-#define MIL_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
-#define MIL_TARGET_AVX512 __attribute__((target("avx512f,avx2,fma,f16c")))
-#else
-#define MIL_QUANT_ROWS_AVX2 0
-#endif
 
 namespace mil::cpu {
 
@@ -48,28 +40,10 @@ namespace mil::cpu {
 enum class QuantRowsPath { automatic, portable, avx2, avx512 };
 
 // Whether this CPU (and build) can run QuantRowsPath::avx2 (AVX2, FMA and F16C).
-inline bool quant_rows_avx2_supported() {
-#if MIL_QUANT_ROWS_AVX2
-  static const bool ok = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
-  }();
-  return ok;
-#else
-  return false;
-#endif
-}
+inline bool quant_rows_avx2_supported() { return cpu_has_avx2(); }
 
 // Whether this CPU (and build) can run QuantRowsPath::avx512 (AVX-512F besides the AVX2 path's).
-inline bool quant_rows_avx512_supported() {
-#if MIL_QUANT_ROWS_AVX2
-  static const bool ok = quant_rows_avx2_supported() && __builtin_cpu_supports("avx512f");
-  return ok;
-#else
-  return false;
-#endif
-}
+inline bool quant_rows_avx512_supported() { return cpu_has_avx512(); }
 
 // The path a request runs: automatic becomes the widest this CPU has.
 inline QuantRowsPath quant_rows_path_for(QuantRowsPath requested) {
@@ -158,7 +132,7 @@ void portable_tile(GgmlType type, const uint8_t* w, int64_t row_bytes, int64_t i
 }
 
 // ---- AVX2 + FMA path -------------------------------------------------------------------------
-#if MIL_QUANT_ROWS_AVX2
+#if MIL_CPU_SIMD
 
 // The f16 at p (any alignment) as a float, by the F16C instruction: exact, as io::detail::load_f16,
 // without its branches (two of these per Q4_1 block were a third of the block's time).
@@ -235,15 +209,6 @@ MIL_TARGET_AVX2 inline void decode_group(const uint8_t* b, int g, __m256* wv) {
       wv[v] = _mm256_mul_ps(ds, _mm256_cvtepi32_ps(q));
     }
   }
-}
-
-// The 16 lanes (lo: lanes 0-7, hi: 8-15) in the contract's tree.
-MIL_TARGET_AVX2 inline float avx2_sum_lanes(__m256 lo, __m256 hi) {
-  const __m256 s8 = _mm256_add_ps(lo, hi);                                                 // l + 8
-  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));        // l + 4
-  s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));                                              // l + 2
-  s4 = _mm_add_ss(s4, _mm_shuffle_ps(s4, s4, 1));                                          // l + 1
-  return _mm_cvtss_f32(s4);
 }
 
 // Rows [0, R) against weight rows [j0, j1), one weight row at a time (one sequential stream for
@@ -432,7 +397,7 @@ inline TileFn avx512_tile_for(GgmlType type, int rows) {
     default: return avx512_tile_for_rows<GgmlType::Q6_K>(rows);
   }
 }
-#endif  // MIL_QUANT_ROWS_AVX2
+#endif  // MIL_CPU_SIMD
 
 inline TileFn portable_tile_for(int rows) {
   static_assert(kMaxTileRows == 8);
@@ -483,7 +448,7 @@ inline void quant_linear_rows(io::GgmlType type, const uint8_t* w, int64_t out, 
   path = quant_rows_path_for(path);
   d::TileFn tiles[d::kMaxTileRows + 1] = {};
   for (int n = 1; n <= d::kMaxTileRows; ++n) {
-#if MIL_QUANT_ROWS_AVX2
+#if MIL_CPU_SIMD
     tiles[n] = path == QuantRowsPath::avx512 ? d::avx512_tile_for(type, n)
                : path == QuantRowsPath::avx2 ? d::avx2_tile_for(type, n)
                                              : d::portable_tile_for(n);

@@ -1,0 +1,52 @@
+#pragma once
+// What the CPU kernels' SIMD paths share: the x86 target attributes (the project builds without
+// -mavx512f, and a user's build may have no -mavx2 at all, so each SIMD function names its own
+// ISA and runs only where the CPU reports it), the run-time checks, and the 16-lane summation
+// tree of the row-invariant products.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))  // _mm_cvtsi64_si128 is 64-bit only
+#define MIL_CPU_SIMD 1
+#include <immintrin.h>
+#define MIL_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define MIL_TARGET_AVX512 __attribute__((target("avx512f,avx2,fma,f16c")))
+#else
+#define MIL_CPU_SIMD 0
+#endif
+
+namespace mil::cpu {
+
+// Whether this CPU (and build) runs MIL_TARGET_AVX2 code: AVX2, FMA and F16C.
+inline bool cpu_has_avx2() {
+#if MIL_CPU_SIMD
+  static const bool ok = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("f16c");
+  }();
+  return ok;
+#else
+  return false;
+#endif
+}
+
+// Whether it runs MIL_TARGET_AVX512 code: AVX-512F besides the above.
+inline bool cpu_has_avx512() {
+#if MIL_CPU_SIMD
+  static const bool ok = cpu_has_avx2() && __builtin_cpu_supports("avx512f");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+#if MIL_CPU_SIMD
+// 16 lanes (lo: lanes 0-7, hi: 8-15) summed in the tree lane l += lane l + w for w = 8, 4, 2, 1.
+MIL_TARGET_AVX2 inline float avx2_sum_lanes(__m256 lo, __m256 hi) {
+  const __m256 s8 = _mm256_add_ps(lo, hi);                                                 // l + 8
+  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));        // l + 4
+  s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));                                              // l + 2
+  s4 = _mm_add_ss(s4, _mm_shuffle_ps(s4, s4, 1));                                          // l + 1
+  return _mm_cvtss_f32(s4);
+}
+#endif
+
+}  // namespace mil::cpu
