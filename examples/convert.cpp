@@ -70,7 +70,7 @@ int main(int argc, char** argv) {
     MIL_CHECK(layers_opt->count() || layout_opt->count(),
               "say which layers keep attention: --attn-layers 1,3,5 or --layout 50%");
     util::ProgressBar progress("[mil-convert]", 4);
-    auto teacher = nn::load_model(teacher_path);
+    auto teacher = nn::load_model(teacher_path, nn::LoadFor::float_only);
     MIL_CHECK(teacher.model.config().n_mamba_layers() == 0, "'", teacher_path, "' is already a ",
               "hybrid: --teacher takes a Transformer (GGUF file or Hugging Face folder)");
     const auto& tc = teacher.model.config().llama;

@@ -42,6 +42,8 @@
 #include <mil/core/cuda_launch.hpp>
 #endif
 
+#include "common/cli.hpp"
+
 using namespace mil;
 namespace fs = std::filesystem;
 
@@ -840,7 +842,9 @@ int main(int argc, char** argv) {
     MIL_CHECK(o.draft_epochs > 0 && o.draft_lr > 0, "--draft-epochs and --draft-lr must be > 0");
     if (o.threads > 0) cpu::set_threads(o.threads);
     say("teacher: %s", o.teacher.c_str());
-    auto loaded = nn::load_model(o.teacher);
+    // On the GPU the teacher runs on bf16 copies: the block copy a CPU run decodes with is not kept.
+    auto loaded = nn::load_model(o.teacher, examples::runs_on_gpu(o.device) ? nn::LoadFor::float_only
+                                                                          : nn::LoadFor::any);
     MIL_CHECK(loaded.model.config().n_mamba_layers() == 0, "the teacher '", o.teacher,
               "' is a hybrid already; give a Transformer");
     if (o.teacher_layers > 0) loaded.model = nn::first_layers(loaded.model, o.teacher_layers);

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include <mil/core/cuda_check.hpp>
 #include <mil/nn/model_load.hpp>
 
 namespace mil::examples {
@@ -41,9 +42,7 @@ inline bool runs_on_gpu(const std::string& device) {
 // block format alone, about the file's size in memory) unless it runs on the GPU or was asked for
 // the float products (--float-weights).
 inline nn::LoadedModel load_for_decoding(const std::string& path, bool gpu, bool float_weights) {
-  auto loaded = nn::load_model(path, gpu || float_weights ? nn::LoadFor::any : nn::LoadFor::cpu_inference);
-  if (float_weights) loaded.model.set_block_weights(nullptr);
-  return loaded;
+  return nn::load_model(path, gpu || float_weights ? nn::LoadFor::float_only : nn::LoadFor::cpu_inference);
 }
 
 }  // namespace mil::examples

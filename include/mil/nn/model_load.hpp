@@ -19,10 +19,11 @@
 namespace mil::nn {
 
 // What a loaded model is for: anything (float weights, and a GGUF file's quantised matrices in
-// block format beside them, which the CPU decoder reads), or CPU inference only (a GGUF file's
-// quantised matrices in block format only, no gradient buffers: such a model decodes on the CPU
-// but cannot be trained, converted or moved to the GPU).
-enum class LoadFor { any, cpu_inference };
+// block format beside them, which the CPU decoder reads), float weights only (work on the GPU or
+// a conversion: no block copy, about the file's size less host memory), or CPU inference only (a
+// GGUF file's quantised matrices in block format only, no gradient buffers: such a model decodes
+// on the CPU but cannot be trained, converted or moved to the GPU).
+enum class LoadFor { any, float_only, cpu_inference };
 
 struct LoadedModel {
   HybridModel<float, Cpu> model;
@@ -46,8 +47,10 @@ inline std::string folder_name(const std::filesystem::path& dir) {
 
 inline LoadedModel load_gguf(const std::string& path, LoadFor use) {
   const auto f = io::GgufFile::open(path);
-  LoadedModel out{load_gguf_model(f, use == LoadFor::cpu_inference ? GgufWeights::cpu_inference
-                                                                   : GgufWeights::float_and_blocks),
+  const GgufWeights held = use == LoadFor::cpu_inference ? GgufWeights::cpu_inference
+                          : use == LoadFor::float_only  ? GgufWeights::float_only
+                                                        : GgufWeights::float_and_blocks;
+  LoadedModel out{load_gguf_model(f, held),
                   text::Tokenizer(text::tokenizer_data_from_gguf(f)),
                   text::chat_template_from_gguf(f),
                   f.find_string("general.name").value_or(std::filesystem::path(path).stem())};
