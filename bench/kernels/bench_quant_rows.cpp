@@ -130,22 +130,23 @@ void decode_rows(benchmark::internal::Benchmark* b) {
 
 }  // namespace
 
-#define MIL_QUANT_ROWS_CASE(type, path, name, out, in)                                           \
-  BENCHMARK_CAPTURE(quantised, type##_##path##_##name, GgmlType::type, QuantRowsPath::path, out, \
-                    in)                                                                            \
+// Case names keep the stored results' spelling: <type>_<path>_<shape>, lower case.
+#define MIL_QUANT_ROWS_CASE(name_type, type, path, name, out, in)                                \
+  BENCHMARK_CAPTURE(quantised, name_type##_##path##_##name, GgmlType::type, QuantRowsPath::path, \
+                    out, in)                                                                      \
       ->Apply(decode_rows)
 #define MIL_QUANT_ROWS_SHAPE(name, out, in)                                   \
   BENCHMARK_CAPTURE(float_rows, f32_##name, out, in)->Apply(decode_rows);   \
-  MIL_QUANT_ROWS_CASE(Q8_0, avx512, name, out, in);                         \
-  MIL_QUANT_ROWS_CASE(Q4_1, avx512, name, out, in);                         \
-  MIL_QUANT_ROWS_CASE(Q4_K, avx512, name, out, in);                         \
-  MIL_QUANT_ROWS_CASE(Q6_K, avx512, name, out, in);                         \
-  MIL_QUANT_ROWS_CASE(Q8_0, avx2, name, out, in);                           \
-  MIL_QUANT_ROWS_CASE(Q4_1, avx2, name, out, in);                           \
-  MIL_QUANT_ROWS_CASE(Q4_K, avx2, name, out, in);                           \
-  MIL_QUANT_ROWS_CASE(Q6_K, avx2, name, out, in);                           \
-  MIL_QUANT_ROWS_CASE(Q8_0, portable, name, out, in);                       \
-  MIL_QUANT_ROWS_CASE(Q4_1, portable, name, out, in)
+  MIL_QUANT_ROWS_CASE(q8_0, Q8_0, avx512, name, out, in);                   \
+  MIL_QUANT_ROWS_CASE(q4_1, Q4_1, avx512, name, out, in);                   \
+  MIL_QUANT_ROWS_CASE(q4_k, Q4_K, avx512, name, out, in);                   \
+  MIL_QUANT_ROWS_CASE(q6_k, Q6_K, avx512, name, out, in);                   \
+  MIL_QUANT_ROWS_CASE(q8_0, Q8_0, avx2, name, out, in);                     \
+  MIL_QUANT_ROWS_CASE(q4_1, Q4_1, avx2, name, out, in);                     \
+  MIL_QUANT_ROWS_CASE(q4_k, Q4_K, avx2, name, out, in);                     \
+  MIL_QUANT_ROWS_CASE(q6_k, Q6_K, avx2, name, out, in);                     \
+  MIL_QUANT_ROWS_CASE(q8_0, Q8_0, portable, name, out, in);                 \
+  MIL_QUANT_ROWS_CASE(q4_1, Q4_1, portable, name, out, in)
 
 MIL_QUANT_ROWS_SHAPE(mlp_up_1536x576, 1536, 576);
 MIL_QUANT_ROWS_SHAPE(mlp_down_576x1536, 576, 1536);

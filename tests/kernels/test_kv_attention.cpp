@@ -61,7 +61,8 @@ std::vector<double> reference(const Case& c) {
 
 }  // namespace
 
-// Catches a wrong key or value head for a query head under GQA (g = h / group), a dot product
+// Catches a wrong key or value head for a query head under GQA (g = h / group), keys or values
+// read at a stride of head_dim instead of the cache row's kv_width (kv_heads > 1), a dot product
 // that drops the head_dim tail past a multiple of 16 (head_dim 20 and 3), the scale applied twice
 // or not at all, a row reading another slot's cache or too few or too many positions, and outputs
 // left unwritten (poisoned start). Float accumulation over up to 300 keys: 1e-5 normalised.
@@ -70,8 +71,8 @@ TEST_CASE("attention_kv_cache (float): the fast path equals the reference in dou
     int64_t heads, kv_heads, head_dim, rows, max_seq;
   };
   uint32_t seed = 10;
-  for (Shape sh : {Shape{9, 3, 64, 5, 300}, Shape{6, 2, 20, 4, 40}, Shape{4, 4, 3, 3, 17},
-                   Shape{2, 1, 128, 1, 64}}) {
+  for (Shape sh : {Shape{9, 3, 64, 5, 300}, Shape{8, 2, 128, 5, 300}, Shape{6, 2, 20, 4, 40},
+                   Shape{4, 4, 3, 3, 17}, Shape{2, 1, 128, 1, 64}}) {
     CAPTURE(sh.heads);
     CAPTURE(sh.head_dim);
     const Case c = make_case(sh.heads, sh.kv_heads, sh.head_dim, sh.rows, sh.max_seq, seed += 3);
@@ -82,16 +83,19 @@ TEST_CASE("attention_kv_cache (float): the fast path equals the reference in dou
 // Catches threads sharing a score or value buffer, or a split of one head's keys whose partial
 // sums join in a schedule-dependent order: the bits must not change with the thread count.
 TEST_CASE("attention_kv_cache (float): bits do not depend on the thread count") {
-  const Case c = make_case(9, 3, 64, 7, 200, 50);
-  std::vector<float> one;
-  {
-    test::ThreadsScope t(1);
-    one = fast(c);
-  }
-  for (int n : {2, 3}) {
-    test::ThreadsScope t(n);
-    const std::vector<float> many = fast(c);
-    CAPTURE(n);
-    CHECK(std::memcmp(one.data(), many.data(), one.size() * sizeof(float)) == 0);
+  for (int64_t head_dim : {64, 128, 20}) {  // both AVX2 forms and the portable loops
+    const Case c = make_case(9, 3, head_dim, 7, 200, 50);
+    std::vector<float> one;
+    {
+      test::ThreadsScope t(1);
+      one = fast(c);
+    }
+    for (int n : {2, 3}) {
+      test::ThreadsScope t(n);
+      const std::vector<float> many = fast(c);
+      CAPTURE(head_dim);
+      CAPTURE(n);
+      CHECK(std::memcmp(one.data(), many.data(), one.size() * sizeof(float)) == 0);
+    }
   }
 }

@@ -31,7 +31,7 @@ void check_kv_attention(int64_t heads, int64_t kv_heads, int64_t hd,
   KvAttentionShape s{rows, heads, kv_heads, hd, q_stride, n_slots, max_seq,
                      float(1.0 / std::sqrt(double(hd)))};
   std::vector<float> ref(size_t(rows * heads * hd));
-  cpu::attention_kv_cache(ref.data(), q.data(), k.data(), v.data(), slots.data(), pos.data(), s);
+  cpu::attention_kv_cache_reference(ref.data(), q.data(), k.data(), v.data(), slots.data(), pos.data(), s);
   auto qg = test::to_gpu(test::cast_vector<T>(q)), kg = test::to_gpu(test::cast_vector<T>(k));
   auto vg = test::to_gpu(test::cast_vector<T>(v));
   auto sg = test::to_gpu(slots), pg = test::to_gpu(pos);

@@ -183,9 +183,9 @@ TEST_CASE("block matrix: parts of several types and row orders compute the float
   CHECK(row == d.row(1));
 }
 
-TEST_CASE("block matrix: K-type parts wider than a thread task, on both product paths") {
-  // 70 rows span two column blocks of the product (64 rows each), so a part's second task starts
-  // at its row 64 while writing columns of a wider output.
+TEST_CASE("block matrix: K-type parts wider than a thread task, on every product path") {
+  // 70 rows span two or more column blocks of the product (at most 64 rows each), so a part's
+  // later tasks start inside it while writing columns of a wider output.
   const int64_t in = 256;
   const RandomTensor a(GgmlType::Q4_K, 5, in, 21), b(GgmlType::Q6_K, 70, in, 22), c(GgmlType::Q8_0, 2, in, 23);
   nn::BlockMatrix m(in);
@@ -199,6 +199,7 @@ TEST_CASE("block matrix: K-type parts wider than a thread task, on both product 
     }
   std::vector<cpu::QuantRowsPath> paths{cpu::QuantRowsPath::portable};
   if (cpu::quant_rows_avx2_supported()) paths.push_back(cpu::QuantRowsPath::avx2);
+  if (cpu::quant_rows_avx512_supported()) paths.push_back(cpu::QuantRowsPath::avx512);
   for (auto path : paths)
     for (int64_t rows : {1, 10}) {
       CAPTURE(rows);
@@ -206,7 +207,10 @@ TEST_CASE("block matrix: K-type parts wider than a thread task, on both product 
       const auto ref = float_product(w, m.out(), in, x, rows);
       std::vector<float> y(ref.size(), test::poison<float>());
       m.apply(x.data(), rows, y.data(), false, path);
-      test::require_close(path == cpu::QuantRowsPath::avx2 ? "avx2" : "portable", y, ref, 1e-5);
+      const char* name = path == cpu::QuantRowsPath::avx512 ? "avx512"
+                         : path == cpu::QuantRowsPath::avx2   ? "avx2"
+                                                              : "portable";
+      test::require_close(name, y, ref, 1e-5);
     }
 }
 

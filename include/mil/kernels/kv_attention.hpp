@@ -18,6 +18,7 @@
 
 #include <mil/core/dtype.hpp>
 #include <mil/core/error.hpp>
+#include <mil/core/threads.hpp>
 #include <mil/kernels/cpu_simd.hpp>
 
 namespace mil {
@@ -217,11 +218,19 @@ void attention_kv_cache(T* out, const T* q, const T* k_cache, const T* v_cache,
     }
     // Threads pay off past ~64k multiply-adds; the `if` changes who computes, not the result.
     [[maybe_unused]] const bool parallel = work > (int64_t(1) << 16);
+    // Each thread's scores and value sums, allocated here: nothing in the parallel region throws.
+    const int64_t per_thread = longest + hd;
+    std::vector<float> buffers(static_cast<size_t>(checked_mul(int64_t(threads()), per_thread)));
 #if defined(_OPENMP)
 #pragma omp parallel if (parallel)
 #endif
     {
-      std::vector<float> p(static_cast<size_t>(longest)), acc(static_cast<size_t>(hd));
+#if defined(_OPENMP)
+      float* p = buffers.data() + int64_t(omp_get_thread_num()) * per_thread;
+#else
+      float* p = buffers.data();
+#endif
+      float* acc = p + longest;
 #if defined(_OPENMP)
 #pragma omp for schedule(dynamic, 4)
 #endif
@@ -234,17 +243,17 @@ void attention_kv_cache(T* out, const T* q, const T* k_cache, const T* v_cache,
 #if MIL_CPU_SIMD
         if (simd == 64) {
           kv_attention_detail::attend_avx2<64>(o, qh, k_cache + base, v_cache + base, n, kvw,
-                                               s.scale, p.data());
+                                               s.scale, p);
           continue;
         }
         if (simd == 128) {
           kv_attention_detail::attend_avx2<128>(o, qh, k_cache + base, v_cache + base, n, kvw,
-                                                s.scale, p.data());
+                                                s.scale, p);
           continue;
         }
 #endif
         kv_attention_detail::attend(o, qh, k_cache + base, v_cache + base, n, kvw, hd, s.scale,
-                                    p.data(), acc.data());
+                                    p, acc);
       }
     }
   }

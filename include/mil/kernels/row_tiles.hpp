@@ -1,7 +1,8 @@
 #pragma once
 // The loop the row-invariant CPU products share (cpu::linear_rows, cpu::quant_linear_rows): the
-// output columns (weight rows) in blocks of `column_block`, one thread task each, and within a
-// task the call's rows in tiles of up to `max_tile_rows` that share each weight read. Threads split
+// output columns (weight rows) in equal blocks of at most `column_block`, a whole number per
+// thread, one thread task each, and within a task the call's rows in tiles of up to
+// `max_tile_rows` that share each weight read. Threads split
 // columns only and a tile's rows never change a row's summation order, so a row's bits depend on
 // neither the thread count nor the other rows of the call.
 #include <algorithm>
@@ -16,6 +17,7 @@ namespace mil::cpu {
 template <class Tile>
 inline void for_each_row_tile(int64_t rows, int64_t out, int64_t in, int64_t column_block,
                               int max_tile_rows, const Tile& tile) {
+  if (rows <= 0 || out <= 0) return;
   // Threads only pay off past ~64k multiply-adds; the `if` changes who computes, not the result.
   [[maybe_unused]] const bool parallel =
       checked_mul(checked_mul(rows, out), std::max<int64_t>(in, 1)) > (int64_t(1) << 16);
