@@ -141,6 +141,8 @@ void decode_rows(benchmark::internal::Benchmark* b) {
   MIL_QUANT_ROWS_CASE(q4_1, Q4_1, avx512, name, out, in);                   \
   MIL_QUANT_ROWS_CASE(q4_k, Q4_K, avx512, name, out, in);                   \
   MIL_QUANT_ROWS_CASE(q6_k, Q6_K, avx512, name, out, in);                   \
+  MIL_QUANT_ROWS_CASE(f16, F16, avx512, name, out, in);                     \
+  MIL_QUANT_ROWS_CASE(bf16, BF16, avx512, name, out, in);                   \
   MIL_QUANT_ROWS_CASE(q8_0, Q8_0, avx2, name, out, in);                     \
   MIL_QUANT_ROWS_CASE(q4_1, Q4_1, avx2, name, out, in);                     \
   MIL_QUANT_ROWS_CASE(q4_k, Q4_K, avx2, name, out, in);                     \

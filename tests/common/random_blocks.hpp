@@ -47,6 +47,12 @@ inline Bytes random_weights(GgmlType type, int64_t out, int64_t in, uint32_t see
         put_half(b + 2, (0.2f + unit()) * 2e-3f);  // dmin: times 6-bit mins
         break;
       case GgmlType::Q6_K: put_half(b + 208, (0.2f + unit()) * 5e-5f); break;  // int8 scales
+      case GgmlType::F16: put_half(b, (2.f * unit() - 1.f) * 0.1f); break;    // one value a block
+      case GgmlType::BF16: {
+        const uint16_t h = bf16((2.f * unit() - 1.f) * 0.1f).bits;
+        std::memcpy(b, &h, 2);
+        break;
+      }
       default: FAIL("no generator for this type");
     }
   }

@@ -31,7 +31,7 @@ using test::put_half;
 using test::random_weights;
 
 const GgmlType kTypes[] = {GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q4_K,
-                           GgmlType::Q6_K};
+                           GgmlType::Q6_K, GgmlType::F16,  GgmlType::BF16};
 
 struct ThreadsGuard {
   int saved = cpu::threads();
@@ -54,7 +54,8 @@ const char* path_name(QuantRowsPath p) {
   return p == QuantRowsPath::avx512 ? "avx512" : p == QuantRowsPath::avx2 ? "avx2" : "portable";
 }
 
-int64_t block_size(GgmlType t) { return io::ggml_type_info_or_throw(t).block_size; }
+// The product's unit of `in`: a block, or 32 values of F16 / BF16.
+int64_t block_size(GgmlType t) { return cpu::quant_rows_block(t); }
 
 // The weights (io::dequantize_row, the reference decoder) and, per weight, the magnitude its
 // rounding is relative to: |scale part| + |min part| (dequantised with the min zeroed, then with

@@ -183,6 +183,35 @@ TEST_CASE("block matrix: parts of several types and row orders compute the float
   CHECK(row == d.row(1));
 }
 
+// Catches F16 / BF16 parts read as another type (a wrong conversion, a stride of the ggml block's
+// 2 bytes instead of 64 per 32 values) and rows that are not whole groups of 32 accepted (the
+// product would read past a row): a GGUF file's f16 or bf16 matrices stay in 2 bytes a weight.
+TEST_CASE("block matrix: F16 and BF16 parts beside a quantised one") {
+  const int64_t in = 96;
+  const RandomTensor a(GgmlType::F16, 3, in, 41), b(GgmlType::Q8_0, 2, in, 42), c(GgmlType::BF16, 4, in, 43);
+  nn::BlockMatrix m(in);
+  for (const auto* t : {&a, &b, &c}) m.append(t->info);
+  REQUIRE(m.parts().size() == 3);
+  CHECK(m.n_bytes() == (3 + 4) * in * 2 + b.info.n_bytes);
+  std::vector<float> w;
+  for (const auto* t : {&a, &b, &c})
+    for (int64_t r = 0; r < t->info.rows(); ++r) {
+      const auto row = t->row(r);
+      w.insert(w.end(), row.begin(), row.end());
+    }
+  for (int64_t rows : {1, 5}) {
+    CAPTURE(rows);
+    const auto x = test::random_vector<float>(size_t(rows * in), 44 + uint64_t(rows));
+    const auto ref = float_product(w, m.out(), in, x, rows);
+    std::vector<float> y(ref.size(), test::poison<float>());
+    m.apply(x.data(), rows, y.data(), false);
+    test::require_close("f16/bf16 parts", y, ref, 1e-5);
+  }
+  const RandomTensor odd(GgmlType::F16, 2, 40, 45);
+  nn::BlockMatrix narrow(40);
+  CHECK(test::error_of([&] { narrow.append(odd.info); }).find("no block product for rows of 40") != std::string::npos);
+}
+
 TEST_CASE("block matrix: K-type parts wider than a thread task, on every product path") {
   // 70 rows span two or more column blocks of the product (at most 64 rows each), so a part's
   // later tasks start inside it while writing columns of a wider output.

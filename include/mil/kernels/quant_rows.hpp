@@ -1,9 +1,10 @@
 #pragma once
 // Inference product on quantised weights kept in their file's ggml block format:
 //   y[r*out + o] (+)= sum_i x[r*in + i] * dequant(W[o, i]),  W row o at w + o * ggml_row_bytes(type, in).
-// The weights are dequantised inside the dot product (in registers on the AVX2 path), so decoding
-// reads 34 bytes per 32 weights (Q8_0) or 20 (Q4_1) instead of 128 for the float copy: decode is
-// bound by the weight read, and that read is 3.8-6.4x smaller. Activations stay float.
+// The weights are dequantised inside the dot product (in registers on the SIMD paths), so decoding
+// reads 34 bytes per 32 weights (Q8_0), 20 (Q4_1) or 64 (F16, BF16) instead of 128 for the float
+// copy: decode is bound by the weight read, and that read is 2-6.4x smaller. Activations stay
+// float.
 //
 // Contract (as cpu::linear_rows): row r's result is bitwise the same whatever the number of rows in
 // the call and the thread count, so verifying k tokens in one call equals k single decode steps:
@@ -57,7 +58,19 @@ inline QuantRowsPath quant_rows_path_for(QuantRowsPath requested) {
 inline bool quant_rows_supports(io::GgmlType type) {
   using T = io::GgmlType;
   return type == T::Q8_0 || type == T::Q4_0 || type == T::Q4_1 || type == T::Q4_K ||
-         type == T::Q6_K;
+         type == T::Q6_K || type == T::F16 || type == T::BF16;
+}
+
+// Elements per unit the product decodes at once: a block of the quantised types, and 32 values
+// of F16 and BF16 (whose ggml blocks are single values): `in` must be a multiple of it.
+inline int64_t quant_rows_block(io::GgmlType type) {
+  using T = io::GgmlType;
+  return type == T::F16 || type == T::BF16 ? 32 : io::ggml_type_info_or_throw(type).block_size;
+}
+
+// Whether quant_linear_rows takes weights of this type with rows of `in` values.
+inline bool quant_rows_supports(io::GgmlType type, int64_t in) {
+  return quant_rows_supports(type) && in % quant_rows_block(type) == 0;
 }
 
 namespace quant_rows_detail {
@@ -100,14 +113,16 @@ inline float multiply_add(float x, float w, float acc) {
 // One block through io's decoder (the one definition of the layouts). Not inlined, so every tile
 // runs the same compiled decode and no caller's contraction choices change a weight's bits.
 [[gnu::noinline]] inline void decode_block(GgmlType type, const uint8_t* block, float* dst) {
-  io::detail::dequantize_block(type, block, dst);
+  if (type == GgmlType::F16 || type == GgmlType::BF16)
+    io::dequantize_row(type, block, dst, 32);  // exact conversions
+  else
+    io::detail::dequantize_block(type, block, dst);
 }
 
 template <int R>
 void portable_tile(GgmlType type, const uint8_t* w, int64_t row_bytes, int64_t in, const float* x,
                    float* y, int64_t ldy, int64_t j0, int64_t j1, bool accumulate) {
-  const auto info = io::ggml_type_info_or_throw(type);
-  const int64_t bs = info.block_size, bb = info.block_bytes, blocks = in / bs;
+  const int64_t bs = quant_rows_block(type), blocks = in / bs, bb = blocks > 0 ? row_bytes / blocks : 0;
   float weights[256];  // one decoded block, in L1
   for (int64_t j = j0; j < j1; ++j) {
     const uint8_t* row = w + j * row_bytes;
@@ -155,7 +170,14 @@ MIL_TARGET_AVX2 inline __m128i load8(const uint8_t* p) {
 // q * d + m, which these compute with one rounding).
 template <GgmlType T>
 MIL_TARGET_AVX2 inline void decode_group(const uint8_t* b, int g, __m256* wv) {
-  if constexpr (T == GgmlType::Q8_0) {
+  if constexpr (T == GgmlType::F16) {
+    for (int v = 0; v < 4; ++v)
+      wv[v] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 16 * v)));
+  } else if constexpr (T == GgmlType::BF16) {  // a bf16 is the high half of a float
+    for (int v = 0; v < 4; ++v)
+      wv[v] = _mm256_castsi256_ps(_mm256_slli_epi32(
+          _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 16 * v))), 16));
+  } else if constexpr (T == GgmlType::Q8_0) {
     const __m256 d = _mm256_set1_ps(f16_at(b));
     for (int v = 0; v < 4; ++v)
       wv[v] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(load8(b + 2 + 8 * v))), d);
@@ -265,6 +287,8 @@ inline TileFn avx2_tile_for_rows(int rows) {
 
 inline TileFn avx2_tile_for(GgmlType type, int rows) {
   switch (type) {
+    case GgmlType::F16: return avx2_tile_for_rows<GgmlType::F16>(rows);
+    case GgmlType::BF16: return avx2_tile_for_rows<GgmlType::BF16>(rows);
     case GgmlType::Q8_0: return avx2_tile_for_rows<GgmlType::Q8_0>(rows);
     case GgmlType::Q4_0: return avx2_tile_for_rows<GgmlType::Q4_0>(rows);
     case GgmlType::Q4_1: return avx2_tile_for_rows<GgmlType::Q4_1>(rows);
@@ -301,7 +325,15 @@ MIL_TARGET_AVX512 inline __m512 q6_codes16(const uint8_t* ql, const uint8_t* qh,
 // Group g of the block at b (32 weights) as elements 0-15 (lo) and 16-31 (hi).
 template <GgmlType T>
 MIL_TARGET_AVX512 inline void decode_group16(const uint8_t* b, int g, __m512& lo, __m512& hi) {
-  if constexpr (T == GgmlType::Q8_0) {
+  if constexpr (T == GgmlType::F16) {
+    lo = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b)));
+    hi = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 32)));
+  } else if constexpr (T == GgmlType::BF16) {
+    lo = _mm512_castsi512_ps(_mm512_slli_epi32(
+        _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b))), 16));
+    hi = _mm512_castsi512_ps(_mm512_slli_epi32(
+        _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 32))), 16));
+  } else if constexpr (T == GgmlType::Q8_0) {
     const __m512 d = _mm512_set1_ps(f16_at(b));
     lo = _mm512_mul_ps(_mm512_cvtepi32_ps(widen16_i8(b + 2)), d);
     hi = _mm512_mul_ps(_mm512_cvtepi32_ps(widen16_i8(b + 18)), d);
@@ -390,6 +422,8 @@ inline TileFn avx512_tile_for_rows(int rows) {
 
 inline TileFn avx512_tile_for(GgmlType type, int rows) {
   switch (type) {
+    case GgmlType::F16: return avx512_tile_for_rows<GgmlType::F16>(rows);
+    case GgmlType::BF16: return avx512_tile_for_rows<GgmlType::BF16>(rows);
     case GgmlType::Q8_0: return avx512_tile_for_rows<GgmlType::Q8_0>(rows);
     case GgmlType::Q4_0: return avx512_tile_for_rows<GgmlType::Q4_0>(rows);
     case GgmlType::Q4_1: return avx512_tile_for_rows<GgmlType::Q4_1>(rows);
@@ -432,10 +466,10 @@ inline void quant_linear_rows(io::GgmlType type, const uint8_t* w, int64_t out, 
   const int64_t ldy = y_stride ? y_stride : out;
   const auto info = io::ggml_type_info_or_throw(type);
   MIL_CHECK(quant_rows_supports(type), "quant_linear_rows: ggml type ", info.name,
-            " is not supported (supported: Q8_0, Q4_0, Q4_1, Q4_K, Q6_K): dequantise the weights "
-            "to float and use linear_rows");
-  MIL_CHECK(in % info.block_size == 0, "quant_linear_rows: in = ", in,
-            " is not a whole number of ", info.name, " blocks of ", info.block_size);
+            " is not supported (supported: Q8_0, Q4_0, Q4_1, Q4_K, Q6_K, F16, BF16): dequantise "
+            "the weights to float and use linear_rows");
+  MIL_CHECK(in % quant_rows_block(type) == 0, "quant_linear_rows: in = ", in,
+            " is not a whole number of ", info.name, " blocks of ", quant_rows_block(type));
   const int64_t row_bytes = io::ggml_row_bytes(type, in);
   (void)checked_mul(rows, in), (void)checked_mul(out, row_bytes), (void)checked_mul(rows, ldy);
   MIL_CHECK(path != QuantRowsPath::avx2 || quant_rows_avx2_supported(),

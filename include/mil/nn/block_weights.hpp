@@ -49,8 +49,9 @@ class BlockMatrix {
   // Appends the rows of 2-D tensor t (ne = [in, rows]); `order`, when given, lists for each new row
   // the tensor row it copies (a permutation of 0 .. rows - 1).
   void append(const io::TensorInfo& t, std::span<const int64_t> order = {}) {
-    MIL_CHECK(cpu::quant_rows_supports(t.type), "BlockMatrix: tensor '", t.name, "' is ",
-              io::ggml_type_info_or_throw(t.type).name, ", which has no block product");
+    MIL_CHECK(cpu::quant_rows_supports(t.type, in_), "BlockMatrix: tensor '", t.name, "' is ",
+              io::ggml_type_info_or_throw(t.type).name, ", which has no block product for rows of ",
+              in_);
     MIL_CHECK(t.shape.size() == 2 && t.shape[0] == in_, "BlockMatrix: tensor '", t.name,
               "' has shape ", t.shape_str(), ", expected rows of ", in_);
     const int64_t rows = t.rows(), rb = io::ggml_row_bytes(t.type, in_);
@@ -139,7 +140,7 @@ inline BlockWeights block_weights_from_gguf(const io::GgufFile& f, const LlamaCo
                     std::initializer_list<int64_t> rope_heads) {
     BlockMatrix m(in);
     for (const auto& name : names)
-      if (!cpu::quant_rows_supports(f.tensor(name).type)) return m;
+      if (!cpu::quant_rows_supports(f.tensor(name).type, in)) return m;
     auto heads = rope_heads.begin();
     for (const auto& name : names) {
       const io::TensorInfo& t = f.tensor(name);
