@@ -48,6 +48,18 @@ struct RandomTensor {
   }
 };
 
+// The rows of these tensors one after another, dequantised: the float matrix a BlockMatrix of
+// them in this order stands for.
+std::vector<float> stacked_rows(std::initializer_list<const RandomTensor*> tensors) {
+  std::vector<float> w;
+  for (const auto* t : tensors)
+    for (int64_t r = 0; r < t->info.rows(); ++r) {
+      const auto row = t->row(r);
+      w.insert(w.end(), row.begin(), row.end());
+    }
+  return w;
+}
+
 // y = x W^T in float through cpu::linear_rows (the float path's product).
 std::vector<float> float_product(const std::vector<float>& w, int64_t out, int64_t in,
                                  const std::vector<float>& x, int64_t rows) {
@@ -193,12 +205,7 @@ TEST_CASE("block matrix: F16 and BF16 parts beside a quantised one") {
   for (const auto* t : {&a, &b, &c}) m.append(t->info);
   REQUIRE(m.parts().size() == 3);
   CHECK(m.n_bytes() == (3 + 4) * in * 2 + b.info.n_bytes);
-  std::vector<float> w;
-  for (const auto* t : {&a, &b, &c})
-    for (int64_t r = 0; r < t->info.rows(); ++r) {
-      const auto row = t->row(r);
-      w.insert(w.end(), row.begin(), row.end());
-    }
+  const std::vector<float> w = stacked_rows({&a, &b, &c});
   for (int64_t rows : {1, 5}) {
     CAPTURE(rows);
     const auto x = test::random_vector<float>(size_t(rows * in), 44 + uint64_t(rows));
@@ -220,12 +227,7 @@ TEST_CASE("block matrix: K-type parts wider than a thread task, on every product
   nn::BlockMatrix m(in);
   for (const auto* t : {&a, &b, &c}) m.append(t->info);
   REQUIRE(m.parts().size() == 3);
-  std::vector<float> w;
-  for (const auto* t : {&a, &b, &c})
-    for (int64_t r = 0; r < t->info.rows(); ++r) {
-      const auto row = t->row(r);
-      w.insert(w.end(), row.begin(), row.end());
-    }
+  const std::vector<float> w = stacked_rows({&a, &b, &c});
   std::vector<cpu::QuantRowsPath> paths{cpu::QuantRowsPath::portable};
   if (cpu::quant_rows_avx2_supported()) paths.push_back(cpu::QuantRowsPath::avx2);
   if (cpu::quant_rows_avx512_supported()) paths.push_back(cpu::QuantRowsPath::avx512);
