@@ -297,6 +297,13 @@ inline TileFn avx2_tile_for(GgmlType type, int rows) {
   }
 }
 
+// GCC 12's AVX-512 intrinsics start from a self-initialised "undefined" vector, which its
+// -Wmaybe-uninitialized reports wherever they are inlined: a false alarm, silenced for this path.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
 // ---- AVX-512 path ----------------------------------------------------------------------------
 // The contract's 16 lanes are one 512-bit vector: lane l of a group's pair step is
 // x[l] w[l] + x[16 + l] w[16 + l], i.e. the group's elements 0-15 ("lo") against 16-31 ("hi").
@@ -431,6 +438,9 @@ inline TileFn avx512_tile_for(GgmlType type, int rows) {
     default: return avx512_tile_for_rows<GgmlType::Q6_K>(rows);
   }
 }
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 #endif  // MIL_CPU_SIMD
 
 inline TileFn portable_tile_for(int rows) {
