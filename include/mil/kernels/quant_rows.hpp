@@ -271,31 +271,11 @@ MIL_TARGET_AVX2 void avx2_tile(GgmlType, const uint8_t* w, int64_t row_bytes, in
   }
 }
 
-template <GgmlType T>
-inline TileFn avx2_tile_for_rows(int rows) {
-  switch (rows) {
-    case 1: return avx2_tile<T, 1>;
-    case 2: return avx2_tile<T, 2>;
-    case 3: return avx2_tile<T, 3>;
-    case 4: return avx2_tile<T, 4>;
-    case 5: return avx2_tile<T, 5>;
-    case 6: return avx2_tile<T, 6>;
-    case 7: return avx2_tile<T, 7>;
-    default: return avx2_tile<T, 8>;
-  }
-}
-
-inline TileFn avx2_tile_for(GgmlType type, int rows) {
-  switch (type) {
-    case GgmlType::F16: return avx2_tile_for_rows<GgmlType::F16>(rows);
-    case GgmlType::BF16: return avx2_tile_for_rows<GgmlType::BF16>(rows);
-    case GgmlType::Q8_0: return avx2_tile_for_rows<GgmlType::Q8_0>(rows);
-    case GgmlType::Q4_0: return avx2_tile_for_rows<GgmlType::Q4_0>(rows);
-    case GgmlType::Q4_1: return avx2_tile_for_rows<GgmlType::Q4_1>(rows);
-    case GgmlType::Q4_K: return avx2_tile_for_rows<GgmlType::Q4_K>(rows);
-    default: return avx2_tile_for_rows<GgmlType::Q6_K>(rows);
-  }
-}
+// The AVX2 path's tiles, for tile_for.
+struct Avx2Tiles {
+  template <GgmlType T, int R>
+  static constexpr TileFn tile = avx2_tile<T, R>;
+};
 
 // GCC 12's AVX-512 intrinsics start from a self-initialised "undefined" vector, which its
 // -Wmaybe-uninitialized reports wherever they are inlined: a false alarm, silenced for this path.
@@ -413,47 +393,50 @@ MIL_TARGET_AVX512 void avx512_tile(GgmlType, const uint8_t* w, int64_t row_bytes
   }
 }
 
-template <GgmlType T>
-inline TileFn avx512_tile_for_rows(int rows) {
-  switch (rows) {
-    case 1: return avx512_tile<T, 1>;
-    case 2: return avx512_tile<T, 2>;
-    case 3: return avx512_tile<T, 3>;
-    case 4: return avx512_tile<T, 4>;
-    case 5: return avx512_tile<T, 5>;
-    case 6: return avx512_tile<T, 6>;
-    case 7: return avx512_tile<T, 7>;
-    default: return avx512_tile<T, 8>;
-  }
-}
-
-inline TileFn avx512_tile_for(GgmlType type, int rows) {
-  switch (type) {
-    case GgmlType::F16: return avx512_tile_for_rows<GgmlType::F16>(rows);
-    case GgmlType::BF16: return avx512_tile_for_rows<GgmlType::BF16>(rows);
-    case GgmlType::Q8_0: return avx512_tile_for_rows<GgmlType::Q8_0>(rows);
-    case GgmlType::Q4_0: return avx512_tile_for_rows<GgmlType::Q4_0>(rows);
-    case GgmlType::Q4_1: return avx512_tile_for_rows<GgmlType::Q4_1>(rows);
-    case GgmlType::Q4_K: return avx512_tile_for_rows<GgmlType::Q4_K>(rows);
-    default: return avx512_tile_for_rows<GgmlType::Q6_K>(rows);
-  }
-}
+// The AVX-512 path's tiles, for tile_for.
+struct Avx512Tiles {
+  template <GgmlType T, int R>
+  static constexpr TileFn tile = avx512_tile<T, R>;
+};
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop
 #endif
 #endif  // MIL_CPU_SIMD
 
-inline TileFn portable_tile_for(int rows) {
+// The portable path's tiles, for tile_for: one per row count, decoding any type at run time.
+struct PortableTiles {
+  template <GgmlType, int R>
+  static constexpr TileFn tile = portable_tile<R>;
+};
+
+// Path's tile (Path: Avx2Tiles, Avx512Tiles or PortableTiles) for weights in T and `rows` rows
+// (1 to kMaxTileRows).
+template <class Path, GgmlType T>
+inline TileFn tile_for_rows(int rows) {
   static_assert(kMaxTileRows == 8);
   switch (rows) {
-    case 1: return portable_tile<1>;
-    case 2: return portable_tile<2>;
-    case 3: return portable_tile<3>;
-    case 4: return portable_tile<4>;
-    case 5: return portable_tile<5>;
-    case 6: return portable_tile<6>;
-    case 7: return portable_tile<7>;
-    default: return portable_tile<8>;
+    case 1: return Path::template tile<T, 1>;
+    case 2: return Path::template tile<T, 2>;
+    case 3: return Path::template tile<T, 3>;
+    case 4: return Path::template tile<T, 4>;
+    case 5: return Path::template tile<T, 5>;
+    case 6: return Path::template tile<T, 6>;
+    case 7: return Path::template tile<T, 7>;
+    default: return Path::template tile<T, 8>;
+  }
+}
+
+// Path's tile for weights in `type` (one quant_rows_supports takes) and `rows` rows.
+template <class Path>
+inline TileFn tile_for(GgmlType type, int rows) {
+  switch (type) {
+    case GgmlType::F16: return tile_for_rows<Path, GgmlType::F16>(rows);
+    case GgmlType::BF16: return tile_for_rows<Path, GgmlType::BF16>(rows);
+    case GgmlType::Q8_0: return tile_for_rows<Path, GgmlType::Q8_0>(rows);
+    case GgmlType::Q4_0: return tile_for_rows<Path, GgmlType::Q4_0>(rows);
+    case GgmlType::Q4_1: return tile_for_rows<Path, GgmlType::Q4_1>(rows);
+    case GgmlType::Q4_K: return tile_for_rows<Path, GgmlType::Q4_K>(rows);
+    default: return tile_for_rows<Path, GgmlType::Q6_K>(rows);
   }
 }
 
@@ -493,11 +476,11 @@ inline void quant_linear_rows(io::GgmlType type, const uint8_t* w, int64_t out, 
   d::TileFn tiles[d::kMaxTileRows + 1] = {};
   for (int n = 1; n <= d::kMaxTileRows; ++n) {
 #if MIL_CPU_SIMD
-    tiles[n] = path == QuantRowsPath::avx512 ? d::avx512_tile_for(type, n)
-               : path == QuantRowsPath::avx2 ? d::avx2_tile_for(type, n)
-                                             : d::portable_tile_for(n);
+    tiles[n] = path == QuantRowsPath::avx512 ? d::tile_for<d::Avx512Tiles>(type, n)
+               : path == QuantRowsPath::avx2 ? d::tile_for<d::Avx2Tiles>(type, n)
+                                             : d::tile_for<d::PortableTiles>(type, n);
 #else
-    tiles[n] = d::portable_tile_for(n);
+    tiles[n] = d::tile_for<d::PortableTiles>(type, n);
 #endif
   }
   for_each_row_tile(rows, out, in, d::kColumnBlock, d::kMaxTileRows,
