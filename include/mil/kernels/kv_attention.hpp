@@ -135,20 +135,25 @@ inline void add_scaled(float* acc, float p, const float* v, int64_t n) {
   for (; d < n; ++d) acc[d] += p * v[d];
 }
 
+// The softmax of n scores, unnormalised: p[j] = exp(p[j] - max p), summed in increasing j;
+// returns 1 / that sum, which the caller applies to the weighted sum of values (one rounding per
+// output, not one per weight).
+inline float softmax_weights(float* p, int64_t n) {
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int64_t j = 0; j < n; ++j) mx = std::max(mx, p[j]);
+  float sum = 0;
+  for (int64_t j = 0; j < n; ++j) sum += (p[j] = std::exp(p[j] - mx));
+  return 1.f / sum;
+}
+
 // One query head against n cached keys and values (rows kv_width apart): scores, softmax, the
 // weighted sum of values. p holds n floats, acc head_dim.
 inline void attend(float* o, const float* q, const float* k, const float* v, int64_t n,
                    int64_t kvw, int64_t hd, float scale, float* p, float* acc) {
-  float mx = -std::numeric_limits<float>::infinity();
-  for (int64_t j = 0; j < n; ++j) {
-    p[j] = dot(q, k + j * kvw, hd) * scale;
-    mx = std::max(mx, p[j]);
-  }
-  float sum = 0;
-  for (int64_t j = 0; j < n; ++j) sum += (p[j] = std::exp(p[j] - mx));
+  for (int64_t j = 0; j < n; ++j) p[j] = dot(q, k + j * kvw, hd) * scale;
+  const float inv = softmax_weights(p, n);
   std::fill(acc, acc + hd, 0.f);
   for (int64_t j = 0; j < n; ++j) add_scaled(acc, p[j], v + j * kvw, hd);
-  const float inv = 1.f / sum;
   for (int64_t d = 0; d < hd; ++d) o[d] = acc[d] * inv;
 }
 
@@ -160,7 +165,6 @@ template <int HD>
 MIL_TARGET_AVX2 void attend_avx2(float* o, const float* q, const float* k, const float* v,
                                  int64_t n, int64_t kvw, float scale, float* p) {
   static_assert(HD % 64 == 0);
-  float mx = -std::numeric_limits<float>::infinity();
   for (int64_t j = 0; j < n; ++j) {
     const float* kj = k + j * kvw;
     __m256 lo = _mm256_mul_ps(_mm256_loadu_ps(q), _mm256_loadu_ps(kj));
@@ -170,11 +174,8 @@ MIL_TARGET_AVX2 void attend_avx2(float* o, const float* q, const float* k, const
       hi = _mm256_fmadd_ps(_mm256_loadu_ps(q + d + 8), _mm256_loadu_ps(kj + d + 8), hi);
     }
     p[j] = avx2_sum_lanes(lo, hi) * scale;
-    mx = std::max(mx, p[j]);
   }
-  float sum = 0;
-  for (int64_t j = 0; j < n; ++j) sum += (p[j] = std::exp(p[j] - mx));
-  const __m256 inv = _mm256_set1_ps(1.f / sum);
+  const __m256 inv = _mm256_set1_ps(softmax_weights(p, n));
   for (int c0 = 0; c0 < HD; c0 += 64) {
     __m256 acc[8];
     for (int c = 0; c < 8; ++c) acc[c] = _mm256_setzero_ps();
