@@ -13,7 +13,6 @@
 #include <mil/kernels/linear_rows.hpp>
 #include <mil/nn/block_weights.hpp>
 #include <mil/nn/decoder.hpp>
-#include <mil/nn/model_load.hpp>
 
 #include "common/compare.hpp"
 #include "common/error_of.hpp"
@@ -401,17 +400,4 @@ TEST_CASE("block weights: a GGUF model loaded for CPU inference holds its blocks
   const auto t = Tensor<int32_t, Cpu>::from(Shape{2}, {1, 2});
   CHECK(test::error_of([&] { (void)lean.forward(tape, t, nn::sequence_positions<Cpu>(1, 2), 1, 2); })
             .find("block format only") != std::string::npos);
-}
-
-// Catches load_model mapping a purpose to the wrong holding: a GPU run or a conversion
-// (float_only) must not pay for a block copy, CPU inference must not keep float matrices.
-TEST_CASE("block weights: load_model holds what each purpose needs") {
-  if (!test::real_teacher()) return;
-  const std::string path = test::teacher_path().string();
-  const auto any = nn::load_model(path, nn::LoadFor::any).model;
-  const auto floats = nn::load_model(path, nn::LoadFor::float_only).model;
-  const auto lean = nn::load_model(path, nn::LoadFor::cpu_inference).model;
-  CHECK((any.block_weights() && any.has_float_weights()));
-  CHECK((!floats.block_weights() && floats.has_float_weights()));
-  CHECK((lean.block_weights() && !lean.has_float_weights()));
 }

@@ -1,7 +1,8 @@
 // nn::load_model on a Hugging Face folder: a model saved by mil next to a tokenizer.json and
 // tokenizer_config.json written by HF `tokenizers` comes back with the same weights, its tokenizer
 // and chat template, and its greedy generation (decoder) follows its own training forward; bad
-// paths are clear errors.
+// paths are clear errors. A GGUF model loaded for each purpose (LoadFor) holds the weights that
+// purpose needs.
 #include <doctest/doctest.h>
 
 #include <unistd.h>
@@ -15,6 +16,8 @@
 #include <mil/nn/decoder.hpp>
 #include <mil/nn/model_load.hpp>
 #include <mil/text/chat_template.hpp>
+
+#include "common/teacher.hpp"
 
 using namespace mil;
 namespace fs = std::filesystem;
@@ -96,4 +99,17 @@ TEST_CASE("load model: a Hugging Face folder gives the model its tokenizer and c
   fs::create_directories(dir);
   CHECK_THROWS_WITH_AS(nn::load_model(dir.string()), doctest::Contains("tokenizer.json"), Error);
   fs::remove_all(dir);
+}
+
+// Catches load_model mapping a purpose to the wrong holding: a GPU run or a conversion
+// (float_only) must not pay for a block copy, CPU inference must not keep float matrices.
+TEST_CASE("block weights: load_model holds what each purpose needs") {
+  if (!test::real_teacher()) return;
+  const std::string path = test::teacher_path().string();
+  const auto any = nn::load_model(path, nn::LoadFor::any).model;
+  const auto floats = nn::load_model(path, nn::LoadFor::float_only).model;
+  const auto lean = nn::load_model(path, nn::LoadFor::cpu_inference).model;
+  CHECK((any.block_weights() && any.has_float_weights()));
+  CHECK((!floats.block_weights() && floats.has_float_weights()));
+  CHECK((lean.block_weights() && !lean.has_float_weights()));
 }
