@@ -10,6 +10,9 @@
 #          --draft 2 writes RUN/draft2/model)
 # Needs build/cpu (or $MIL_BUILD) with mil-chat and mil-convert, and the teacher in models/.
 # Runs on the CPU, where verification rows are bitwise decode steps (a few minutes per target).
+# With MIL_BUILD=build/cuda it runs on the GPU, whose bf16 verification rows are not bitwise
+# decode steps: a run that parts from plain decoding reports the byte where it did and keeps both
+# texts (WORK/<target>-<prompt>-<how>.txt and -plain.txt).
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 draft=${1:?usage: speculative_parity.sh DRAFT [N]}
@@ -43,7 +46,13 @@ for target in "${targets[@]}"; do
       plain_speed=$(sed -n 's/.*generated: [0-9]* tokens, \([0-9.]*\) tokens\/s.*/\1/p' "$work/plain.log")
       accept=$(sed -n 's/.*speculation: \(.*\)/\1/p' "$work/spec.log")
       verdict=identical
-      if ! cmp -s "$work/plain.txt" "$work/spec.txt"; then verdict=DIFFERENT; failed=1; fi
+      if ! cmp -s "$work/plain.txt" "$work/spec.txt"; then
+        # Where the two parted: the first differing byte, of the plain text's bytes.
+        at=$(cmp "$work/plain.txt" "$work/spec.txt" 2>&1 | sed -n 's/.*byte \([0-9]*\).*/\1/p' || true)
+        verdict="DIFFERENT from byte ${at:-?} of $(wc -c < "$work/plain.txt")"; failed=1
+        cp "$work/spec.txt" "$work/$(basename "$target")-$i-${how%% *}.txt"
+        cp "$work/plain.txt" "$work/$(basename "$target")-$i-plain.txt"
+      fi
       if [[ $generated != "$n" ]]; then verdict="$verdict, but only $generated tokens"; failed=1; fi
       printf '%s | prompt %d | %s | %s | %s tokens/s (plain %s) | %s\n' "$(basename "$target")" "$i" \
         "${how%% *}" "$verdict" "$speed" "$plain_speed" "$accept"
