@@ -63,7 +63,7 @@ struct Options {
       "Here is a list: red apple, green pear, yellow banana, purple grape, orange tangerine. "
       "Repeat the list word for word three times, then extend it with ten more fruits in the "
       "same style.";
-  bool lookup = false, float_weights = false;
+  bool lookup = false, float_weights = false, q8_activations = false;
   int64_t repetitions = 3;
   int threads = 0;
   bool speculate() const { return lookup || !draft_model.empty(); }
@@ -568,7 +568,8 @@ void bench_model(const Options& o, const nn::HybridModel<T, D>& model,
     if (!decoder || decoder->options().slots != t.batch) {
       decoder.reset();  // one decoder's caches at a time
       decoder.emplace(model, nn::DecoderOptions{.slots = t.batch,
-                                                .max_seq = longest_sequence(tests, false, t.batch)});
+                                                .max_seq = longest_sequence(tests, false, t.batch),
+                                                .q8_activations = o.q8_activations});
     }
     report(measure(t, o.repetitions, [&] {
       return t.n_gen > 0 ? time_generation(*decoder, t, vocab) : time_prompt(*decoder, t, vocab);
@@ -590,7 +591,8 @@ void bench_model(const Options& o, const nn::HybridModel<T, D>& model,
       const int64_t rows = t.batch * (k_max + 1);
       target.emplace(model, nn::DecoderOptions{.slots = t.batch, .max_seq = max_seq,
                                                .max_tokens = std::max<int64_t>(512, rows),
-                                               .max_logits = rows, .snapshots = 1});
+                                               .max_logits = rows, .snapshots = 1,
+                                               .q8_activations = o.q8_activations});
       draft_decoders.clear();
       for (int64_t b = 0; draft_model && b < t.batch; ++b)
         draft_decoders.push_back(std::make_unique<nn::Decoder<T, D>>(*draft_model, nn::DecoderOptions{.max_seq = max_seq + k_max}));
@@ -616,7 +618,10 @@ void bench_models(const Options& o, const RunContext& run, const std::optional<n
                                  draft->tokenizer, draft->model.config().llama.vocab, o.draft_model);
     ModelInfo info = describe(path, loaded);
     const bool blocks = std::is_same_v<T, float> && std::is_same_v<D, Cpu> && loaded.model.block_weights();
-    info.weights = blocks ? "blocks" : std::string(dtype_name(dtype_of<T>::value));
+    MIL_CHECK(!o.q8_activations || blocks, "--q8-activations: '", path, "' has no quantised blocks "
+              "(a GGUF file's Q8_0, Q4_0, Q4_1, Q4_K or Q6_K layers, on the CPU)");
+    info.weights = blocks ? (o.q8_activations ? "blocks, q8 activations" : "blocks")
+                          : std::string(dtype_name(dtype_of<T>::value));
     const auto chat_prompt = o.speculate() ? chat_prompt_ids(loaded, o.prompt) : std::vector<int32_t>();
     const auto tests = plan_tests(o, int64_t(chat_prompt.size()));
     check_context(tests, info);
@@ -661,6 +666,8 @@ int main(int argc, char** argv) {
   app.add_flag("--float-weights", o.float_weights,
                "CPU: products on float copies of a GGUF file's quantised weights instead of on "
                "their blocks");
+  app.add_flag("--q8-activations", o.q8_activations,
+               "CPU: the block products take the activations quantised to 8 bits");
   app.add_option("--draft-max", o.draft_max, "tokens drafted per target step at most (list)")
       ->delimiter(',')
       ->check(CLI::Range(int64_t(1), int64_t(64)))

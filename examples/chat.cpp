@@ -43,7 +43,7 @@ struct Options {
   std::string model, prompt, system, chat_template, device = "auto";
   int64_t n_predict = 256, ctx = 2048;
   int threads = 0;  // CPU threads; 0: all cores
-  bool raw = false, prompt_given = false, float_weights = false;
+  bool raw = false, prompt_given = false, float_weights = false, q8_activations = false;
   // Speculative decoding: a draft model (-md) or prompt lookup (--lookup).
   std::string draft_model;
   bool lookup = false, draft_adaptive = false;
@@ -125,6 +125,7 @@ int run(const Options& o, const nn::HybridModel<T, D>& model, const text::Tokeni
   if (!o.logits_out.empty()) return write_prompt_logits(o, model, tok, tmpl);
   nn::DecoderOptions dopt;
   dopt.max_seq = o.ctx;
+  dopt.q8_activations = o.q8_activations;
   // Snapshot 0: the state at the end of the last prompt (hybrids return to it); 1: speculation's.
   dopt.snapshots = 2;
   const bool speculate = draft_model || o.lookup;
@@ -261,6 +262,9 @@ int main(int argc, char** argv) {
   app.add_flag("--float-weights", o.float_weights,
                "CPU: products on float copies of a GGUF file's quantised weights instead of on "
                "their blocks (slower; the reference for the block products)");
+  app.add_flag("--q8-activations", o.q8_activations,
+               "CPU: the block products take the activations quantised to 8 bits (faster; the "
+               "output is no longer the float path's)");
   app.add_option("--chat-template", o.chat_template,
                  "template family when the model's is not recognised (chatml, zephyr, llama3, "
                  "llama2, mistral)");
@@ -301,6 +305,9 @@ int main(int argc, char** argv) {
     o.sampling.validate();
     if (o.threads > 0) cpu::set_threads(o.threads);
     const bool gpu = examples::runs_on_gpu(o.device);
+    MIL_CHECK(!o.q8_activations || (!gpu && !o.float_weights),
+              "--q8-activations: only the CPU's block products take 8-bit activations (not the GPU, "
+              "not --float-weights)");
     auto loaded = examples::load_for_decoding(o.model, gpu, o.float_weights);
     std::optional<text::ChatTemplate> tmpl;
     if (!o.raw) {
@@ -339,8 +346,11 @@ int main(int argc, char** argv) {
 #else
     MIL_CHECK(o.device != "cuda", "--device cuda: this mil-chat was built without CUDA");
 #endif
-    std::fprintf(stderr, "[mil-chat] device: CPU (float%s), %d threads\n",
+    MIL_CHECK(!o.q8_activations || loaded.model.block_weights(), "--q8-activations: '", o.model,
+              "' has no quantised blocks (a GGUF file's Q8_0, Q4_0, Q4_1, Q4_K or Q6_K layers)");
+    std::fprintf(stderr, "[mil-chat] device: CPU (float%s%s), %d threads\n",
                  loaded.model.block_weights() ? ", products on the file's quantised blocks" : "",
+                 o.q8_activations ? " with 8-bit activations" : "",
                  cpu::threads());
     return run(o, loaded.model, loaded.tokenizer, tmpl, draft ? &draft->model : nullptr);
   } catch (const std::exception& e) {

@@ -22,6 +22,7 @@
 #include <mil/io/dequantize.hpp>
 #include <mil/kernels/linear_rows.hpp>
 #include <mil/kernels/quant_rows.hpp>
+#include <mil/kernels/quant_rows_q8.hpp>
 
 #include "common/bench.hpp"
 
@@ -105,6 +106,24 @@ void quantised(benchmark::State& state, GgmlType type, QuantRowsPath path, int64
   finish(state, thread_seconds() - t0, double(w.size()), out, in, rows);
 }
 
+// The same product with x quantised to 8 bits (the option; quantisation inside the timing, as in
+// a decode step), on the widest path the CPU has.
+void quantised_q8(benchmark::State& state, GgmlType type, int64_t out, int64_t in) {
+  const int64_t rows = state.range(0);
+  const auto w = random_blocks(type, out, in);
+  const auto x = random_floats(rows * in, 2);
+  std::vector<float> y(size_t(rows * out));
+  mil::cpu::Q8Rows xq;
+  const double t0 = thread_seconds();
+  for (auto _ : state) {
+    xq.quantize(x.data(), rows, in);
+    mil::cpu::quant_linear_rows_q8(type, w.data(), out, xq, y.data());
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  finish(state, thread_seconds() - t0, double(w.size()), out, in, rows);
+}
+
 // The float product on the Q8_0 weights dequantised (the values do not change its speed).
 void float_rows(benchmark::State& state, int64_t out, int64_t in) {
   const int64_t rows = state.range(0);
@@ -148,7 +167,9 @@ void decode_rows(benchmark::internal::Benchmark* b) {
   MIL_QUANT_ROWS_CASE(q4_k, Q4_K, avx2, name, out, in);                     \
   MIL_QUANT_ROWS_CASE(q6_k, Q6_K, avx2, name, out, in);                     \
   MIL_QUANT_ROWS_CASE(q8_0, Q8_0, portable, name, out, in);                 \
-  MIL_QUANT_ROWS_CASE(q4_1, Q4_1, portable, name, out, in)
+  MIL_QUANT_ROWS_CASE(q4_1, Q4_1, portable, name, out, in);                 \
+  BENCHMARK_CAPTURE(quantised_q8, q4_1_q8act_##name, GgmlType::Q4_1, out, in)->Apply(decode_rows); \
+  BENCHMARK_CAPTURE(quantised_q8, q4_k_q8act_##name, GgmlType::Q4_K, out, in)->Apply(decode_rows)
 
 MIL_QUANT_ROWS_SHAPE(mlp_up_1536x576, 1536, 576);
 MIL_QUANT_ROWS_SHAPE(mlp_down_576x1536, 576, 1536);

@@ -59,4 +59,36 @@ inline Bytes random_weights(GgmlType type, int64_t out, int64_t in, uint32_t see
   return w;
 }
 
+// The weights (io::dequantize_row, the reference decoder) and, per weight, the magnitude its
+// rounding is relative to: |scale part| + |min part| (dequantised with the min zeroed, then with
+// the scale zeroed), since d q + m computed with one rounding or two differ by eps |d q|, which
+// can exceed eps |d q + m| where the two cancel.
+struct Reference {
+  std::vector<float> w, magnitude;
+};
+inline Reference dequantised(GgmlType type, const Bytes& q, int64_t out, int64_t in) {
+  Reference ref{std::vector<float>(size_t(out * in)), std::vector<float>(size_t(out * in))};
+  const int64_t row_bytes = io::ggml_row_bytes(type, in);
+  for (int64_t o = 0; o < out; ++o)
+    io::dequantize_row(type, q.data() + o * row_bytes, ref.w.data() + o * in, in);
+  const bool has_min = type == GgmlType::Q4_1 || type == GgmlType::Q4_K;
+  if (!has_min) {
+    for (size_t i = 0; i < ref.w.size(); ++i) ref.magnitude[i] = std::abs(ref.w[i]);
+    return ref;
+  }
+  Bytes scale_only = q, min_only = q;
+  const int64_t bb = io::ggml_type_info_or_throw(type).block_bytes;
+  for (size_t at = 0; at < q.size(); at += size_t(bb)) {
+    put_half(scale_only.data() + at + 2, 0.f);  // Q4_1 m, Q4_K dmin
+    put_half(min_only.data() + at, 0.f);        // d
+  }
+  std::vector<float> a(static_cast<size_t>(in)), b(static_cast<size_t>(in));
+  for (int64_t o = 0; o < out; ++o) {
+    io::dequantize_row(type, scale_only.data() + o * row_bytes, a.data(), in);
+    io::dequantize_row(type, min_only.data() + o * row_bytes, b.data(), in);
+    for (int64_t i = 0; i < in; ++i) ref.magnitude[size_t(o * in + i)] = std::abs(a[size_t(i)]) + std::abs(b[size_t(i)]);
+  }
+  return ref;
+}
+
 }  // namespace mil::test

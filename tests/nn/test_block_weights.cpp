@@ -296,6 +296,56 @@ TEST_CASE("decoder on block weights: close to the float path, and verification e
   }
 }
 
+// The option of 8-bit activations through the decoder: it runs (other bits than float
+// activations), stays near the float path (the quantisation error of a few layers: normalised
+// 3e-2 bound, against about 4e-3 per product in test_quant_rows_q8), keeps verification of k
+// tokens equal to k decode steps bitwise, and is refused without block weights.
+TEST_CASE("decoder with 8-bit activations: near the float path, verification equals decode steps bitwise") {
+  for (nn::LayerKind kind : test::kLayerKinds) {
+    CAPTURE(test::layer_kind_name(kind));
+    nn::HybridModel<float, Cpu> model(block_config(kind));
+    model.init_random(43, 0.3f);
+    const BlockModel bm(model);
+    model.set_block_weights(bm.blocks);
+    const int64_t vocab = model.config().llama.vocab, k1 = 5;
+    const auto seq = tokens(12, 5, int32_t(vocab));
+    const nn::StepRow all{1, seq, 0, nn::RowLogits::all};
+    const nn::DecoderOptions many{.slots = 2, .max_seq = 32, .max_tokens = 32, .max_logits = 12};
+    nn::DecoderOptions q8_many = many, float_many = many;
+    q8_many.q8_activations = true;
+    float_many.block_weights = false;
+    nn::Decoder<float, Cpu> q8(model, q8_many), blocks(model, many), floats(model, float_many);
+    for (auto* d : {&q8, &blocks, &floats}) d->step(std::span(&all, 1));
+    const auto lq = q8.logits_host(), lb = blocks.logits_host(), lf = floats.logits_host();
+    test::require_close("8-bit activations vs float logits", lq, lf, test::Bound{3e-2, 3e-1});
+    CHECK(lq != lb);
+
+    const nn::DecoderOptions o{.slots = 2, .max_seq = 32, .max_tokens = 32, .max_logits = k1,
+                               .q8_activations = true};
+    const std::span<const int32_t> prompt = std::span(seq).first(7), verify = std::span(seq).subspan(7, k1);
+    for (int threads : {1, 2}) {
+      CAPTURE(threads);
+      test::ThreadsScope scope(threads);
+      nn::Decoder<float, Cpu> batched(model, o), single(model, o);
+      batched.prefill(1, prompt);
+      single.prefill(1, prompt);
+      const nn::StepRow row{1, verify, -1, nn::RowLogits::all};
+      batched.step(std::span(&row, 1));
+      const auto verified = batched.logits_host();
+      for (int64_t i = 0; i < k1; ++i) {
+        const nn::StepRow one{1, verify.subspan(size_t(i), 1)};
+        single.step(std::span(&one, 1));
+        CHECK_MESSAGE(rows_of(verified, i, 1, vocab) == rows_of(single.logits_host(), 0, 1, vocab),
+                      "verified token ", i);
+      }
+    }
+    nn::DecoderOptions no_blocks = o;
+    no_blocks.block_weights = false;
+    CHECK(test::error_of([&] { nn::Decoder<float, Cpu> d(model, no_blocks); }).find("8-bit activations need block weights") !=
+          std::string::npos);
+  }
+}
+
 TEST_CASE("block weights: a model refuses blocks of another shape") {
   nn::HybridModel<float, Cpu> model(block_config(nn::LayerKind::mamba2));
   model.init_random(5, 0.3f);

@@ -9,6 +9,7 @@
 #include <immintrin.h>
 #define MIL_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define MIL_TARGET_AVX512 __attribute__((target("avx512f,avx2,fma,f16c")))
+#define MIL_TARGET_AVX512_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
 #else
 #define MIL_CPU_SIMD 0
 #endif
@@ -38,6 +39,18 @@ inline bool cpu_has_avx2() {
 inline bool cpu_has_avx512() {
 #if MIL_CPU_SIMD
   static const bool ok = cpu_has_avx2() && __builtin_cpu_supports("avx512f");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+// Whether it runs MIL_TARGET_AVX512_VNNI code: AVX-512 BW, VL and VNNI (8-bit dot products)
+// besides the above.
+inline bool cpu_has_avx512_vnni() {
+#if MIL_CPU_SIMD
+  static const bool ok = cpu_has_avx512() && __builtin_cpu_supports("avx512bw") &&
+                         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
   return ok;
 #else
   return false;

@@ -411,8 +411,9 @@ struct PortableTiles {
 
 // Path's tile (Path: Avx2Tiles, Avx512Tiles or PortableTiles) for weights in T and `rows` rows
 // (1 to kMaxTileRows).
+// Path may also be another family of tiles with one signature (quant_rows_q8.hpp).
 template <class Path, GgmlType T>
-inline TileFn tile_for_rows(int rows) {
+inline auto tile_for_rows(int rows) {
   static_assert(kMaxTileRows == 8);
   switch (rows) {
     case 1: return Path::template tile<T, 1>;
@@ -428,7 +429,7 @@ inline TileFn tile_for_rows(int rows) {
 
 // Path's tile for weights in `type` (one quant_rows_supports takes) and `rows` rows.
 template <class Path>
-inline TileFn tile_for(GgmlType type, int rows) {
+inline auto tile_for(GgmlType type, int rows) {
   switch (type) {
     case GgmlType::F16: return tile_for_rows<Path, GgmlType::F16>(rows);
     case GgmlType::BF16: return tile_for_rows<Path, GgmlType::BF16>(rows);

@@ -23,6 +23,7 @@
 
 #include "../io/gguf.hpp"
 #include "../kernels/quant_rows.hpp"
+#include "../kernels/quant_rows_q8.hpp"
 #include "llama_gguf_tensors.hpp"
 #include "param_table.hpp"
 
@@ -77,11 +78,22 @@ class BlockMatrix {
 
   // y[r, :] (+)= x[r, :] W^T for `rows` rows of x ([rows, in]) into y ([rows, out]): row-invariant
   // as cpu::quant_linear_rows (each part is one call on its columns of y).
+  // With `q8` (scratch for the option of 8-bit activations, kernels/quant_rows_q8.hpp), x is
+  // quantised into it once and the parts with integer codes multiply the codes; F16 / BF16 parts
+  // keep float x. Row-invariant either way.
   void apply(const float* x, int64_t rows, float* y, bool accumulate,
-             cpu::QuantRowsPath path = cpu::QuantRowsPath::automatic) const {
-    for (const Part& p : parts_)
-      cpu::quant_linear_rows(p.type, bytes_.data() + p.offset, p.rows, in_, x, rows,
-                             y + p.first_row, accumulate, path, out_);
+             cpu::QuantRowsPath path = cpu::QuantRowsPath::automatic, cpu::Q8Rows* q8 = nullptr) const {
+    bool quantised = false;
+    for (const Part& p : parts_) {
+      if (q8 && cpu::quant_rows_q8_supports(p.type)) {
+        if (!quantised) q8->quantize(x, rows, in_), quantised = true;
+        cpu::quant_linear_rows_q8(p.type, bytes_.data() + p.offset, p.rows, *q8, y + p.first_row,
+                                  accumulate, path, out_);
+      } else {
+        cpu::quant_linear_rows(p.type, bytes_.data() + p.offset, p.rows, in_, x, rows,
+                               y + p.first_row, accumulate, path, out_);
+      }
+    }
   }
 
   // Row `row` of the weights as floats (dst[0 .. in)): an embedding lookup in a tied LM head.

@@ -114,6 +114,8 @@ struct StepTokens {
 template <Element T, Device D>
 struct StepScratch {
   Tensor<T, D> h, qkv, att, gate_up, mlp;
+  std::optional<cpu::Q8Rows> q8;  // 8-bit activations of the block products, when asked for
+  cpu::Q8Rows* q8_rows() { return q8 ? &*q8 : nullptr; }
   Tensor<T, D> proj, conv_out, ssm_y, expanded, dt_low, dt;  // Mamba layers
 
   StepScratch() = default;
@@ -138,11 +140,13 @@ struct StepScratch {
 
 // y (=|+=) x W^T over `rows` rows: the inference product (row-invariant on the CPU), on W's
 // block-format copy where the caller has one (float on the CPU; nn/block_weights.hpp).
+// `q8`: scratch for 8-bit activations on the blocks (DecoderOptions::q8_activations), or null.
 template <Element T, Device D>
 void linear_step(T* y, const T* x, const ag::Var<T, D>& w, int64_t rows, bool accumulate,
-                 const BlockMatrix* blocks = nullptr) {
+                 const BlockMatrix* blocks = nullptr, cpu::Q8Rows* q8 = nullptr) {
   if constexpr (std::is_same_v<T, float> && std::is_same_v<D, Cpu>) {
-    if (blocks && !blocks->empty()) return blocks->apply(x, rows, y, accumulate);
+    if (blocks && !blocks->empty())
+      return blocks->apply(x, rows, y, accumulate, cpu::QuantRowsPath::automatic, q8);
   }
   const Shape& s = w.shape();
   MIL_RUN(D, linear_rows, y, x, w.value().data(), rows, s[0], s[1], accumulate);
@@ -163,7 +167,7 @@ void attention_step(T* x, StepScratch<T, D>& s, const LayerWeights<T, D>& w, con
   const int64_t Hkv = c.n_kv_heads, qkvw = c.qkv_layout().width(), kvw = Hkv * hd;
   T *h = s.h.data(), *qkv = s.qkv.data(), *att = s.att.data();
   MIL_RUN(D, rmsnorm_forward, h, nullptr, x, w.norm.value().data(), rows, d, c.norm_eps);
-  linear_step(qkv, h, w.attn.wqkv, rows, false, blocks ? &blocks->wqkv : nullptr);
+  linear_step(qkv, h, w.attn.wqkv, rows, false, blocks ? &blocks->wqkv : nullptr, s.q8_rows());
   if (c.attention_bias) MIL_RUN(D, bias_add, qkv, w.attn.bqkv.value().data(), rows, qkvw);
   // q and k heads are adjacent in a row: one launch rotates both.
   MIL_RUN(D, rope_apply, qkv, qkv, t.positions, rows, H + Hkv, qkvw, c.rope(), false);
@@ -183,7 +187,7 @@ void attention_step(T* x, StepScratch<T, D>& s, const LayerWeights<T, D>& w, con
                               float(1.0 / std::sqrt(double(hd)))};
     MIL_RUN(D, attention_kv_cache, att, qkv, cache.k, cache.v, t.slots, t.positions, ks, workspace);
   }
-  linear_step(x, att, w.attn.wo, rows, true, blocks ? &blocks->wo : nullptr);
+  linear_step(x, att, w.attn.wo, rows, true, blocks ? &blocks->wo : nullptr, s.q8_rows());
 }
 
 // The recurrent state of one Mamba layer: conv rings [slots, ring_len, channels] and fp32 SSM
@@ -253,9 +257,9 @@ void mlp_step(T* x, StepScratch<T, D>& s, const MlpWeights<T, D>& w, const Llama
   const int64_t d = c.d_model, ff = c.d_ff;
   T *h = s.h.data(), *gu = s.gate_up.data(), *m = s.mlp.data();
   MIL_RUN(D, rmsnorm_forward, h, nullptr, x, w.norm.value().data(), rows, d, c.norm_eps);
-  linear_step(gu, h, w.w_gate_up, rows, false, blocks ? &blocks->gate_up : nullptr);
+  linear_step(gu, h, w.w_gate_up, rows, false, blocks ? &blocks->gate_up : nullptr, s.q8_rows());
   MIL_RUN(D, swiglu_forward, m, gu, gu + ff, rows, ff, 2 * ff);
-  linear_step(x, m, w.w_down, rows, true, blocks ? &blocks->down : nullptr);
+  linear_step(x, m, w.w_down, rows, true, blocks ? &blocks->down : nullptr, s.q8_rows());
 }
 
 // logits [n, vocab] and their argmax for n rows of final activations `x` ([n, d_model]).
@@ -265,7 +269,7 @@ void logits_step(T* logits, int32_t* argmax, const T* x, StepScratch<T, D>& s,
                  const BlockMatrix* lm_head_blocks = nullptr) {
   T* h = s.h.data();
   MIL_RUN(D, rmsnorm_forward, h, nullptr, x, w.norm.value().data(), n, c.d_model, c.norm_eps);
-  linear_step(logits, h, w.lm_head, n, false, lm_head_blocks);
+  linear_step(logits, h, w.lm_head, n, false, lm_head_blocks, s.q8_rows());
   MIL_RUN(D, argmax_rows, argmax, logits, n, c.vocab);
 }
 

@@ -58,6 +58,9 @@ struct DecoderOptions {
   bool cuda_graphs = true;   // capture uniform steps (GPU)
   bool block_weights = true; // float CPU: products on the model's block-format weights where it
                              // has them (a GGUF file's quantised layers); false: float weights
+  bool q8_activations = false;  // with block weights: their products take the activations
+                                // quantised to 8 bits (faster, not the float path's results;
+                                // kernels/quant_rows_q8.hpp)
 };
 
 // Per logits row: its k best (ids, values; kernels/topk.hpp) and its log-sum-exp.
@@ -114,6 +117,9 @@ class Decoder {
     x_ = Tensor<T, D>::empty(Shape{tokens_cap_, cfg_.d_model});
     logit_x_ = Tensor<T, D>::empty(Shape{logits_cap_, cfg_.d_model});
     scratch_ = StepScratch<T, D>(hybrid_, tokens_cap_);
+    MIL_CHECK(!o.q8_activations || blocks_, "Decoder: 8-bit activations need block weights (a GGUF "
+              "file's quantised layers, decoded on the CPU in float)");
+    if (o.q8_activations) scratch_.q8.emplace();
     if (n_mamba_) {
       ring_len_ = hybrid_.conv_kernel - 1 + o.max_rollback;
       state_size_ = hybrid_.mixer == MixerKind::mamba2
