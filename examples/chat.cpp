@@ -93,7 +93,8 @@ int write_prompt_logits(const Options& o, const nn::HybridModel<T, D>& model, co
   MIL_CHECK(!ids.empty(), "--logits-out: the prompt has no tokens");
   const int64_t n = int64_t(ids.size()), vocab = model.config().llama.vocab;
   MIL_CHECK(n <= o.ctx, "--logits-out: the prompt has ", n, " tokens, more than the context (-c ", o.ctx, ")");
-  nn::Decoder<T, D> decoder(model, {.max_seq = o.ctx, .max_tokens = std::max<int64_t>(n, 512), .max_logits = n});
+  nn::Decoder<T, D> decoder(model, {.max_seq = o.ctx, .max_tokens = std::max<int64_t>(n, 512), .max_logits = n,
+                                    .q8_activations = o.q8_activations});
   const nn::StepRow row{0, ids, -1, nn::RowLogits::all};
   decoder.step(std::span(&row, 1));
   const std::vector<float> logits = decoder.logits_host();
