@@ -350,7 +350,7 @@ int main(int argc, char** argv) {
     MIL_CHECK(!o.q8_activations || loaded.model.block_weights(), "--q8-activations: '", o.model,
               "' has no quantised blocks (a GGUF file's Q8_0, Q4_0, Q4_1, Q4_K or Q6_K layers)");
     std::fprintf(stderr, "[mil-chat] device: CPU (float%s%s), %d threads\n",
-                 loaded.model.block_weights() ? ", products on the file's quantised blocks" : "",
+                 loaded.model.block_weights() ? ", products on the weights' blocks" : "",
                  o.q8_activations ? " with 8-bit activations" : "",
                  cpu::threads());
     return run(o, loaded.model, loaded.tokenizer, tmpl, draft ? &draft->model : nullptr);

@@ -14,9 +14,12 @@
 
 #include <mil/generate/generate.hpp>
 #include <mil/nn/decoder.hpp>
+#include <mil/nn/hybrid_checkpoint.hpp>
 #include <mil/nn/model_load.hpp>
 #include <mil/text/chat_template.hpp>
 
+#include "common/compare.hpp"
+#include "common/small_hybrid.hpp"
 #include "common/teacher.hpp"
 
 using namespace mil;
@@ -112,4 +115,55 @@ TEST_CASE("block weights: load_model holds what each purpose needs") {
   CHECK((any.block_weights() && any.has_float_weights()));
   CHECK((!floats.block_weights() && floats.has_float_weights()));
   CHECK((lean.block_weights() && !lean.has_float_weights()));
+}
+
+// Catches a bf16 folder loaded for CPU inference without BF16 blocks (float products: twice the
+// bytes a generated token reads), with float copies kept beside them, with a value changed on the
+// way (the decoder's logits must be the float load's up to summation order), a block built where
+// the product cannot take the rows (d_ff 40 is not a whole number of 32-value units), or a float32
+// checkpoint forced into bf16 blocks, which would round its values.
+TEST_CASE("load model: a bf16 folder loaded for CPU inference keeps its linear layers in BF16 blocks") {
+  const fs::path src = fs::path(MIL_SOURCE_DIR) / "tests/text/golden/hf_tokenizers/smollm";
+  const fs::path dir = fs::temp_directory_path() / ("mil_test_bf16_blocks_" + std::to_string(::getpid()));
+  nn::HybridConfig cfg = test::small_hybrid_config(nn::LayerKind::mamba2);
+  cfg.llama.vocab = 430;
+  nn::HybridModel<float, Cpu> model(cfg);
+  model.init_random(5, 0.2f);
+  const std::vector<int32_t> prompt = {3, 17, 250, 9, 101, 44};
+  for (const char* dtype : {"bfloat16", "float32"}) {
+    CAPTURE(dtype);
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    for (const char* f : {"tokenizer.json", "tokenizer_config.json"}) fs::copy_file(src / f, dir / f);
+    nn::HybridSaveOptions o;
+    o.hf.dtype = dtype;
+    nn::save_hybrid(dir, model, o);
+    const auto lean = nn::load_model(dir.string(), nn::LoadFor::cpu_inference);
+    const auto full = nn::load_model(dir.string(), nn::LoadFor::float_only);
+    CHECK(full.model.has_float_weights());
+    CHECK_FALSE(full.model.block_weights());
+    if (std::string(dtype) == "float32") {
+      CHECK_FALSE(lean.model.block_weights());
+      CHECK(lean.model.has_float_weights());
+      continue;
+    }
+    const auto& blocks = lean.model.block_weights();
+    REQUIRE(blocks);
+    CHECK_FALSE(lean.model.has_float_weights());
+    const auto& attention = blocks->layers[1];
+    for (const nn::BlockMatrix* m : {&attention.wqkv, &attention.wo, &attention.gate_up, &blocks->lm_head}) {
+      REQUIRE(m->parts().size() == 1);
+      CHECK(m->parts()[0].type == io::GgmlType::BF16);
+    }
+    CHECK(blocks->layers[0].wqkv.empty());  // a Mamba layer
+    CHECK(attention.down.empty());          // rows of 40
+    CHECK(lean.model.weights().layers[1].mlp.w_down.value().defined());
+
+    nn::Decoder<float, Cpu> a(lean.model, {.max_seq = 32}), b(full.model, {.max_seq = 32, .block_weights = false});
+    a.prefill(0, prompt);
+    b.prefill(0, prompt);
+    test::require_close("BF16 blocks vs float logits", a.logits_host(), b.logits_host(), 1e-5);
+    CHECK(greedy(lean.model, lean.tokenizer, prompt) == greedy(full.model, full.tokenizer, prompt));
+  }
+  fs::remove_all(dir);
 }

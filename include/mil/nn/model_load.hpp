@@ -12,6 +12,7 @@
 
 #include "../text/gguf_tokenizer.hpp"
 #include "../text/hf_tokenizer.hpp"
+#include "bf16_block_weights.hpp"
 #include "hybrid_checkpoint.hpp"
 #include "llama_gguf.hpp"
 #include "llama_hf.hpp"
@@ -22,7 +23,8 @@ namespace mil::nn {
 // block format beside them, which the CPU decoder reads), float weights only (work on the GPU or
 // a conversion: no block copy, about the file's size less host memory), or CPU inference only (a
 // GGUF file's quantised matrices in block format only, no gradient buffers: such a model decodes
-// on the CPU but cannot be trained, converted or moved to the GPU).
+// on the CPU but cannot be trained, converted or moved to the GPU; a folder stored in bf16 keeps
+// its linear layers as BF16 blocks the same way, nn/bf16_block_weights.hpp).
 enum class LoadFor { any, float_only, cpu_inference };
 
 struct LoadedModel {
@@ -58,7 +60,24 @@ inline LoadedModel load_gguf(const std::string& path, LoadFor use) {
   return out;
 }
 
-inline LoadedModel load_folder(const std::filesystem::path& dir) {
+// A folder's model for CPU inference: its linear layers whose values are bf16 exactly (a bf16
+// checkpoint) in BF16 blocks only, without their float copies or gradient buffers; a float32
+// checkpoint keeps its float weights.
+inline HybridModel<float, Cpu> held_for_cpu_inference(HybridModel<float, Cpu>&& full) {
+  auto blocks = bf16_block_weights(full);
+  if (!blocks) return std::move(full);
+  const bool tied = full.config().llama.tied_embeddings;
+  auto lean = HybridModel<float, Cpu>::inference(full.config(), [&](const ParamSlot& s) {
+    const BlockMatrix* m = blocks->matrix_for(s, tied);
+    return m && !m->empty();
+  });
+  for (const auto& e : lean.params().entries())
+    if (e.var.value().defined() && e.var.numel() > 0) e.var.value().copy_from(full.params()[e.name].value());
+  lean.set_block_weights(std::move(blocks));
+  return lean;
+}
+
+inline LoadedModel load_folder(const std::filesystem::path& dir, LoadFor use) {
   auto tok = text::load_hf_tokenizer(dir);
   auto model = [&] {
     if (!is_hybrid_checkpoint(dir)) return load_llama_model_hf(dir);
@@ -66,12 +85,14 @@ inline LoadedModel load_folder(const std::filesystem::path& dir) {
     // sizes in mamba_config.json / config.json are only bounded, not proven, until then.
     const HybridConfig cfg = hybrid_config_from_files(dir);
     check_hybrid_tensors(io::SafetensorsCheckpoint::open(dir), cfg);
-    HybridModel<float, Cpu> m(cfg);
+    // For inference no gradient buffers: the float model is only the source of the blocks.
+    HybridModel<float, Cpu> m = use == LoadFor::cpu_inference ? HybridModel<float, Cpu>::inference(cfg, nullptr)
+                                                              : HybridModel<float, Cpu>(cfg);
     load_hybrid_weights(dir, m);
     return m;
   };
-  LoadedModel out{model(), text::Tokenizer(std::move(tok.data)), std::move(tok.chat_template),
-                  folder_name(dir)};
+  LoadedModel out{use == LoadFor::cpu_inference ? held_for_cpu_inference(model()) : model(),
+                  text::Tokenizer(std::move(tok.data)), std::move(tok.chat_template), folder_name(dir)};
   check_vocab(out, dir.string());
   return out;
 }
@@ -83,7 +104,7 @@ inline LoadedModel load_folder(const std::filesystem::path& dir) {
 inline LoadedModel load_model(const std::string& path, LoadFor use = LoadFor::any) {
   namespace fs = std::filesystem;
   MIL_CHECK(fs::exists(path), "model '", path, "' not found");
-  return fs::is_directory(path) ? load_detail::load_folder(path) : load_detail::load_gguf(path, use);
+  return fs::is_directory(path) ? load_detail::load_folder(path, use) : load_detail::load_gguf(path, use);
 }
 
 // The context length stored with a model at `path`: GGUF <arch>.context_length, or config.json's
