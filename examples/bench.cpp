@@ -618,7 +618,8 @@ void bench_models(const Options& o, const RunContext& run, const std::optional<n
                                  draft->tokenizer, draft->model.config().llama.vocab, o.draft_model);
     ModelInfo info = describe(path, loaded);
     const bool blocks = std::is_same_v<T, float> && std::is_same_v<D, Cpu> && loaded.model.block_weights();
-    MIL_CHECK(!o.q8_activations || blocks, "--q8-activations: '", path, "' has no quantised blocks "
+    MIL_CHECK(!o.q8_activations || (blocks && loaded.model.block_weights()->has_q8_parts()),
+              "--q8-activations: '", path, "' has no quantised blocks "
               "(a GGUF file's Q8_0, Q4_0, Q4_1, Q4_K or Q6_K layers, on the CPU)");
     info.weights = blocks ? (o.q8_activations ? "blocks, q8 activations" : "blocks")
                           : std::string(dtype_name(dtype_of<T>::value));

@@ -347,7 +347,8 @@ int main(int argc, char** argv) {
 #else
     MIL_CHECK(o.device != "cuda", "--device cuda: this mil-chat was built without CUDA");
 #endif
-    MIL_CHECK(!o.q8_activations || loaded.model.block_weights(), "--q8-activations: '", o.model,
+    MIL_CHECK(!o.q8_activations || (loaded.model.block_weights() && loaded.model.block_weights()->has_q8_parts()),
+              "--q8-activations: '", o.model,
               "' has no quantised blocks (a GGUF file's Q8_0, Q4_0, Q4_1, Q4_K or Q6_K layers)");
     std::fprintf(stderr, "[mil-chat] device: CPU (float%s%s), %d threads\n",
                  loaded.model.block_weights() ? ", products on the weights' blocks" : "",

@@ -48,8 +48,11 @@ def gbench_records(path):
     with open(path) as f:
         data = json.load(f)
     out = []
-    for b in data.get("benchmarks", []):
-        if b.get("run_type") == "aggregate" and b.get("aggregate_name") != "median":
+    benchmarks = data.get("benchmarks", [])
+    # With repetitions, the median aggregate stands for its runs; without, each run is one record.
+    aggregated = any(b.get("run_type") == "aggregate" for b in benchmarks)
+    for b in benchmarks:
+        if aggregated and (b.get("run_type") != "aggregate" or b.get("aggregate_name") != "median"):
             continue
         rec = {"name": b["name"], "time": b.get("real_time"), "time_unit": b.get("time_unit")}
         for k in ("tokens/s", "floor/time", "peer/time", "TB/s", "TFLOP/s", "label"):
@@ -69,6 +72,8 @@ def parity_records(path):
         for line in f:
             m = LINE.match(line.strip())
             if not m:
+                if " | prompt " in line:
+                    print(f"{path}: a parity line not understood, left out: {line.strip()}", file=sys.stderr)
                 continue
             v = m["verdict"].strip()
             parted = re.search(r"from byte (\d+) of (\d+)", v)

@@ -48,7 +48,11 @@ for target in "${targets[@]}"; do
       verdict=identical
       if ! cmp -s "$work/plain.txt" "$work/spec.txt"; then
         # Where the two parted: the first differing byte, of the plain text's bytes.
-        at=$(cmp "$work/plain.txt" "$work/spec.txt" 2>&1 | sed -n 's/.*byte \([0-9]*\).*/\1/p' || true)
+        # (cmp names the first differing byte, or, when one text is a prefix of the other, the
+        # last byte of the shorter: the texts part at the byte after it.)
+        said=$(cmp "$work/plain.txt" "$work/spec.txt" 2>&1 || true)
+        at=$(sed -n 's/.*byte \([0-9]*\).*/\1/p' <<< "$said")
+        [[ $said == *EOF* && -n $at ]] && at=$((at + 1))
         verdict="DIFFERENT from byte ${at:-?} of $(wc -c < "$work/plain.txt")"; failed=1
         cp "$work/spec.txt" "$work/$(basename "$target")-$i-${how%% *}.txt"
         cp "$work/plain.txt" "$work/$(basename "$target")-$i-plain.txt"

@@ -69,10 +69,12 @@ bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
 // (error up to d, not d / 2), codes past +-127 (which the SIMD path's sign trick cannot take), a
 // sum without the scale, and a non-finite group that would turn into codes (UB) instead of NaN.
 TEST_CASE("Q8Rows: codes, scales and sums of each group of 32") {
-  const int64_t rows = 3, in = 96;
+  const int64_t rows = 3, in = 96;  // 9 groups
   auto x = activations(rows, in, 5);
   std::fill(x.begin() + 32, x.begin() + 64, 0.f);  // an all-zero group
   x[70] = -100.f;                                  // a group whose largest magnitude is negative
+  for (int i = 0; i < 32; ++i) x[size_t(96 + i)] = i % 3 == 0 ? 0.f : float(i - 16) * 1e-39f;  // 127 / amax overflows
+  for (int i = 0; i < 32; ++i) x[size_t(128 + i)] = i == 5 ? 1e-44f : 0.f;  // the scale underflows to 0
   cpu::Q8Rows q;
   q.quantize(x.data(), rows, in);
   REQUIRE(q.rows == rows);
@@ -89,12 +91,16 @@ TEST_CASE("Q8Rows: codes, scales and sums of each group of 32") {
       total += code;
       CHECK(std::abs(code) <= 127);
       CHECK(std::fabs(x[size_t(32 * g + i)] - d * float(code)) <= 0.5f * d * (1 + 1e-5f) + 1e-30f);
-      if (std::fabs(x[size_t(32 * g + i)]) == amax && amax > 0) CHECK(std::abs(code) == 127);
+      if (std::fabs(x[size_t(32 * g + i)]) == amax && d > 0) CHECK(std::abs(code) == 127);
     }
     CHECK(q.sum[size_t(g)] == d * float(total));
   }
   CHECK(q.d[1] == 0.f);
   CHECK(q.q[70] == -127);
+  CHECK(q.d[3] > 0.f);
+  CHECK(q.q[96 + 31] == 127);  // the largest magnitude of the tiny group still maps to 127
+  CHECK(q.d[4] == 0.f);
+  CHECK(std::all_of(q.q.begin() + 128, q.q.begin() + 160, [](int8_t c) { return c == 0; }));
 
   x[5] = std::numeric_limits<float>::infinity();
   x[40] = std::nanf("");
@@ -192,14 +198,17 @@ TEST_CASE("quant_linear_rows_q8: error against float activations within the quan
 // Catches a SIMD path that orders its float operations differently from the contract (lanes
 // converted or scaled in another grouping, even and odd groups mixed, the minimum folded into the
 // lanes, another tree, the AVX-512 path's lone last group), and accumulate / y_stride handled
-// differently between paths. Widths of 1, 2 and 3 groups (and 1-2 K blocks) give odd counts.
+// differently between paths. Widths of 1, 2 and 3 blocks give odd group counts; 8448 values (264
+// groups) and one block less cross the minima's 256-group chunk with a partial last one; a NaN
+// activation must reach the same outputs on every path.
 TEST_CASE("quant_linear_rows_q8: every path gives the portable path's bits") {
   const int64_t out = 70, ldy = 75;
   for (QuantRowsPath path : paths()) {
     if (path == QuantRowsPath::portable) continue;
     for (GgmlType type : kTypes)
-      for (int64_t blocks : {1, 2, 3})
+      for (int64_t blocks : {int64_t(1), int64_t(2), int64_t(3), 8448 / block_size(type) - 1, 8448 / block_size(type)})
         for (int64_t rows = 1; rows <= 9; ++rows) {
+          if (blocks > 3 && rows != 1 && rows != 9) continue;  // rows past 256 groups: 1 and a full tile + 1
           const bool accumulate = rows % 2 == 0;
           CAPTURE(int(path));
           CAPTURE(io::ggml_type_info_or_throw(type).name);
@@ -215,6 +224,22 @@ TEST_CASE("quant_linear_rows_q8: every path gives the portable path's bits") {
           cpu::quant_linear_rows_q8(type, wq.data(), out, q, a.data(), accumulate, QuantRowsPath::portable, ldy);
           cpu::quant_linear_rows_q8(type, wq.data(), out, q, b.data(), accumulate, path, ldy);
           CHECK(same_bits(a, b));
+          if (rows == 9) {  // a non-finite activation makes its row NaN on every path, the others unchanged
+            auto bad = x;
+            bad[size_t(4 * in + 7)] = std::nanf("");
+            cpu::Q8Rows qb;
+            qb.quantize(bad.data(), rows, in);
+            auto c = y0, e = y0;
+            cpu::quant_linear_rows_q8(type, wq.data(), out, qb, c.data(), accumulate, QuantRowsPath::portable, ldy);
+            cpu::quant_linear_rows_q8(type, wq.data(), out, qb, e.data(), accumulate, path, ldy);
+            for (int64_t r = 0; r < rows; ++r)
+              for (int64_t j = 0; j < out; ++j) {
+                const size_t at = size_t(r * ldy + j);
+                CHECK(std::isnan(c[at]) == (r == 4));
+                CHECK(std::isnan(e[at]) == (r == 4));
+                if (r != 4) CHECK(c[at] == e[at]);
+              }
+          }
           for (int64_t r = 0; r < rows; ++r)  // columns past out untouched
             for (int64_t j = out; j < ldy; ++j) CHECK(a[size_t(r * ldy + j)] == y0[size_t(r * ldy + j)]);
         }

@@ -76,10 +76,18 @@ struct Q8Rows {
       return;
     }
     scale = amax / 127.f;
-    const float inverse = amax > 0 ? 127.f / amax : 0.f;
+    if (scale == 0) {  // all zero, or so small that the scale underflows: codes 0
+      std::memset(codes, 0, 32);
+      code_sum = 0;
+      return;
+    }
+    // Below ~3.7e-37, 127 / amax overflows: divide by the scale instead (never NaN: x is finite,
+    // the scale positive).
+    const float inverse = 127.f / amax;
+    const bool divide = !std::isfinite(inverse);
     int total = 0;
     for (int i = 0; i < 32; ++i) {
-      const float v = std::clamp(std::nearbyint(x[i] * inverse), -127.f, 127.f);
+      const float v = std::clamp(std::nearbyint(divide ? x[i] / scale : x[i] * inverse), -127.f, 127.f);
       codes[i] = int8_t(v);
       total += codes[i];
     }
@@ -291,7 +299,7 @@ MIL_TARGET_AVX2 inline void avx2_minima(__m256 (*min_lanes)[2], const float* min
       const int64_t at = first + k + 8 * half, left = std::min<int64_t>(8, groups - at);
       if (left <= 0) continue;
       const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(left)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-      const __m256 m = _mm256_loadu_ps(minima + k + 8 * half);
+      const __m256 m = _mm256_maskload_ps(minima + k + 8 * half, mask);  // not a stale minimum
       for (int r = 0; r < R; ++r)
         min_lanes[r][half] = _mm256_fmadd_ps(m, _mm256_maskload_ps(sums + r * groups + at, mask), min_lanes[r][half]);
     }
@@ -305,7 +313,7 @@ MIL_TARGET_AVX2 void avx2_tile(GgmlType, const uint8_t* w, int64_t row_bytes, co
   const int8_t* q = x.q.data() + r0 * in;
   const float* d8 = x.d8.data() + r0 * groups * 8;
   const float* sums = x.sum.data() + r0 * groups;
-  alignas(32) float chunk[kMinChunk + 16] = {};  // a weight row's minima, zero past the last
+  alignas(32) float chunk[kMinChunk + 16] = {};  // a weight row's minima (read masked to its groups)
   for (int64_t j = j0; j < j1; ++j) {
     __m256 acc[R][2], min_lanes[R][2];  // even / odd groups; minimum lanes 0-7 / 8-15
     for (int r = 0; r < R; ++r)
@@ -425,7 +433,7 @@ MIL_TARGET_AVX512_VNNI void avx512_tile(GgmlType, const uint8_t* w, int64_t row_
           for (int64_t k = 0; k < last - first + 1; k += 16) {
             const int64_t left = std::min<int64_t>(16, groups - (first + k));
             const __mmask16 mask = __mmask16((1u << left) - 1u);
-            const __m512 m = _mm512_loadu_ps(chunk + k);
+            const __m512 m = _mm512_maskz_loadu_ps(mask, chunk + k);  // not a stale minimum
             for (int r = 0; r < R; ++r)
               _mm512_store_ps(min_lanes[r], _mm512_fmadd_ps(m, _mm512_maskz_loadu_ps(mask, sums + r * groups + first + k),
                                                             _mm512_load_ps(min_lanes[r])));

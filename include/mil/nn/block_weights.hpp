@@ -16,6 +16,7 @@
 // uses them on the CPU in float (DecoderOptions::block_weights), the embedding lookup included when
 // the embeddings are the tied LM head. Matrices whose tensors are in a type without a block product
 // (F32, F16, BF16, Q5_*) stay empty and run in float.
+#include <algorithm>
 #include <memory>
 #include <span>
 #include <string>
@@ -96,6 +97,11 @@ class BlockMatrix {
     }
   }
 
+  // Whether some part has integer codes (8-bit activations apply to it; F16 / BF16 parts have none).
+  bool has_q8_parts() const {
+    return std::any_of(parts_.begin(), parts_.end(), [](const Part& p) { return cpu::quant_rows_q8_supports(p.type); });
+  }
+
   // Row `row` of the weights as floats (dst[0 .. in)): an embedding lookup in a tied LM head.
   void dequantize_row(int64_t row, float* dst) const {
     MIL_CHECK(row >= 0 && row < out_, "BlockMatrix: row ", row, " of ", out_);
@@ -135,6 +141,15 @@ struct BlockWeights {
       case Param::w_down: return &l.down;
       default: return nullptr;
     }
+  }
+
+  // Whether 8-bit activations change any product (some matrix has a part with integer codes).
+  bool has_q8_parts() const {
+    if (lm_head.has_q8_parts()) return true;
+    for (const auto& l : layers)
+      if (l.wqkv.has_q8_parts() || l.wo.has_q8_parts() || l.gate_up.has_q8_parts() || l.down.has_q8_parts())
+        return true;
+    return false;
   }
 
   int64_t n_bytes() const {

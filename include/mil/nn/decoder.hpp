@@ -117,8 +117,9 @@ class Decoder {
     x_ = Tensor<T, D>::empty(Shape{tokens_cap_, cfg_.d_model});
     logit_x_ = Tensor<T, D>::empty(Shape{logits_cap_, cfg_.d_model});
     scratch_ = StepScratch<T, D>(hybrid_, tokens_cap_);
-    MIL_CHECK(!o.q8_activations || blocks_, "Decoder: 8-bit activations need block weights (a GGUF "
-              "file's quantised layers, decoded on the CPU in float)");
+    MIL_CHECK(!o.q8_activations || (blocks_ && blocks_->has_q8_parts()), "Decoder: 8-bit activations "
+              "need block weights with integer codes (a GGUF file's Q8_0, Q4_0, Q4_1, Q4_K or Q6_K "
+              "layers, decoded on the CPU in float)");
     if (o.q8_activations) scratch_.q8.emplace();
     if (n_mamba_) {
       ring_len_ = hybrid_.conv_kernel - 1 + o.max_rollback;
