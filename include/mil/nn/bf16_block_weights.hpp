@@ -5,6 +5,8 @@
 // (cpu::quant_linear_rows, BF16) read 2 bytes a weight instead of 4. A matrix any of whose values
 // is not exactly a bf16 (a float32 checkpoint, or weights changed since loading) stays empty and
 // runs in float: the blocks never change a value. The Mamba mixers stay float.
+#include <cmath>
+#include <memory>
 #include <string>
 #include <vector>
 
