@@ -36,15 +36,23 @@ void check_kv_attention(int64_t heads, int64_t kv_heads, int64_t hd,
   auto vg = test::to_gpu(test::cast_vector<T>(v));
   auto sg = test::to_gpu(slots), pg = test::to_gpu(pos);
   auto out = test::poisoned_gpu<T>(ref.size());
-  const int64_t ws = mil::cuda::kv_attention_workspace(s);
+  const int64_t ws = mil::cuda::kv_attention_workspace(s), nc = mil::cuda::kv_attention_counters(s);
   auto workspace = test::poisoned_gpu<float>(size_t(std::max<int64_t>(ws, 1)));
+  auto counters = test::to_gpu(std::vector<int32_t>(size_t(std::max<int64_t>(nc, 1)), 0));
+  const KvWorkspace space{ws ? workspace.data() : nullptr, nc ? counters.data() : nullptr};
   mil::cuda::attention_kv_cache<T>(out.data(), qg.data(), kg.data(), vg.data(), sg.data(),
-                                   pg.data(), s, ws ? workspace.data() : nullptr,
-                                   mil::cuda::current_stream());
+                                   pg.data(), s, space, mil::cuda::current_stream());
   INFO("kv attention ", std::is_same_v<T, float> ? "f32" : "bf16", " heads ", heads, "/",
        kv_heads, " hd ", hd, " rows ", rows, " splits ", mil::cuda::kv_attention_splits(s));
-  test::require_close("cuda kv attention", out.to_vector(), ref,
-                      std::is_same_v<T, float> ? 1e-5 : 1e-2);
+  const auto first = out.to_vector();
+  test::require_close("cuda kv attention", first, ref, std::is_same_v<T, float> ? 1e-5 : 1e-2);
+  // The last split of each (row, KV head) merged and reset its counter: a second call (as the
+  // next layer's) merges again, in the same order.
+  CHECK(counters.to_vector() == std::vector<int32_t>(counters.numel(), 0));
+  auto again = test::poisoned_gpu<T>(ref.size());
+  mil::cuda::attention_kv_cache<T>(again.data(), qg.data(), kg.data(), vg.data(), sg.data(),
+                                   pg.data(), s, space, mil::cuda::current_stream());
+  CHECK(test::bytes_of(again.to_vector()) == test::bytes_of(first));
 }
 
 }  // namespace
@@ -73,9 +81,50 @@ TEST_CASE("kv attention cuda: a prefill chunk continuing a sequence") {
   check_kv_attention<bf16>(32, 8, 128, slots, pos, 52);  // 616 blocks: no split, no workspace
   KvAttentionShape bad{1, 6, 2, 96, 6 * 96, 1, 4, 1.f};
   CHECK_THROWS_WITH_AS(mil::cuda::attention_kv_cache<bf16>(nullptr, nullptr, nullptr, nullptr,
-                                                           nullptr, nullptr, bad, nullptr,
+                                                           nullptr, nullptr, bad, {},
                                                            mil::cuda::current_stream()),
                        doctest::Contains("head_dim 96"), Error);
+  KvAttentionShape split{1, 6, 2, 64, 6 * 64, 1, 100, 1.f};  // split keys: needs counters too
+  float partials = 0.f;
+  CHECK_THROWS_WITH_AS(mil::cuda::attention_kv_cache<bf16>(nullptr, nullptr, nullptr, nullptr,
+                                                           nullptr, nullptr, split,
+                                                           KvWorkspace{&partials, nullptr},
+                                                           mil::cuda::current_stream()),
+                       doctest::Contains("counters"), Error);
+}
+
+TEST_CASE("kv attention cuda: up to 8 rows, a row's result does not depend on the others") {
+  MIL_GPU_TEST_GUARD();
+  // A verification step's rows (slot 0 at consecutive positions) and a decode row of another
+  // slot, against each row alone: the same splits, the same merge order, the same bits.
+  const int64_t heads = 9, kv_heads = 3, hd = 64, n_slots = 2, max_seq = 1100;
+  const std::vector<int32_t> slots = {0, 0, 0, 0, 0, 1}, pos = {1000, 1001, 1002, 1003, 1004, 17};
+  const int64_t rows = int64_t(slots.size()), q_stride = (heads + 2 * kv_heads) * hd;
+  const int64_t kvw = kv_heads * hd, cache = n_slots * max_seq * kvw;
+  auto q = test::to_gpu(test::cast_vector<bf16>(test::representable<bf16>(size_t(rows * q_stride), 3, -2.f, 2.f)));
+  auto k = test::to_gpu(test::cast_vector<bf16>(test::representable<bf16>(size_t(cache), 4, -2.f, 2.f)));
+  auto v = test::to_gpu(test::cast_vector<bf16>(test::representable<bf16>(size_t(cache), 5)));
+  auto sg = test::to_gpu(slots), pg = test::to_gpu(pos);
+  const float scale = float(1.0 / std::sqrt(double(hd)));
+  auto run = [&](int64_t first, int64_t n) {
+    const KvAttentionShape s{n, heads, kv_heads, hd, q_stride, n_slots, max_seq, scale};
+    auto ws = test::poisoned_gpu<float>(size_t(std::max<int64_t>(mil::cuda::kv_attention_workspace(s), 1)));
+    auto nc = test::to_gpu(std::vector<int32_t>(size_t(std::max<int64_t>(mil::cuda::kv_attention_counters(s), 1)), 0));
+    auto out = test::poisoned_gpu<bf16>(size_t(n * heads * hd));
+    mil::cuda::attention_kv_cache<bf16>(out.data(), q.data() + first * q_stride, k.data(), v.data(),
+                                        sg.data() + first, pg.data() + first, s,
+                                        KvWorkspace{ws.data(), nc.data()}, mil::cuda::current_stream());
+    return out.to_vector();
+  };
+  CHECK(mil::cuda::kv_attention_splits({rows, heads, kv_heads, hd, q_stride, n_slots, max_seq, scale}) ==
+        mil::cuda::kv_attention_splits({1, heads, kv_heads, hd, q_stride, n_slots, max_seq, scale}));
+  const auto all = run(0, rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    const auto one = run(r, 1);
+    INFO("row ", r);
+    CHECK(test::bytes_of(one) ==
+          test::bytes_of(std::vector<bf16>(all.begin() + r * heads * hd, all.begin() + (r + 1) * heads * hd)));
+  }
 }
 
 TEST_CASE("kv cache append cuda: rows land at their slot and position") {

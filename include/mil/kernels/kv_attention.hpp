@@ -23,6 +23,14 @@
 
 namespace mil {
 
+// Scratch of the GPU's split-key attention (kv_attention.cuh), allocated once by the caller so
+// that a captured step allocates nothing: the splits' partial results, and one counter per (row,
+// KV head) that must be zero before the first call (each call leaves them zero). The CPU needs none.
+struct KvWorkspace {
+  float* partials = nullptr;
+  int32_t* counters = nullptr;
+};
+
 struct KvAttentionShape {
   int64_t rows = 0;                          // query rows (tokens) of this call
   int64_t heads = 0, kv_heads = 0, head_dim = 0;
@@ -197,12 +205,12 @@ MIL_TARGET_AVX2 void attend_avx2(float* o, const float* q, const float* k, const
 // portable loops elsewhere; the two may differ in the last bits where the build does not contract
 // the portable loops to FMAs). Each (row, head) is computed alone, in an order set
 // by its own length only, so a row's bits depend neither on the other rows of the call nor on
-// the thread count (speculative verification equals decoding). The workspace is the GPU kernel's
-// (split keys); the CPU needs none and ignores it.
+// the thread count (speculative verification equals decoding). The workspace is the GPU kernel's;
+// the CPU ignores it.
 template <class T>
 void attention_kv_cache(T* out, const T* q, const T* k_cache, const T* v_cache,
                         const int32_t* slots, const int32_t* positions, const KvAttentionShape& s,
-                        float* /*workspace*/ = nullptr) {
+                        KvWorkspace /*workspace*/ = {}) {
   if constexpr (!std::is_same_v<T, float>) {
     attention_kv_cache_reference(out, q, k_cache, v_cache, slots, positions, s);
   } else {

@@ -18,10 +18,12 @@
 
 #include "../autograd/mamba_ops.hpp"
 #include "../kernels/argmax.hpp"
+#include "../kernels/fused_rows.hpp"
 #include "../kernels/kv_attention.hpp"
 #include "../kernels/matmul.hpp"
 #if defined(__CUDACC__)
 #include "../kernels/argmax.cuh"
+#include "../kernels/fused_rows.cuh"
 #include "../kernels/kv_attention.cuh"
 #include "../kernels/matmul.cuh"
 #endif
@@ -152,6 +154,18 @@ void linear_step(T* y, const T* x, const ag::Var<T, D>& w, int64_t rows, bool ac
   MIL_RUN(D, linear_rows, y, x, w.value().data(), rows, s[0], s[1], accumulate);
 }
 
+// Whether a step's rows of k elements take the GPU's fused decode products
+// (kernels/fused_rows.cuh: the norm, the product and what follows it in one launch): steps of at
+// most 8 rows (decode, verification). The CPU keeps its own products (block weights, row tiles).
+template <Element T, Device D>
+bool fused_rows_step(int64_t rows, int64_t k) {
+#if defined(__CUDACC__)
+  if constexpr (std::is_same_v<D, Cuda>) return cuda::fused_rows_fit<T>(rows, k);
+#endif
+  (void)rows, (void)k;
+  return false;
+}
+
 // The KV cache of one attention layer: [slots, max_seq, kv_width] for keys and for values.
 template <Element T>
 struct KvLayer {
@@ -161,18 +175,25 @@ struct KvLayer {
 
 template <Element T, Device D>
 void attention_step(T* x, StepScratch<T, D>& s, const LayerWeights<T, D>& w, const LlamaConfig& c,
-                    const StepTokens& t, const KvLayer<T>& cache, float* workspace,
+                    const StepTokens& t, const KvLayer<T>& cache, KvWorkspace workspace,
                     const BlockLayer* blocks = nullptr) {
   const int64_t rows = t.count, d = c.d_model, hd = c.head_dim, H = c.n_heads;
   const int64_t Hkv = c.n_kv_heads, qkvw = c.qkv_layout().width(), kvw = Hkv * hd;
   T *h = s.h.data(), *qkv = s.qkv.data(), *att = s.att.data();
-  MIL_RUN(D, rmsnorm_forward, h, nullptr, x, w.norm.value().data(), rows, d, c.norm_eps);
-  linear_step(qkv, h, w.attn.wqkv, rows, false, blocks ? &blocks->wqkv : nullptr, s.q8_rows());
-  if (c.attention_bias) MIL_RUN(D, bias_add, qkv, w.attn.bqkv.value().data(), rows, qkvw);
-  // q and k heads are adjacent in a row: one launch rotates both.
-  MIL_RUN(D, rope_apply, qkv, qkv, t.positions, rows, H + Hkv, qkvw, c.rope(), false);
-  MIL_RUN(D, kv_cache_append, cache.k, cache.v, qkv + H * hd, qkv + (H + Hkv) * hd, qkvw, t.slots,
-          t.positions, rows, kvw, cache.slots, cache.max_seq);
+  const T* bias = c.attention_bias ? w.attn.bqkv.value().data() : nullptr;
+  if (fused_rows_step<T, D>(rows, d)) {
+    const QkvCacheShape qs{H, Hkv, hd, c.rope(), cache.slots, cache.max_seq};
+    MIL_RUN(D, norm_qkv_rope_cache_rows, qkv, cache.k, cache.v, x, w.norm.value().data(),
+            c.norm_eps, w.attn.wqkv.value().data(), bias, t.slots, t.positions, rows, d, qs);
+  } else {
+    MIL_RUN(D, rmsnorm_forward, h, nullptr, x, w.norm.value().data(), rows, d, c.norm_eps);
+    linear_step(qkv, h, w.attn.wqkv, rows, false, blocks ? &blocks->wqkv : nullptr, s.q8_rows());
+    if (bias) MIL_RUN(D, bias_add, qkv, bias, rows, qkvw);
+    // q and k heads are adjacent in a row: one launch rotates both.
+    MIL_RUN(D, rope_apply, qkv, qkv, t.positions, rows, H + Hkv, qkvw, c.rope(), false);
+    MIL_RUN(D, kv_cache_append, cache.k, cache.v, qkv + H * hd, qkv + (H + Hkv) * hd, qkvw,
+            t.slots, t.positions, rows, kvw, cache.slots, cache.max_seq);
+  }
   // The GPU flash-attention kernel (bf16, head_dim 64 or 128) runs a fresh prompt faster;
   // everything else reads the cache.
   bool flash = false;
@@ -206,10 +227,21 @@ void mamba_step(T* x, StepScratch<T, D>& s, const LayerWeights<T, D>& w, const H
   const int64_t rows = t.count, d = c.llama.d_model, di = c.d_inner();
   const int64_t width = c.in_proj_rows(), channels = c.conv_channels();
   T *h = s.h.data(), *proj = s.proj.data(), *y = s.ssm_y.data(), *conv = s.conv_out.data();
-  MIL_RUN(D, rmsnorm_forward, h, nullptr, x, w.norm.value().data(), rows, d, c.llama.norm_eps);
+  const bool fused = fused_rows_step<T, D>(rows, d);
+  const T* norm = w.norm.value().data();
+  const float eps = c.llama.norm_eps;
+  // proj (or another output) = rmsnorm(x) W^T: fused, or through h.
+  auto normed_product = [&](T* out, const ag::Var<T, D>& weight) {
+    if (fused)
+      MIL_RUN(D, norm_linear_rows, out, x, norm, eps, weight.value().data(), rows,
+              weight.shape()[0], d);
+    else
+      linear_step(out, h, weight, rows, false);
+  };
+  if (!fused) MIL_RUN(D, rmsnorm_forward, h, nullptr, x, norm, rows, d, eps);
   if (w.kind == LayerKind::mamba2) {
     const auto& m = w.mamba2;
-    linear_step(proj, h, m.in_proj, rows, false);
+    normed_product(proj, m.in_proj);
     for (const RowGroup& g : t.groups) {  // one scan per group of equally long rows
       const ag::Mamba2Dims dims = mamba2_dims(c, g.batch, g.seq);
       const int64_t t0 = g.first_token;
@@ -229,8 +261,8 @@ void mamba_step(T* x, StepScratch<T, D>& s, const LayerWeights<T, D>& w, const H
     linear_step(x, s.att.data(), m.out_proj, rows, true);
   } else {
     const auto& m = w.mamba1;
-    linear_step(proj, h, m.in_proj, rows, false);
-    linear_step(s.dt_low.data(), h, m.dt_down, rows, false);
+    normed_product(proj, m.in_proj);
+    normed_product(s.dt_low.data(), m.dt_down);
     linear_step(s.dt.data(), s.dt_low.data(), m.dt_proj, rows, false);
     MIL_RUN(D, repeat_groups_forward, s.expanded.data(), proj, mamba1_dims(c, 1, rows).repeat());
     for (const RowGroup& g : t.groups) {
@@ -256,9 +288,14 @@ void mlp_step(T* x, StepScratch<T, D>& s, const MlpWeights<T, D>& w, const Llama
               int64_t rows, const BlockLayer* blocks = nullptr) {
   const int64_t d = c.d_model, ff = c.d_ff;
   T *h = s.h.data(), *gu = s.gate_up.data(), *m = s.mlp.data();
-  MIL_RUN(D, rmsnorm_forward, h, nullptr, x, w.norm.value().data(), rows, d, c.norm_eps);
-  linear_step(gu, h, w.w_gate_up, rows, false, blocks ? &blocks->gate_up : nullptr, s.q8_rows());
-  MIL_RUN(D, swiglu_forward, m, gu, gu + ff, rows, ff, 2 * ff);
+  if (fused_rows_step<T, D>(rows, d)) {
+    MIL_RUN(D, norm_swiglu_rows, m, x, w.norm.value().data(), c.norm_eps,
+            w.w_gate_up.value().data(), rows, ff, d);
+  } else {
+    MIL_RUN(D, rmsnorm_forward, h, nullptr, x, w.norm.value().data(), rows, d, c.norm_eps);
+    linear_step(gu, h, w.w_gate_up, rows, false, blocks ? &blocks->gate_up : nullptr, s.q8_rows());
+    MIL_RUN(D, swiglu_forward, m, gu, gu + ff, rows, ff, 2 * ff);
+  }
   linear_step(x, m, w.w_down, rows, true, blocks ? &blocks->down : nullptr, s.q8_rows());
 }
 
@@ -268,8 +305,13 @@ void logits_step(T* logits, int32_t* argmax, const T* x, StepScratch<T, D>& s,
                  const ModelWeights<T, D>& w, const LlamaConfig& c, int64_t n,
                  const BlockMatrix* lm_head_blocks = nullptr) {
   T* h = s.h.data();
-  MIL_RUN(D, rmsnorm_forward, h, nullptr, x, w.norm.value().data(), n, c.d_model, c.norm_eps);
-  linear_step(logits, h, w.lm_head, n, false, lm_head_blocks, s.q8_rows());
+  if (fused_rows_step<T, D>(n, c.d_model)) {
+    MIL_RUN(D, norm_linear_rows, logits, x, w.norm.value().data(), c.norm_eps,
+            w.lm_head.value().data(), n, c.vocab, c.d_model);
+  } else {
+    MIL_RUN(D, rmsnorm_forward, h, nullptr, x, w.norm.value().data(), n, c.d_model, c.norm_eps);
+    linear_step(logits, h, w.lm_head, n, false, lm_head_blocks, s.q8_rows());
+  }
   MIL_RUN(D, argmax_rows, argmax, logits, n, c.vocab);
 }
 

@@ -147,13 +147,17 @@ class Decoder {
     }
 #if defined(__CUDACC__)
     if constexpr (std::is_same_v<D, Cuda>) {
-      // The split-key attention's workspace for the largest step of any row count.
-      int64_t floats = 0;
-      for (int64_t n = 1; n <= tokens_cap_; ++n)
-        floats = std::max(floats, cuda::kv_attention_workspace(KvAttentionShape{
-                                      n, cfg_.n_heads, cfg_.n_kv_heads, cfg_.head_dim,
-                                      cfg_.qkv_layout().width(), o.slots, o.max_seq, 1.f}));
+      // The split-key attention's workspace for the largest step of any row count; its
+      // counters start at zero (each call leaves them so).
+      int64_t floats = 0, counters = 0;
+      for (int64_t n = 1; n <= tokens_cap_; ++n) {
+        const KvAttentionShape s{n, cfg_.n_heads, cfg_.n_kv_heads, cfg_.head_dim,
+                                 cfg_.qkv_layout().width(), o.slots, o.max_seq, 1.f};
+        floats = std::max(floats, cuda::kv_attention_workspace(s));
+        counters = std::max(counters, cuda::kv_attention_counters(s));
+      }
       workspace_ = Tensor<float, D>::empty(Shape{std::max<int64_t>(floats, 1)});
+      counters_ = Tensor<int32_t, D>::zeros(Shape{std::max<int64_t>(counters, 1)});
       MIL_CUDA_CHECK(cudaMallocHost(&host_tokens_, size_t(token_words_) * sizeof(int32_t)));
       MIL_CUDA_CHECK(cudaMallocHost(&host_argmax_, size_t(logits_cap_) * sizeof(int32_t)));
     }
@@ -170,7 +174,7 @@ class Decoder {
       cudaFreeHost(host_argmax_);
       // The tensors go back to the caching allocator; nothing runs on the stream any more.
       k_cache_ = {}, v_cache_ = {}, x_ = {}, logit_x_ = {}, logits_ = {}, tokens_ = {};
-      argmax_ = {}, workspace_ = {}, conv_ring_ = {}, ring_snap_ = {}, ssm_state_ = {};
+      argmax_ = {}, workspace_ = {}, counters_ = {}, conv_ring_ = {}, ring_snap_ = {}, ssm_state_ = {};
       ssm_snap_ = {}, scratch_ = {};
       if (stream_) cudaStreamDestroy(stream_);
     }
@@ -544,7 +548,8 @@ class Decoder {
       if (w.kind == LayerKind::attention) {
         const KvLayer<T> cache{k_cache_.data() + i * layer_cache, v_cache_.data() + i * layer_cache,
                                opt_.slots, opt_.max_seq};
-        attention_step(x, scratch_, w, cfg_, t, cache, workspace_.data(), block_layer(l));
+        attention_step(x, scratch_, w, cfg_, t, cache, KvWorkspace{workspace_.data(), counters_.data()},
+                       block_layer(l));
       } else {
         const int64_t ring = ring_len_ * hybrid_.conv_channels();
         const MambaLayerState<T> st{conv_ring_.data() + i * opt_.slots * ring, ring_len_,
@@ -586,7 +591,8 @@ class Decoder {
   std::vector<int64_t> state_index_;  // per layer: its index among the attention or Mamba layers
   std::vector<int64_t> snap_lengths_;  // [snapshot, slot]: saved length, -1 = never saved
   Tensor<int32_t, D> tokens_, argmax_;
-  Tensor<float, D> workspace_;  // GPU attention_kv_cache's (empty on the CPU)
+  Tensor<float, D> workspace_;     // GPU attention_kv_cache's (empty on the CPU)
+  Tensor<int32_t, D> counters_;    // and its counters
   std::vector<int64_t> lengths_;
   // The step being run (host side).
   StepTokens step_;
