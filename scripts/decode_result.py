@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes one decode-run result file (bench/results/README.md, "mil-decode-run/1") from what a GPU
 machine returned: mil-bench's JSON-lines records, llama.cpp's llama-bench JSON (the peer, same
-card, same sitting), Google Benchmark JSON of the decode/prefill benchmarks and the lines of
+card, same sitting), Google Benchmark JSON of the decode/verify/prefill benchmarks and the lines of
 scripts/speculative_parity.sh. Standard library only.
 
   scripts/decode_result.py --commit SHA [--dirty] --device-name NAME --driver VER --date YYYY-MM-DD
@@ -55,7 +55,9 @@ def gbench_records(path):
         if aggregated and (b.get("run_type") != "aggregate" or b.get("aggregate_name") != "median"):
             continue
         rec = {"name": b["name"], "time": b.get("real_time"), "time_unit": b.get("time_unit")}
-        for k in ("tokens/s", "floor/time", "peer/time", "TB/s", "TFLOP/s", "label"):
+        # steps_equiv, verify_us, decode_us: BM_llama135m_verify (a verification step in decode steps).
+        for k in ("tokens/s", "floor/time", "peer/time", "TB/s", "TFLOP/s", "steps_equiv", "verify_us",
+                  "decode_us", "label"):
             if k in b:
                 rec[k] = b[k]
         out.append(rec)
