@@ -13,6 +13,13 @@
 #else
 #define MIL_CPU_SIMD 0
 #endif
+// Unrolls a host loop over a tile's rows (GCC's pragma; nvcc's front end does not know it and
+// would warn in every CUDA translation unit that includes the CPU kernels).
+#if defined(__CUDACC__)
+#define MIL_CPU_UNROLL_8
+#else
+#define MIL_CPU_UNROLL_8 _Pragma("GCC unroll 8")
+#endif
 
 namespace mil::cpu {
 

@@ -8,6 +8,8 @@
 //                     bias, rotates, writes q, k, v to qkv and k, v to the cache row of the token.
 // Each intermediate is rounded to T where the unfused operations store it, so the results are
 // theirs up to the RMS sum's order. For rows <= 8 (decode and verification steps), float or bf16.
+// The weights are inference weights: no kernel still in flight on the stream may write them (they
+// are read before the wait for the previous kernel, matmul_skinny.cuh).
 #include <cstdint>
 #include <type_traits>
 
@@ -116,7 +118,7 @@ void norm_linear_rows(T* y, const T* x, const T* norm_w, float eps, const T* w, 
                       int64_t n, int64_t k, cudaStream_t stream) {
   fused_detail::check_rows("norm_linear_rows", y, x, norm_w, w, rows, k);
   MIL_CHECK(n >= 1, "norm_linear_rows: ", n, " outputs");
-  const skinny_detail::Operands<T> op{x, w, k, norm_w, eps};
+  const skinny_detail::Operands<T> op{x, w, k, norm_w, eps, true};
   skinny_detail::dispatch_rows(rows, op, skinny_detail::ScaleEpilogue<T>{y, n, 1.f, 0.f}, n, stream);
 }
 
@@ -125,7 +127,7 @@ void norm_swiglu_rows(T* out, const T* x, const T* norm_w, float eps, const T* w
                       int64_t rows, int64_t ff, int64_t k, cudaStream_t stream) {
   fused_detail::check_rows("norm_swiglu_rows", out, x, norm_w, w_gate_up, rows, k);
   MIL_CHECK(ff >= 1, "norm_swiglu_rows: hidden size ", ff);
-  const skinny_detail::Operands<T> op{x, w_gate_up, k, norm_w, eps};
+  const skinny_detail::Operands<T> op{x, w_gate_up, k, norm_w, eps, true};
   skinny_detail::dispatch_rows(rows, op, fused_detail::SwigluEpilogue<T>{out, ff}, ff, stream);
 }
 
@@ -152,7 +154,7 @@ void norm_qkv_rope_cache_rows(T* qkv, T* k_cache, T* v_cache, const T* x, const 
                                          int(s.head_dim),
                                          s.rope.layout == RopeLayout::interleaved,
                                          rope_detail::inv_freq_table(s.rope)};
-  const skinny_detail::Operands<T> op{x, w_qkv, k, norm_w, eps};
+  const skinny_detail::Operands<T> op{x, w_qkv, k, norm_w, eps, true};
   skinny_detail::dispatch_rows(rows, op, epi, s.width() / 2, stream);
 }
 

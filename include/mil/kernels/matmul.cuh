@@ -306,12 +306,15 @@ void matmul(const GemmShape& s, T* c, const T* a, const T* b, cudaStream_t strea
   detail::cublas_fallback_gemm(s, c, a, b, key.device, stream);
 }
 
-// The inference product of cpu::linear_rows: y = x W^T (+ y when accumulate), W [out, in].
+// The inference product of cpu::linear_rows: y = x W^T (+ y when accumulate), W [out, in]. W is
+// an inference weight: no kernel still in flight on the stream writes it (a few rows read it
+// before waiting for the previous kernel, matmul_skinny.cuh).
 template <class T>
 void linear_rows(T* y, const T* x, const T* w, int64_t rows, int64_t out, int64_t in,
                  bool accumulate, cudaStream_t stream) {
   GemmShape s{rows, out, in, false, true};
   s.beta = accumulate ? 1.f : 0.f;
+  if (matmul_skinny_fits(s, y, x, w)) return matmul_skinny(s, y, x, w, stream, true);
   matmul(s, y, x, w, stream);
 }
 

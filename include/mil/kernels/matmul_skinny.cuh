@@ -15,8 +15,10 @@
 // Row invariance: a row's norm is summed by one warp in a fixed order and each output by one warp
 // in a fixed order, independent of m and of the block size, so a row's result does not depend on
 // the other rows of the call: verifying k tokens gives bitwise the products of k decode steps.
-// The weights are read from HBM before grid_dependency_wait() (core/cuda_pdl.cuh): launched as a
-// dependent launch, the kernel streams its first weights while the previous kernel finishes.
+// Launched as a dependent launch (core/cuda_pdl.cuh). Where B is constant (weights at inference:
+// linear_rows and the fused rows), its first vectors are read before grid_dependency_wait(), so
+// the kernel streams weights while the previous kernel finishes; a general product (matmul_skinny,
+// whose B may be what the kernel before it wrote) waits first.
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
@@ -42,6 +44,7 @@ struct Operands {
   int64_t k;
   const T* norm_w;     // [k]: rows of A are RMS-normalised with these weights; null: A as is
   float eps;
+  bool b_constant;     // no kernel still in flight on the stream writes B: read it before the wait
 };
 
 // C = alpha A B^T + beta C: one column per warp.
@@ -84,7 +87,8 @@ __global__ void __launch_bounds__(256)
 #pragma unroll
   for (int c = 0; c < C; ++c) brow[c] = reinterpret_cast<const uint4*>(op.b + (active ? cols[c] : 0) * op.k);
 
-  // The weights first: no earlier kernel writes them.
+  // Constant weights first: no earlier kernel writes them.
+  if (!op.b_constant) grid_dependency_wait();
   uint4 pre[C][kPrefetch];
 #pragma unroll
   for (int p = 0; p < kPrefetch; ++p) {
@@ -93,7 +97,7 @@ __global__ void __launch_bounds__(256)
     for (int c = 0; c < C; ++c)
       if (active && i < vecs) pre[c][p] = __ldg(brow[c] + i);
   }
-  grid_dependency_wait();
+  if (op.b_constant) grid_dependency_wait();
 
   // Stage A (normalised when asked): row r by warps r, r + warps, ...
   const uint4* a = reinterpret_cast<const uint4*>(op.a);
@@ -234,13 +238,16 @@ bool matmul_skinny_fits(const GemmShape& s, const T* c, const T* a, const T* b) 
          s.n <= int64_t(INT32_MAX) * 2 && aligned16(a) && aligned16(b) && c != nullptr;
 }
 
+// b_constant: no kernel still in flight on `stream` writes b (weights at inference), so the
+// kernel may read it before waiting for the previous kernel.
 template <class T>
-void matmul_skinny(const GemmShape& s, T* c, const T* a, const T* b, cudaStream_t stream) {
+void matmul_skinny(const GemmShape& s, T* c, const T* a, const T* b, cudaStream_t stream,
+                   bool b_constant = false) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, bf16>, "matmul_skinny: float or bf16");
   MIL_CHECK(matmul_skinny_fits(s, c, a, b), "matmul_skinny: the product does not fit (m ", s.m,
             ", k ", s.k, ", transposes, alignment)");
   if (s.n == 0) return;
-  const skinny_detail::Operands<T> op{a, b, s.k, nullptr, 0.f};
+  const skinny_detail::Operands<T> op{a, b, s.k, nullptr, 0.f, b_constant};
   skinny_detail::dispatch_rows(s.m, op, skinny_detail::ScaleEpilogue<T>{c, s.n, s.alpha, s.beta},
                                s.n, stream);
 }

@@ -325,7 +325,7 @@ MIL_TARGET_AVX2 void avx2_tile(GgmlType, const uint8_t* w, int64_t row_bytes, co
       const __m256 sw = T == GgmlType::Q6_K
                             ? _mm256_blend_ps(_mm256_set1_ps(scale_lo), _mm256_set1_ps(scale_hi), 0xF0)
                             : _mm256_set1_ps(scale_lo);
-#pragma GCC unroll 8
+MIL_CPU_UNROLL_8
       for (int r = 0; r < R; ++r) {
         const __m256 lanes = _mm256_cvtepi32_ps(avx2_lanes<is_signed>(codes_unsigned, codes, q + r * in + 32 * G));
         const __m256 scale = _mm256_mul_ps(sw, _mm256_loadu_ps(d8 + (r * groups + G) * 8));
@@ -414,7 +414,7 @@ MIL_TARGET_AVX512_VNNI void avx512_tile(GgmlType, const uint8_t* w, int64_t row_
         sw = _mm512_mask_blend_ps(0xF000, sw, _mm512_set1_ps(hi[1]));
       }
       const __mmask16 lanes_in = pair ? 0xFFFF : 0x00FF;
-#pragma GCC unroll 8
+MIL_CPU_UNROLL_8
       for (int r = 0; r < R; ++r) {
         const int8_t* xq = q + r * in + 32 * G;
         __m512i xv = pair ? _mm512_loadu_si512(xq)
