@@ -14,6 +14,17 @@
 // chunk's x, B and C are copied into shared memory (cp.async) while the current one computes.
 // Per chunk: M = mask(e^(L_t-L_s) dt_s C B^T) into shared memory, y = e^L (C S0^T) + M X + D x,
 // then S = e^(L_last) S + X^T (w B) with w_s = e^(L_last - L_s) dt_s.
+// Chunk-parallel forward (mamba_ssm's chunk state / state passing / chunk scan), taken when the
+// sequential one's batch * heads blocks are at most half the SMs and there are two chunks or more
+// (a batch-1 prefill: 9 heads would use 9 of 132 SMs), or when asked (SsdForwardPath); the same
+// kernel in two one-chunk passes (Pass below), grid (chunks, heads, batch), and a pass between:
+//   1. each chunk's end state from a zero start, X^T (w B), and its decay e^(L_last), fp32 into a
+//      workspace [batch, heads, chunks, P, N] (+ [batch, heads, chunks]);
+//   2. one thread per state entry walks the chunks: S_start[c] = e^(L_last[c-1]) S_start[c-1] +
+//      S_local[c-1] (in place), from the slot's state or zero; the final state goes to the slot;
+//   3. each chunk's y as in the sequential kernel, from its start state, without the update.
+// The workspace comes from the caching allocator (stream-ordered); the automatic choice keeps the
+// sequential path while the stream is being captured and past kMaxChunkWorkBytes.
 // Decode (seq = 1 with states): one thread per 4 state entries, a row's threads reduce y.
 // Backward (no states): a forward pass of the same kernel stores the chunk-start states (bf16);
 // then one block per (head, sequence) walks the chunks backwards with H = dLoss/dS_end in
@@ -52,6 +63,15 @@
 #include "ssd_scan.hpp"
 
 namespace mil::cuda {
+
+// Which algorithm ssd_scan_forward runs (a decode step, seq = 1 with states, always takes the
+// decode kernel).
+enum class SsdForwardPath {
+  automatic,   // chunk-parallel where the sequential one leaves most SMs idle (use_chunk_parallel)
+  sequential,  // one block per (sequence, head) walks the chunks in order
+  chunked,     // chunk-parallel: blocks per (chunk, head, sequence), a pass over the chunks between
+};
+
 namespace ssd_detail {
 
 constexpr int kQ = 64;  // chunk length
@@ -64,9 +84,11 @@ template <int P> constexpr int kSplit = P >= 128 ? 2 : 1;
 template <int P> constexpr int kWarps = 4 * kSplit<P>;
 template <int P> constexpr int kThreads = 32 * kWarps<P>;
 
-template <int P, int N> constexpr size_t forward_smem_bytes() {
-  return size_t(2 * kQ * kLd<P> + 4 * kQ * kLd<N> + kQ * kLd<N> + P * kLd<N> + kQ * kLd<kQ>) * 2 +
-         size_t(4 * kQ) * 4;
+// NBUF: chunk tiles of x, B, C, L and dt per block (2: double-buffered across chunks).
+template <int P, int N, int NBUF = 2> constexpr size_t forward_smem_bytes() {
+  return size_t(NBUF * kQ * kLd<P> + 2 * NBUF * kQ * kLd<N> + kQ * kLd<N> + P * kLd<N> +
+                kQ * kLd<kQ>) * 2 +
+         size_t(2 * NBUF * kQ) * 4;
 }
 // The sm_90 limit of dynamic shared memory per block (227 KiB).
 constexpr size_t kMaxSmem = 232448;
@@ -189,36 +211,57 @@ __device__ __forceinline__ void chunk_decays(float* Lc, float* dtc, float* sig, 
 
 // ---- forward ----
 
-// grid (heads, batch), kThreads<P> threads, forward_smem_bytes<P, N>() shared bytes.
-// STORE_CHUNKS: instead of y, write the state at the start of every chunk (bf16) to
-// chunk_states[((b * heads + h) * n_chunks + c) * P * N] (the backward's recomputation).
-template <class T, int P, int N, bool STORE_CHUNKS>
-__global__ void __launch_bounds__(kThreads<P>)
-    ssd_forward_kernel(T* __restrict__ y, bf16* __restrict__ chunk_states, const Inputs in,
+// What a forward block does.
+//   scan:         grid (heads, batch); every chunk of the sequence in order: y, the state from and
+//                 to the slot (when states are given).
+//   store_chunks: grid (heads, batch); every chunk in order, no y: the state at the start of every
+//                 chunk (bf16) to chunk_states[((b * heads + h) * n_chunks + c) * P * N] (the
+//                 backward's recomputation).
+//   chunk_state:  grid (chunks, heads, batch); chunk c only, from a zero state, no y: its end state
+//                 (fp32) to work[((b * heads + h) * n_chunks + c) * P * N] and its decay
+//                 e^(L_last) to decay[(b * heads + h) * n_chunks + c].
+//   chunk_output: grid (chunks, heads, batch); chunk c only, from the start state in work (fp32,
+//                 same index): y only, no state update.
+// The two chunk passes keep one chunk's tiles (no double buffer): forward_smem_bytes<P, N, 1>().
+enum class Pass { scan, store_chunks, chunk_state, chunk_output };
+template <Pass PASS> constexpr bool kOneChunk = PASS == Pass::chunk_state || PASS == Pass::chunk_output;
+template <Pass PASS> constexpr int kBuffers = kOneChunk<PASS> ? 1 : 2;
+
+// kThreads<P> threads, forward_smem_bytes<P, N, kBuffers<PASS>>() shared bytes; grid per Pass.
+// The one-chunk passes ask for two blocks per SM (head_dim 128: at most 128 registers).
+template <class T, int P, int N, Pass PASS>
+__global__ void __launch_bounds__(kThreads<P>, kOneChunk<PASS> ? 2 : 0)
+    ssd_forward_kernel(T* __restrict__ y, bf16* __restrict__ chunk_states,
+                       float* __restrict__ work, float* __restrict__ decay, const Inputs in,
                        const Params<T> pr, const Geo s, float* __restrict__ states,
                        const int32_t* __restrict__ slots, int64_t n_slots) {
-  constexpr int CH = kSplit<P>, THREADS = kThreads<P>;
+  constexpr int CH = kSplit<P>, THREADS = kThreads<P>, NBUF = kBuffers<PASS>;
+  constexpr bool ONE = kOneChunk<PASS>;
+  constexpr bool WRITES_Y = PASS == Pass::scan || PASS == Pass::chunk_output;
+  constexpr bool UPDATES = PASS != Pass::chunk_output;  // S = e^(L_last) S + X^T (w B)
   constexpr int LP = kLd<P>, LN = kLd<N>, LQ = kLd<kQ>;
   constexpr int NTS = N / 8;              // state columns per warp (all of d_state)
   constexpr int NTY = P / CH / 8;         // y columns per warp
   constexpr int NTM = kQ / CH / 8;        // M columns per warp
   extern __shared__ __align__(16) unsigned char ssd_fwd_smem[];
-  bf16* xs = reinterpret_cast<bf16*>(ssd_fwd_smem);  // [2][Q][LP]
-  bf16* bsm = xs + 2 * kQ * LP;                      // [2][Q][LN]
-  bf16* csm = bsm + 2 * kQ * LN;                     // [2][Q][LN]
-  bf16* bw = csm + 2 * kQ * LN;                      // [Q][LN]: w_s B_s
+  bf16* xs = reinterpret_cast<bf16*>(ssd_fwd_smem);  // [NBUF][Q][LP]
+  bf16* bsm = xs + NBUF * kQ * LP;                   // [NBUF][Q][LN]
+  bf16* csm = bsm + NBUF * kQ * LN;                  // [NBUF][Q][LN]
+  bf16* bw = csm + NBUF * kQ * LN;                   // [Q][LN]: w_s B_s
   bf16* ss = bw + kQ * LN;                           // [P][LN]: chunk-start state
   bf16* ms = ss + P * LN;                            // [Q][LQ]: M
-  float* Lf = reinterpret_cast<float*>(ms + kQ * LQ);  // [2][Q]
-  float* dtf = Lf + 2 * kQ;                            // [2][Q]
+  float* Lf = reinterpret_cast<float*>(ms + kQ * LQ);  // [NBUF][Q]
+  float* dtf = Lf + NBUF * kQ;                         // [NBUF][Q]
 
-  const int h = int(blockIdx.x), b = int(blockIdx.y);
+  const int h = int(ONE ? blockIdx.y : blockIdx.x), b = int(ONE ? blockIdx.z : blockIdx.y);
   const int warp = int(threadIdx.x) >> 5, lane = int(threadIdx.x) & 31;
   const int g = lane >> 2, t4 = lane & 3;
   const int rg = warp % 4, ch = warp / 4;  // row group (16 rows of a chunk), column split
   const bool owns = warp < P / 16;         // owns state rows 16 warp .. 16 warp + 15
   const int64_t seq = s.seq, grp = h / (s.heads / s.groups);
   const int n_chunks = int((seq + kQ - 1) / kQ);
+  // The chunks this block walks: all of them, or chunk blockIdx.x.
+  const int c_begin = ONE ? int(blockIdx.x) : 0, c_end = ONE ? c_begin + 1 : n_chunks;
   const int64_t row0 = int64_t(b) * seq;
   const float a = -expf(to_float(pr.A_log[h]));
   const float bias = to_float(pr.dt_bias[h]);
@@ -227,27 +270,37 @@ __global__ void __launch_bounds__(kThreads<P>)
   const bf16* bg = in.B + row0 * in.bs + grp * N;
   const bf16* cg = in.C + row0 * in.cs + int64_t(h) * N;
 
+  // The fp32 state this block starts from (null: zero) and the one it leaves its state in (null:
+  // none).
+  const float* state_in = nullptr;
+  float* state_out = nullptr;
+  if constexpr (PASS == Pass::scan) {
+    if (states != nullptr) {
+      const int64_t slot = slots[b];
+      if (slot >= 0 && slot < n_slots) state_out = states + (slot * s.heads + h) * P * N;
+      state_in = state_out;
+    }
+  } else if constexpr (ONE) {
+    float* w = work + ((int64_t(b) * s.heads + h) * n_chunks + c_begin) * P * N;
+    if constexpr (PASS == Pass::chunk_state) state_out = w;
+    else state_in = w;
+  }
   float st[NTS][4];  // state rows 16 warp + g (+8), columns 8j + 2 t4 (+1)
   zero(st);
-  float* slot_state = nullptr;
-  if (states != nullptr) {
-    const int64_t slot = slots[b];
-    if (slot >= 0 && slot < n_slots) slot_state = states + (slot * s.heads + h) * P * N;
-  }
-  if (slot_state != nullptr && owns)
+  if (state_in != nullptr && owns)
 #pragma unroll
     for (int j = 0; j < NTS; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e)
-        st[j][e] = slot_state[(16 * warp + g + 8 * (e >> 1)) * N + 8 * j + 2 * t4 + (e & 1)];
+        st[j][e] = state_in[(16 * warp + g + 8 * (e >> 1)) * N + 8 * j + 2 * t4 + (e & 1)];
 
   auto issue = [&](int c) {
-    const int buf = c & 1;
+    const int buf = c & (NBUF - 1);
     const int valid = int(std::min<int64_t>(kQ, seq - int64_t(c) * kQ));
     const int64_t t0 = int64_t(c) * kQ;
     load_rows<P, kQ, THREADS>(xs + buf * kQ * LP, xg + t0 * in.xs, in.xs, valid);
     load_rows<N, kQ, THREADS>(bsm + buf * kQ * LN, bg + t0 * in.bs, in.bs, valid);
-    if (!STORE_CHUNKS)
+    if (WRITES_Y)
       load_rows<N, kQ, THREADS>(csm + buf * kQ * LN, cg + t0 * in.cs, in.cs, valid);
     cp_async_commit();
   };
@@ -259,35 +312,36 @@ __global__ void __launch_bounds__(kThreads<P>)
     raw0 = t < seq ? to_float(pr.dt[(row0 + t) * pr.dts + h]) + bias : 0.f;
     raw1 = t + 32 < seq ? to_float(pr.dt[(row0 + t + 32) * pr.dts + h]) + bias : 0.f;
   };
-  if (n_chunks > 0) issue(0);
-  if (warp == 0) fetch_dt(0);
+  if (c_begin < c_end) issue(c_begin);
+  if (warp == 0) fetch_dt(c_begin);
 
-  for (int c = 0; c < n_chunks; ++c) {
-    const int buf = c & 1;
+  for (int c = c_begin; c < c_end; ++c) {
+    const int buf = c & (NBUF - 1);
     const int64_t t0 = int64_t(c) * kQ;
     const int valid = int(std::min<int64_t>(kQ, seq - t0));
     float* Lc = Lf + buf * kQ;
     float* dtc = dtf + buf * kQ;
     if (warp == 0) {
       chunk_decays(Lc, dtc, nullptr, raw0, raw1, valid, a, lane);
-      if (c + 1 < n_chunks) fetch_dt(c + 1);
+      if (c + 1 < c_end) fetch_dt(c + 1);
     }
     cp_async_wait_all();
     __syncthreads();  // chunk c in shared memory; every warp is done with chunk c - 1
-    if (c + 1 < n_chunks) issue(c + 1);
+    if (c + 1 < c_end) issue(c + 1);
 
     const bf16* xc = xs + buf * kQ * LP;
     const bf16* bc = bsm + buf * kQ * LN;
     const bf16* cc = csm + buf * kQ * LN;
     const float l_last = Lc[kQ - 1];
-    // w_s B_s for the state update.
-    for (int i = int(threadIdx.x); i < kQ * N / 2; i += THREADS) {
-      const int r = i / (N / 2), col = 2 * (i % (N / 2));
-      const float w = __expf(l_last - Lc[r]) * dtc[r];
-      put2(bw, LN, r, col, w * sm(bc, LN, r, col), w * sm(bc, LN, r, col + 1));
+    if (UPDATES) {  // w_s B_s for the state update
+      for (int i = int(threadIdx.x); i < kQ * N / 2; i += THREADS) {
+        const int r = i / (N / 2), col = 2 * (i % (N / 2));
+        const float w = __expf(l_last - Lc[r]) * dtc[r];
+        put2(bw, LN, r, col, w * sm(bc, LN, r, col), w * sm(bc, LN, r, col + 1));
+      }
     }
     if (owns) {
-      if (STORE_CHUNKS) {
+      if (PASS == Pass::store_chunks) {
         bf16* dst = chunk_states + ((int64_t(b) * s.heads + h) * n_chunks + c) * P * N;
 #pragma unroll
         for (int j = 0; j < NTS; ++j)
@@ -295,7 +349,7 @@ __global__ void __launch_bounds__(kThreads<P>)
           for (int hf = 0; hf < 2; ++hf)
             *reinterpret_cast<uint32_t*>(dst + (16 * warp + g + 8 * hf) * N + 8 * j + 2 * t4) =
                 pack_bf16x2(st[j][2 * hf], st[j][2 * hf + 1]);
-      } else {
+      } else if (WRITES_Y) {
 #pragma unroll
         for (int j = 0; j < NTS; ++j)
 #pragma unroll
@@ -303,7 +357,7 @@ __global__ void __launch_bounds__(kThreads<P>)
             put2(ss, LN, 16 * warp + g + 8 * hf, 8 * j + 2 * t4, st[j][2 * hf], st[j][2 * hf + 1]);
       }
     }
-    if (!STORE_CHUNKS) {
+    if (WRITES_Y) {
       // M = mask(e^(L_t - L_s) dt_s C B^T): rows 16 rg.., columns ch * Q / CH..
       float cb[NTM][4];
       zero(cb);
@@ -323,7 +377,7 @@ __global__ void __launch_bounds__(kThreads<P>)
     }
     __syncthreads();  // bw, ss, ms written
 
-    if (!STORE_CHUNKS) {
+    if (WRITES_Y) {
       // y = e^(L_t) C S0^T + M X + D x: rows 16 rg.., columns p0..
       const int p0 = ch * (P / CH);
       float acc[NTY][4];
@@ -348,8 +402,10 @@ __global__ void __launch_bounds__(kThreads<P>)
           }
         }
     }
-    if (owns) {  // S = e^(L_last) S + X^T (w B)
+    if (UPDATES && owns) {  // S = e^(L_last) S + X^T (w B)
       const float dl = __expf(l_last);
+      if (PASS == Pass::chunk_state && threadIdx.x == 0)
+        decay[(int64_t(b) * s.heads + h) * n_chunks + c] = dl;
 #pragma unroll
       for (int j = 0; j < NTS; ++j)
 #pragma unroll
@@ -357,12 +413,49 @@ __global__ void __launch_bounds__(kThreads<P>)
       mma_tile<true, false>(st, xc, LP, 16 * warp, bw, LN, 0, 0, kQ, lane);
     }
   }
-  if (slot_state != nullptr && owns && !STORE_CHUNKS)
+  if (state_out != nullptr && owns)
 #pragma unroll
     for (int j = 0; j < NTS; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e)
-        slot_state[(16 * warp + g + 8 * (e >> 1)) * N + 8 * j + 2 * t4 + (e & 1)] = st[j][e];
+        state_out[(16 * warp + g + 8 * (e >> 1)) * N + 8 * j + 2 * t4 + (e & 1)] = st[j][e];
+}
+
+// The chunk-parallel forward's pass over the chunks, one thread per state entry of a (sequence,
+// head): work[c] holds chunk c's end state from a zero start (Pass::chunk_state) and receives its
+// start state, S_start[c] = decay[c - 1] S_start[c - 1] + work[c - 1], from the slot's state when
+// states are given (else zero); the final state goes back to the slot. Each thread reads its
+// chunks' entries kAhead at a time before writing any (work is read and written in place).
+__global__ void __launch_bounds__(256)
+    ssd_state_pass_kernel(float* __restrict__ work, const float* __restrict__ decay, int64_t pairs,
+                          int64_t heads, int64_t state_size, int n_chunks,
+                          float* __restrict__ states, const int32_t* __restrict__ slots,
+                          int64_t n_slots) {
+  constexpr int kAhead = 4;
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= pairs * state_size) return;
+  const int64_t bh = i / state_size, e = i % state_size;  // bh = b * heads + h
+  float* slot_state = nullptr;
+  if (states != nullptr) {
+    const int64_t slot = slots[bh / heads];
+    if (slot >= 0 && slot < n_slots) slot_state = states + (slot * heads + bh % heads) * state_size + e;
+  }
+  float S = slot_state != nullptr ? *slot_state : 0.f;
+  float* w = work + bh * n_chunks * state_size + e;
+  const float* d = decay + bh * n_chunks;
+  for (int c0 = 0; c0 < n_chunks; c0 += kAhead) {
+    float v[kAhead] = {}, dl[kAhead] = {};
+#pragma unroll
+    for (int k = 0; k < kAhead; ++k)
+      if (c0 + k < n_chunks) v[k] = w[int64_t(c0 + k) * state_size], dl[k] = d[c0 + k];
+#pragma unroll
+    for (int k = 0; k < kAhead; ++k)
+      if (c0 + k < n_chunks) {
+        w[int64_t(c0 + k) * state_size] = S;
+        S = dl[k] * S + v[k];
+      }
+  }
+  if (slot_state != nullptr) *slot_state = S;
 }
 
 // One decode step (seq = 1, states): 4 state entries per thread, N / 4 threads per state row
@@ -830,13 +923,80 @@ inline void check_grid(const char* op, const SsdShape& s) {
   MIL_CHECK(s.seq <= (int64_t(1) << 30), op, " (CUDA): seq too long: ", s.seq);
 }
 
+// The chunk-parallel forward's workspace (fp32 chunk states and decays) is at most this; past it
+// the automatic choice keeps the sequential path, so that long sequences of large heads do not
+// park gigabytes in the caching allocator (S at batch 1: 144 KiB per chunk, 116k tokens; L:
+// 2 MiB per chunk, 8k tokens).
+constexpr int64_t kMaxChunkWorkBytes = int64_t(256) << 20;
+
+inline int64_t chunk_work_floats(const SsdShape& s) {
+  return s.batch * s.heads * ceil_div(s.seq, kQ) * (s.head_dim * s.d_state + 1);
+}
+
+// Whether `stream` is being captured into a CUDA graph (a failed query counts as yes).
+inline bool capturing(cudaStream_t stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(stream, &status) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return true;
+  }
+  return status != cudaStreamCaptureStatusNone;
+}
+
+// Whether ssd_scan_forward takes the chunk-parallel path (seq > 1 or no states): as asked, or
+// (automatic) when the sequential path would leave most SMs idle (its batch * heads blocks are at
+// most half the SMs) and the sequences have two chunks or more, within the workspace cap, and not
+// while `stream` is being captured (the workspace is a temporary, which a graph must not keep; the
+// decoder captures only steps of at most 16 tokens per row, which are one chunk anyway).
+// Training shapes (S: 16 x 9 = 144 blocks; L: 4 x 32 = 128) keep the sequential path.
+inline bool use_chunk_parallel(const SsdShape& s, SsdForwardPath path, cudaStream_t stream) {
+  if (path != SsdForwardPath::automatic) return path == SsdForwardPath::chunked;
+  return s.seq > kQ && 2 * s.batch * s.heads <= sm_count() && s.heads <= 65535 &&
+         chunk_work_floats(s) * int64_t(sizeof(float)) <= kMaxChunkWorkBytes &&
+         !capturing(stream);
+}
+
+// The chunk-parallel forward (see the top of this file) from the bf16 inputs `in`; temporaries on
+// the caller's StreamScope.
+template <class T, int P, int N>
+void forward_chunk_parallel(T* y, const Inputs& in, const Params<T>& pr, const SsdShape& s,
+                            const SsdStates& states, cudaStream_t stream) {
+  MIL_CHECK(s.heads <= 65535, "ssd_scan_forward (CUDA): the chunk-parallel path takes at most "
+            "65535 heads, got ", s.heads);
+  const int64_t n_chunks = ceil_div(s.seq, kQ), pairs = s.batch * s.heads;
+  auto work = Tensor<float, Cuda>::empty(Shape{chunk_work_floats(s)});
+  float* decay = work.data() + pairs * n_chunks * P * N;
+  const Geo g = geo_of(s);
+  const dim3 grid(unsigned(n_chunks), unsigned(s.heads), unsigned(s.batch));
+  constexpr size_t smem = forward_smem_bytes<P, N, 1>();
+  {
+    auto kernel = ssd_forward_kernel<T, P, N, Pass::chunk_state>;
+    allow_smem(kernel, smem);
+    kernel<<<grid, kThreads<P>, smem, stream>>>(nullptr, nullptr, work.data(), decay, in, pr, g,
+                                                nullptr, nullptr, 0);
+    MIL_CUDA_CHECK_LAUNCH("ssd_forward_kernel (chunk end states)");
+  }
+  ssd_state_pass_kernel<<<unsigned(ceil_div(pairs * P * N, 256)), 256, 0, stream>>>(
+      work.data(), decay, pairs, s.heads, P * N, int(n_chunks), states.data, states.slots,
+      states.n_slots);
+  MIL_CUDA_CHECK_LAUNCH("ssd_state_pass_kernel");
+  {
+    auto kernel = ssd_forward_kernel<T, P, N, Pass::chunk_output>;
+    allow_smem(kernel, smem);
+    kernel<<<grid, kThreads<P>, smem, stream>>>(y, nullptr, work.data(), nullptr, in, pr, g,
+                                                nullptr, nullptr, 0);
+    MIL_CUDA_CHECK_LAUNCH("ssd_forward_kernel (chunk outputs)");
+  }
+}
+
 }  // namespace ssd_detail
 
 // y = SSD(x, B, C, dt) (see ssd_scan.hpp). All pointers on the device, states.slots included.
+// `path` picks the algorithm (tests run both; the default chooses by shape).
 template <class T>
 void ssd_scan_forward(T* y, const T* x, const T* B, const T* C, const T* dt, const T* dt_bias,
                       const T* A_log, const T* D, const SsdShape& s, const SsdStates& states,
-                      cudaStream_t stream) {
+                      cudaStream_t stream, SsdForwardPath path = SsdForwardPath::automatic) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, bf16>,
                 "ssd_scan_forward on the GPU supports float and bf16");
   using namespace ssd_detail;
@@ -861,11 +1021,14 @@ void ssd_scan_forward(T* y, const T* x, const T* B, const T* C, const T* dt, con
     in.x = as_bf16(x, rows, s.groups * P, s.xs(), in.xs, kx, stream);
     in.B = as_bf16(B, rows, s.groups * N, s.bs(), in.bs, kb, stream);
     in.C = as_bf16(C, rows, s.heads * N, s.cs(), in.cs, kc, stream);
+    if (use_chunk_parallel(s, path, stream))
+      return forward_chunk_parallel<T, P, N>(y, in, pr, s, states, stream);
     constexpr size_t smem = forward_smem_bytes<P, N>();
-    auto kernel = ssd_forward_kernel<T, P, N, false>;
+    auto kernel = ssd_forward_kernel<T, P, N, Pass::scan>;
     allow_smem(kernel, smem);
     kernel<<<dim3(unsigned(s.heads), unsigned(s.batch)), kThreads<P>, smem, stream>>>(
-        y, nullptr, in, pr, geo_of(s), states.data, states.slots, states.n_slots);
+        y, nullptr, nullptr, nullptr, in, pr, geo_of(s), states.data, states.slots,
+        states.n_slots);
     MIL_CUDA_CHECK_LAUNCH("ssd_forward_kernel");
   });
 }
@@ -906,10 +1069,10 @@ void ssd_scan_backward(const SsdGrads<T>& gr, const T* dy, const T* x, const T* 
     const dim3 grid(unsigned(s.heads), unsigned(s.batch));
     {
       constexpr size_t smem = forward_smem_bytes<P, N>();
-      auto kernel = ssd_forward_kernel<T, P, N, true>;
+      auto kernel = ssd_forward_kernel<T, P, N, Pass::store_chunks>;
       allow_smem(kernel, smem);
-      kernel<<<grid, kThreads<P>, smem, stream>>>(nullptr, chunk_states.data(), in, pr, geo_of(s),
-                                                  nullptr, nullptr, 0);
+      kernel<<<grid, kThreads<P>, smem, stream>>>(nullptr, chunk_states.data(), nullptr, nullptr,
+                                                  in, pr, geo_of(s), nullptr, nullptr, 0);
       MIL_CUDA_CHECK_LAUNCH("ssd_forward_kernel (chunk states)");
     }
     Tensor<float, Cuda> dx_heads, dB_heads;
