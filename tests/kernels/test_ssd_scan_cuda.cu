@@ -2,13 +2,18 @@
 // inputs: forward and backward at lengths around the chunk (64), batch > 1, GQA ratios 1 and 3,
 // x/B/C/dt packed or as column blocks of one fused buffer (strides that cp.async can and cannot
 // read in place), gradient write modes and null gradients, states across calls (prefill split in
-// two, prefill then decode steps), unsupported sizes.
+// two, prefill then decode steps), fast- and slow-decaying heads, unsupported sizes.
 // The GPU runs its products on bf16 tensor cores for both element types, so float results are
-// held to bf16-level tolerances too.
+// held to bf16-level tolerances too. Every forward check runs both forward algorithms (the
+// sequential walk over the chunks and the chunk-parallel one, forced), whatever the automatic
+// choice would be. require_close holds each result to a normalised bound and a per-element bound
+// (8x the normalised one, relative to max(|ref_i|, rms(ref))): a wrong chunk among 32 shows in the
+// element bound even where its share of the norm is small.
 #include <doctest/doctest.h>
 
 #include <cstring>
 #include <initializer_list>
+#include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -27,10 +32,24 @@ namespace {
 // Normalised-error tolerances: outputs and input gradients; the step-size and parameter
 // gradients, which are differences of larger sums (more bf16 rounding shows).
 constexpr double kTol = 1e-2, kTolDt = 2e-2;
+// The final states of the two forward algorithms against each other: both sum the same bf16
+// products in fp32, in another order (the chunk-parallel one adds a chunk's X^T (w B) to the
+// decayed state after the product, the sequential one accumulates it onto it), so they agree to
+// fp32 rounding over the chunks, far below the bf16-level kTol.
+constexpr double kTolPaths = 1e-4;
+
+using cuda::SsdForwardPath;
+constexpr SsdForwardPath kPaths[] = {SsdForwardPath::sequential, SsdForwardPath::chunked};
+const char* path_name(SsdForwardPath p) {
+  return p == SsdForwardPath::chunked ? "chunk-parallel" : "sequential";
+}
 
 struct Case {
   int64_t batch, seq, heads, groups, dim;
   int pad;  // < 0: x, B, C, dt in separate packed buffers; else fused with `pad` spare columns
+  // Small steps and slow decays (see make_inputs): a chunk's decay e^(L_last) of 0.25 to 0.95, so
+  // that states carry over many chunks and a wrong decay in the pass over the chunks shows.
+  bool long_memory = false;
 };
 
 // x, B, C and dt (and their gradients) in one host buffer `mem`: offsets and strides.
@@ -63,18 +82,21 @@ struct Inputs {
 };
 
 template <class T>
-Inputs make_inputs(const Layout& l, uint64_t seed) {
+Inputs make_inputs(const Layout& l, uint64_t seed, bool long_memory = false) {
   Inputs in;
   in.mem = test::representable<T>(size_t(l.size), seed, -1.f, 1.f);
   const SsdShape& s = l.s;
-  // step sizes in a useful range: softplus(-3 .. 0.5 + bias)
+  // step sizes in a useful range: softplus(-3 .. 0.5 + bias) (a chunk's decay is mostly below
+  // 0.02); long memory: softplus(-5.5 .. -3.5 + bias), about 0.001 to 0.05, with a = -e^A_log in
+  // [-1, -0.14] (a chunk's decay about 0.25 to 0.95, as in trained models' long-memory heads)
   for (int64_t r = 0; r < s.batch * s.seq; ++r)
     for (int64_t h = 0; h < s.heads; ++h) {
       float& v = in.mem[size_t(l.dto + r * s.dts() + h)];
-      v = float(T(-1.25f + 1.75f * v));
+      v = long_memory ? float(T(-4.5f + v)) : float(T(-1.25f + 1.75f * v));
     }
   in.dt_bias = test::representable<T>(size_t(s.heads), seed + 1, -1.f, 0.5f);
-  in.A_log = test::representable<T>(size_t(s.heads), seed + 2, -1.f, 1.2f);
+  in.A_log = long_memory ? test::representable<T>(size_t(s.heads), seed + 2, -2.f, 0.f)
+                         : test::representable<T>(size_t(s.heads), seed + 2, -1.f, 1.2f);
   in.D = test::representable<T>(size_t(s.heads), seed + 3, 0.5f, 1.5f);
   return in;
 }
@@ -94,8 +116,8 @@ void check_forward(const Case& c, uint64_t seed, bool with_d = true) {
   const Layout l = make_layout(c);
   const SsdShape& s = l.s;
   INFO("batch ", c.batch, " seq ", c.seq, " heads ", c.heads, " groups ", c.groups, " dim ", c.dim,
-       " pad ", c.pad, " ", test::type_name<T>());
-  const Inputs in = make_inputs<T>(l, seed);
+       " pad ", c.pad, " long memory ", c.long_memory, " ", test::type_name<T>());
+  const Inputs in = make_inputs<T>(l, seed, c.long_memory);
   const int64_t ny = s.batch * s.seq * s.heads * s.head_dim;
 
   auto md = test::cast_vector<double>(in.mem);
@@ -107,12 +129,17 @@ void check_forward(const Case& c, uint64_t seed, bool with_d = true) {
                                 with_d ? dd.data() : nullptr, s);
 
   GpuInputs<T> g(in);
-  auto y = test::poisoned_gpu<T>(size_t(ny));
   const T* m = g.mem.data();
-  cuda::ssd_scan_forward<T>(y.data(), m + l.xo, m + l.bo, m + l.co, m + l.dto, g.dt_bias.data(),
-                            g.A_log.data(), with_d ? g.D.data() : nullptr, s, SsdStates{}, nullptr);
-  MIL_CUDA_CHECK(cudaDeviceSynchronize());
-  test::require_close("ssd gpu forward y", y.to_vector(), y_ref, kTol);
+  for (SsdForwardPath path : kPaths) {
+    INFO("path ", path_name(path));
+    auto y = test::poisoned_gpu<T>(size_t(ny));
+    cuda::ssd_scan_forward<T>(y.data(), m + l.xo, m + l.bo, m + l.co, m + l.dto, g.dt_bias.data(),
+                              g.A_log.data(), with_d ? g.D.data() : nullptr, s, SsdStates{},
+                              nullptr, path);
+    MIL_CUDA_CHECK(cudaDeviceSynchronize());
+    test::require_close(std::string("ssd gpu forward y, ") + path_name(path), y.to_vector(), y_ref,
+                        kTol);
+  }
 }
 
 struct GradMode {
@@ -127,7 +154,7 @@ void check_backward(const Case& c, const GradMode& gm, uint64_t seed) {
   INFO("batch ", c.batch, " seq ", c.seq, " heads ", c.heads, " groups ", c.groups, " dim ", c.dim,
        " pad ", c.pad, " accumulate ", gm.accumulate_inputs, "/", gm.accumulate_params, " ",
        test::type_name<T>());
-  const Inputs in = make_inputs<T>(l, seed);
+  const Inputs in = make_inputs<T>(l, seed, c.long_memory);
   const int64_t ny = s.batch * s.seq * s.heads * s.head_dim;
   const auto dy = test::representable<T>(size_t(ny), seed + 10);
   // Gradient buffers pre-filled with non-zero values (kept where not written).
@@ -224,8 +251,8 @@ void check_states(const Case& c, const std::vector<int64_t>& splits, uint64_t se
   const Layout l = make_layout(c);
   const SsdShape& s = l.s;
   INFO("batch ", c.batch, " seq ", c.seq, " heads ", c.heads, " groups ", c.groups, " dim ", c.dim,
-       " pieces ", splits.size(), " ", test::type_name<T>());
-  const Inputs in = make_inputs<T>(l, seed);
+       " pieces ", splits.size(), " long memory ", c.long_memory, " ", test::type_name<T>());
+  const Inputs in = make_inputs<T>(l, seed, c.long_memory);
   const int64_t P = s.head_dim, ny = s.batch * s.seq * s.heads * P;
   const int64_t n_slots = s.batch + 1, per_slot = s.state_size();
   std::vector<int32_t> slots(static_cast<size_t>(s.batch));
@@ -246,7 +273,7 @@ void check_states(const Case& c, const std::vector<int64_t>& splits, uint64_t se
   // is a copy of those rows (sequences are consecutive rows of the buffer).
   GpuInputs<T> g(in);
   auto slots_gpu = test::to_gpu(slots);
-  auto run = [&](const std::vector<int64_t>& pieces, Tensor<float, Cuda>& st) {
+  auto run = [&](const std::vector<int64_t>& pieces, Tensor<float, Cuda>& st, SsdForwardPath path) {
     std::vector<T> y_all(static_cast<size_t>(ny));
     const auto mem_t = test::cast_vector<T>(in.mem);
     int64_t t0 = 0;
@@ -272,7 +299,7 @@ void check_states(const Case& c, const std::vector<int64_t>& splits, uint64_t se
       const T* m = piece_gpu.data();
       cuda::ssd_scan_forward<T>(y.data(), m + pl.xo, m + pl.bo, m + pl.co, m + pl.dto,
                                 g.dt_bias.data(), g.A_log.data(), g.D.data(), pl.s,
-                                SsdStates{st.data(), n_slots, slots_gpu.data()}, nullptr);
+                                SsdStates{st.data(), n_slots, slots_gpu.data()}, nullptr, path);
       const auto yv = y.to_vector();
       for (int64_t b = 0; b < s.batch; ++b)
         for (int64_t t = 0; t < len; ++t)
@@ -284,19 +311,40 @@ void check_states(const Case& c, const std::vector<int64_t>& splits, uint64_t se
     REQUIRE(t0 == s.seq);
     return y_all;
   };
-  auto st_one = test::to_gpu(st0), st_pieces = test::to_gpu(st0);
-  const auto y_one = run({s.seq}, st_one);
-  const auto y_pieces = run(splits, st_pieces);
-  MIL_CUDA_CHECK(cudaDeviceSynchronize());
-  test::require_close("ssd gpu states: one call y", y_one, y_ref, kTol);
-  test::require_close("ssd gpu states: pieces y", y_pieces, y_ref, kTol);
-  const auto so = st_one.to_vector(), sp = st_pieces.to_vector();
-  test::require_close("ssd gpu states: one call final state", so, st_ref, kTol);
-  test::require_close("ssd gpu states: pieces final state", sp, st_ref, kTol);
-  test::require_close("ssd gpu states: pieces equal one call", y_pieces, y_one, kTol);
-  // slot 0 belongs to no row: untouched
-  CHECK(std::memcmp(so.data(), st0.data(), size_t(per_slot) * sizeof(float)) == 0);
-  CHECK(std::memcmp(sp.data(), st0.data(), size_t(per_slot) * sizeof(float)) == 0);
+  std::vector<float> final_one[2], final_pieces[2];  // per path, in kPaths' order
+  for (int k = 0; k < 2; ++k) {
+    const SsdForwardPath path = kPaths[k];
+    INFO("path ", path_name(path));
+    const std::string tag = std::string(", ") + path_name(path);
+    auto st_one = test::to_gpu(st0), st_pieces = test::to_gpu(st0);
+    const auto y_one = run({s.seq}, st_one, path);
+    const auto y_pieces = run(splits, st_pieces, path);
+    MIL_CUDA_CHECK(cudaDeviceSynchronize());
+    // y from a carried state: a start state that misses the slot's state, or an off-diagonal
+    // term e^(L_t) C S_start^T that is dropped or reads the wrong chunk, fails here (every chunk,
+    // the first included, has a nonzero start state)
+    test::require_close("ssd gpu states: one call y" + tag, y_one, y_ref, kTol);
+    test::require_close("ssd gpu states: pieces y" + tag, y_pieces, y_ref, kTol);
+    const auto so = st_one.to_vector(), sp = st_pieces.to_vector();
+    // the final state: not written back to the slot, written from the wrong chunk, or missing
+    // the decay of the chunks before it, fails here
+    test::require_close("ssd gpu states: one call final state" + tag, so, st_ref, kTol);
+    test::require_close("ssd gpu states: pieces final state" + tag, sp, st_ref, kTol);
+    test::require_close("ssd gpu states: pieces equal one call" + tag, y_pieces, y_one, kTol);
+    // slot 0 belongs to no row: untouched
+    CHECK(std::memcmp(so.data(), st0.data(), size_t(per_slot) * sizeof(float)) == 0);
+    CHECK(std::memcmp(sp.data(), st0.data(), size_t(per_slot) * sizeof(float)) == 0);
+    final_one[k] = so, final_pieces[k] = sp;
+  }
+  // The chunk-parallel final states equal the sequential ones to fp32 rounding (the state the
+  // decoder continues from after a prefill does not depend on the algorithm that computed it).
+  // The tightest check of the pass over the chunks: a decay taken from the wrong chunk (decay[c]
+  // for decay[c - 1]), whose effect on y can hide within kTol where chunks decay to ~0, changes
+  // the final state by far more than 1e-4.
+  test::require_close("ssd gpu states: chunk-parallel final state equals sequential, one call",
+                      final_one[1], final_one[0], kTolPaths);
+  test::require_close("ssd gpu states: chunk-parallel final state equals sequential, pieces",
+                      final_pieces[1], final_pieces[0], kTolPaths);
 }
 
 }  // namespace
@@ -314,6 +362,57 @@ TEST_CASE("ssd scan: gpu forward matches the cpu around the chunk length") {
     check_forward<float>(c, seed + 1);
     seed += 10;
   }
+}
+
+// One sequence (batch-1 prefill, 9 SmolLM2 heads: the shape the chunk-parallel path exists for)
+// at lengths around the chunk and long: a chunk and a token short, one chunk, one token into a
+// second chunk (a one-token last chunk: its decay and local state come from one row), several
+// chunks with a partial last one, and 32 chunks. Without states the first chunk starts from zero,
+// so these catch (from 65 tokens on) a dropped or misplaced off-diagonal term, and (from 129 on,
+// where a start state holds two chunks) a state pass that skips the decay e^(L_last). (A decay
+// that counts the padding rows of a partial last chunk shows in the final states of the states
+// test below, whose pieces end in partial chunks.)
+TEST_CASE("ssd scan: gpu forward of one sequence, both algorithms, up to 2048 tokens") {
+  MIL_GPU_TEST_GUARD();
+  uint64_t seed = 200;
+  for (int64_t seq : {1, 63, 64, 65, 200, 2048}) {
+    check_forward<bf16>({1, seq, 9, 3, 64, -1}, seed);
+    check_forward<float>({1, seq, 9, 3, 64, -1}, seed + 1);
+    seed += 10;
+  }
+  // 32 chunks of the L head size (128) and of the small ones
+  check_forward<bf16>({1, 2048, 4, 1, 128, -1}, 260);
+  check_forward<bf16>({1, 1000, 6, 2, 32, -1}, 270);
+  check_forward<bf16>({1, 700, 3, 3, 16, -1}, 280);
+  // long memory: every start state carries the chunks before the previous one too
+  check_forward<bf16>({1, 2048, 9, 3, 64, -1, true}, 290);
+  check_forward<float>({2, 300, 6, 2, 64, 3, true}, 300);
+  check_forward<bf16>({1, 520, 4, 4, 128, -1, true}, 310);
+}
+
+// The automatic choice: the chunk-parallel path for a batch-1 prefill of several chunks, the
+// sequential one when batch * heads blocks take more than half the SMs (training shapes) or for
+// one chunk. Catches a dispatch that never (or always) takes the new path.
+TEST_CASE("ssd scan: gpu forward chooses the chunk-parallel path when blocks are few") {
+  MIL_GPU_TEST_GUARD();
+  using cuda::ssd_detail::use_chunk_parallel;
+  auto shape = [](int64_t batch, int64_t seq) {
+    SsdShape s;
+    s.batch = batch, s.seq = seq, s.heads = 9, s.groups = 3, s.head_dim = 64, s.d_state = 64;
+    return s;
+  };
+  const auto aut = SsdForwardPath::automatic;
+  CHECK(use_chunk_parallel(shape(1, 2048), aut, nullptr));
+  CHECK(use_chunk_parallel(shape(1, 65), aut, nullptr));
+  CHECK_FALSE(use_chunk_parallel(shape(1, 64), aut, nullptr));
+  // (sequence, head) blocks for at most half the SMs, and for more (7 and 8 sequences on an H100)
+  const int64_t half = cuda::sm_count() / 18;
+  if (half >= 1) CHECK(use_chunk_parallel(shape(half, 1024), aut, nullptr));
+  CHECK_FALSE(use_chunk_parallel(shape(half + 1, 1024), aut, nullptr));
+  // the training shape S, 16 x 1024 (144 blocks)
+  CHECK_FALSE(use_chunk_parallel(shape(16, 1024), aut, nullptr));
+  CHECK(use_chunk_parallel(shape(16, 1024), SsdForwardPath::chunked, nullptr));
+  CHECK_FALSE(use_chunk_parallel(shape(1, 2048), SsdForwardPath::sequential, nullptr));
 }
 
 TEST_CASE("ssd scan: gpu forward reads x B C dt as column blocks of one fused buffer") {
@@ -368,6 +467,13 @@ TEST_CASE("ssd scan: gpu states carry a sequence across calls") {
   check_states<bf16>({2, 75, 9, 3, 64, -1}, {70, 1, 1, 1, 1, 1}, 3030);
   check_states<bf16>({3, 8, 8, 2, 128, 3}, {1, 1, 1, 1, 1, 1, 1, 1}, 3040);
   check_states<float>({2, 20, 6, 2, 16, -1}, {5, 1, 1, 13}, 3050);
+  // a batch-1 prefill of 2048 tokens in one call and in two (the second from the carried state,
+  // neither a multiple of the chunk), then a long prefill with a fused-buffer layout
+  check_states<bf16>({1, 2048, 9, 3, 64, -1}, {1000, 1048}, 3060);
+  check_states<bf16>({1, 200, 9, 3, 64, 7}, {65, 135}, 3070);
+  check_states<float>({2, 300, 6, 2, 64, 3}, {129, 171}, 3080);
+  check_states<bf16>({1, 1000, 9, 3, 64, -1, true}, {300, 700}, 3090);
+  check_states<bf16>({2, 260, 6, 6, 32, -1, true}, {128, 132}, 3100);
 }
 
 TEST_CASE("ssd scan: gpu rejects unsupported sizes") {
