@@ -1,7 +1,9 @@
 // GPU SSD scan (Mamba-2), bf16: forward and forward+backward at shape S (SmolLM2-135M hybrid:
 // 16 x 1024 tokens, 9 heads, 3 groups, head_dim = d_state = 64) and shape L (Llama-3-8B hybrid:
 // 4 x 2048 tokens, 32 heads, 8 groups, head_dim = d_state = 128), and the decode step (seq = 1
-// against fp32 states) at batch 1 and 64. Peers: mamba_ssm's Triton mamba_chunk_scan_combined and
+// against fp32 states) at batch 1 and 64; and the batch-1 prefill of S (1 x 2048 tokens) with each
+// forward algorithm (sequential: 9 blocks walk 32 chunks; chunk-parallel: 288 blocks per pass).
+// Peers: mamba_ssm's Triton mamba_chunk_scan_combined and
 // selective_state_update (docs/PERFORMANCE.md); their figures are the last argument of each case.
 // Compulsory bytes: forward reads x, B, C, dt and writes y; the backward also reads dy and writes
 // dx, dB, dC, ddt; a decode step reads and writes the states. FLOPs: the chunked algorithm's
@@ -62,7 +64,8 @@ double forward_flops(const mil::SsdShape& s) {
 }
 
 void BM_ssd_scan_cuda(benchmark::State& state, int64_t batch, int64_t seq, int64_t heads,
-                      int64_t groups, int64_t dim, bool backward, double peer_ms) {
+                      int64_t groups, int64_t dim, bool backward, double peer_ms,
+                      mil::cuda::SsdForwardPath path = mil::cuda::SsdForwardPath::automatic) {
   if (mil::cuda::device_count() == 0) {
     state.SkipWithError("no CUDA device");
     return;
@@ -101,7 +104,7 @@ void BM_ssd_scan_cuda(benchmark::State& state, int64_t batch, int64_t seq, int64
       SsdBuffers& b = bufs[size_t(i % sets)];
       mil::cuda::ssd_scan_forward<bf16>(b.y.data(), b.x.data(), b.B.data(), b.C.data(),
                                         b.dt.data(), dt_bias.data(), A_log.data(), D.data(), s,
-                                        mil::SsdStates{}, stream);
+                                        mil::SsdStates{}, stream, path);
       if (backward) {
         mil::SsdGrads<bf16> g;
         g.dx = b.dx.data(), g.dB = b.dB.data(), g.dC = b.dC.data(), g.ddt = b.ddt.data();
@@ -177,6 +180,16 @@ BENCHMARK_CAPTURE(BM_ssd_scan_cuda, L_fwd, 4, 2048, 32, 8, 128, false, 0.72)
 BENCHMARK_CAPTURE(BM_ssd_scan_cuda, L_fwd_bwd, 4, 2048, 32, 8, 128, true, 4.79)
     ->UseManualTime()
     ->Unit(benchmark::kMillisecond);
+// Batch-1 prefill of S (the decoder's prompt): no peer figure measured for this shape. The
+// automatic choice takes the chunk-parallel path here (9 blocks, at most half of 132 SMs).
+BENCHMARK_CAPTURE(BM_ssd_scan_cuda, S_prefill1_sequential, 1, 2048, 9, 3, 64, false, 0.0,
+                  mil::cuda::SsdForwardPath::sequential)
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK_CAPTURE(BM_ssd_scan_cuda, S_prefill1_chunked, 1, 2048, 9, 3, 64, false, 0.0,
+                  mil::cuda::SsdForwardPath::chunked)
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
 // Decode steps. Peer times (us): mamba_ssm Triton selective_state_update, bf16, measured on the
 // lent H100 80GB HBM3 on 2026-11-22 with PyTorch (docs/PERFORMANCE.md); none for S at batch 64.
 BENCHMARK_CAPTURE(BM_ssd_decode_cuda, S_batch1, 1, 9, 3, 64, 153.0)
