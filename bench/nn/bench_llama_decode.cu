@@ -92,6 +92,7 @@ void BM_llama135m_decode(benchmark::State& state) {
   o.slots = batch;
   o.max_seq = context + 512;
   o.cuda_graphs = graphs != 0;
+  o.fused_rows = state.range(4) != 0;
   nn::Decoder<bf16, Cuda> dec(model, o);
   std::vector<int32_t> slots;
   auto prefill_all = [&] {
@@ -222,19 +223,25 @@ void BM_llama135m_verify(benchmark::State& state) {
 
 }  // namespace
 
+// fused 0: DecoderOptions::fused_rows off, every step on the unfused kernels (the decode step as
+// it was before the fused decode products), for a comparison in the same run.
 BENCHMARK(BM_llama135m_decode)
-    ->ArgNames({"batch", "context", "graphs", "model"})
-    ->Args({1, 128, 1, 0})
-    ->Args({1, 128, 0, 0})
-    ->Args({1, 1024, 1, 0})
-    ->Args({8, 128, 1, 0})
-    ->Args({32, 512, 1, 0})
-    ->Args({1, 128, 1, 1})
-    ->Args({1, 1024, 1, 1})
-    ->Args({32, 512, 1, 1})
-    ->Args({1, 128, 1, 2})
-    ->Args({1, 128, 1, 3})
-    ->Args({1, 1024, 1, 3})
+    ->ArgNames({"batch", "context", "graphs", "model", "fused"})
+    ->Args({1, 128, 1, 0, 1})
+    ->Args({1, 128, 1, 0, 0})
+    ->Args({1, 128, 0, 0, 1})
+    ->Args({1, 1024, 1, 0, 1})
+    ->Args({1, 1024, 1, 0, 0})
+    ->Args({8, 128, 1, 0, 1})
+    ->Args({32, 512, 1, 0, 1})
+    ->Args({1, 128, 1, 1, 1})
+    ->Args({1, 128, 1, 1, 0})
+    ->Args({1, 1024, 1, 1, 1})
+    ->Args({32, 512, 1, 1, 1})
+    ->Args({1, 128, 1, 2, 1})
+    ->Args({1, 128, 1, 2, 0})
+    ->Args({1, 128, 1, 3, 1})
+    ->Args({1, 1024, 1, 3, 1})
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond)
     ->MinTime(1.0);

@@ -118,6 +118,7 @@ struct StepScratch {
   Tensor<T, D> h, qkv, att, gate_up, mlp;
   std::optional<cpu::Q8Rows> q8;  // 8-bit activations of the block products, when asked for
   cpu::Q8Rows* q8_rows() { return q8 ? &*q8 : nullptr; }
+  bool fused_rows = true;  // GPU: the fused decode products where a step fits them
   Tensor<T, D> proj, conv_out, ssm_y, expanded, dt_low, dt;  // Mamba layers
 
   StepScratch() = default;
@@ -156,13 +157,14 @@ void linear_step(T* y, const T* x, const ag::Var<T, D>& w, int64_t rows, bool ac
 
 // Whether a step's rows of k elements take the GPU's fused decode products
 // (kernels/fused_rows.cuh: the norm, the product and what follows it in one launch): steps of at
-// most 8 rows (decode, verification). The CPU keeps its own products (block weights, row tiles).
+// most 8 rows (decode, verification), unless the scratch's owner turned them off. The CPU keeps
+// its own products (block weights, row tiles).
 template <Element T, Device D>
-bool fused_rows_step(int64_t rows, int64_t k) {
+bool fused_rows_step(const StepScratch<T, D>& s, int64_t rows, int64_t k) {
 #if defined(__CUDACC__)
-  if constexpr (std::is_same_v<D, Cuda>) return cuda::fused_rows_fit<T>(rows, k);
+  if constexpr (std::is_same_v<D, Cuda>) return s.fused_rows && cuda::fused_rows_fit<T>(rows, k);
 #endif
-  (void)rows, (void)k;
+  (void)s, (void)rows, (void)k;
   return false;
 }
 
@@ -181,7 +183,7 @@ void attention_step(T* x, StepScratch<T, D>& s, const LayerWeights<T, D>& w, con
   const int64_t Hkv = c.n_kv_heads, qkvw = c.qkv_layout().width(), kvw = Hkv * hd;
   T *h = s.h.data(), *qkv = s.qkv.data(), *att = s.att.data();
   const T* bias = c.attention_bias ? w.attn.bqkv.value().data() : nullptr;
-  if (fused_rows_step<T, D>(rows, d)) {
+  if (fused_rows_step(s, rows, d)) {
     const QkvCacheShape qs{H, Hkv, hd, c.rope(), cache.slots, cache.max_seq};
     MIL_RUN(D, norm_qkv_rope_cache_rows, qkv, cache.k, cache.v, x, w.norm.value().data(),
             c.norm_eps, w.attn.wqkv.value().data(), bias, t.slots, t.positions, rows, d, qs);
@@ -227,7 +229,7 @@ void mamba_step(T* x, StepScratch<T, D>& s, const LayerWeights<T, D>& w, const H
   const int64_t rows = t.count, d = c.llama.d_model, di = c.d_inner();
   const int64_t width = c.in_proj_rows(), channels = c.conv_channels();
   T *h = s.h.data(), *proj = s.proj.data(), *y = s.ssm_y.data(), *conv = s.conv_out.data();
-  const bool fused = fused_rows_step<T, D>(rows, d);
+  const bool fused = fused_rows_step(s, rows, d);
   const T* norm = w.norm.value().data();
   const float eps = c.llama.norm_eps;
   // proj (or another output) = rmsnorm(x) W^T: fused, or through h.
@@ -288,7 +290,7 @@ void mlp_step(T* x, StepScratch<T, D>& s, const MlpWeights<T, D>& w, const Llama
               int64_t rows, const BlockLayer* blocks = nullptr) {
   const int64_t d = c.d_model, ff = c.d_ff;
   T *h = s.h.data(), *gu = s.gate_up.data(), *m = s.mlp.data();
-  if (fused_rows_step<T, D>(rows, d)) {
+  if (fused_rows_step(s, rows, d)) {
     MIL_RUN(D, norm_swiglu_rows, m, x, w.norm.value().data(), c.norm_eps,
             w.w_gate_up.value().data(), rows, ff, d);
   } else {
@@ -305,7 +307,7 @@ void logits_step(T* logits, int32_t* argmax, const T* x, StepScratch<T, D>& s,
                  const ModelWeights<T, D>& w, const LlamaConfig& c, int64_t n,
                  const BlockMatrix* lm_head_blocks = nullptr) {
   T* h = s.h.data();
-  if (fused_rows_step<T, D>(n, c.d_model)) {
+  if (fused_rows_step(s, n, c.d_model)) {
     MIL_RUN(D, norm_linear_rows, logits, x, w.norm.value().data(), c.norm_eps,
             w.lm_head.value().data(), n, c.vocab, c.d_model);
   } else {

@@ -56,6 +56,8 @@ struct DecoderOptions {
   int64_t snapshots = 0;     // saved Mamba states per slot (save_state / restore_state)
   int64_t max_rollback = 0;  // extra conv-ring rows: the conv rolls back this far by position
   bool cuda_graphs = true;   // capture uniform steps (GPU)
+  bool fused_rows = true;    // GPU steps of at most 8 rows on the fused decode products
+                             // (false: the unfused kernels, for comparison)
   bool block_weights = true; // float CPU: products on the model's block-format weights where it
                              // has them (a GGUF file's quantised layers); false: float weights
   bool q8_activations = false;  // with block weights: their products take the activations
@@ -117,6 +119,7 @@ class Decoder {
     x_ = Tensor<T, D>::empty(Shape{tokens_cap_, cfg_.d_model});
     logit_x_ = Tensor<T, D>::empty(Shape{logits_cap_, cfg_.d_model});
     scratch_ = StepScratch<T, D>(hybrid_, tokens_cap_);
+    scratch_.fused_rows = o.fused_rows;
     MIL_CHECK(!o.q8_activations || (blocks_ && blocks_->has_q8_parts()), "Decoder: 8-bit activations "
               "need block weights with integer codes (a GGUF file's Q8_0, Q4_0, Q4_1, Q4_K or Q6_K "
               "layers, decoded on the CPU in float)");
