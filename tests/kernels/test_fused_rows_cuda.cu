@@ -134,6 +134,9 @@ TEST_CASE("fused rows cuda: norm + product and norm + SwiGLU follow the CPU refe
   }
   check_norm_products<bf16>(5, 33, 16, 400);   // two weight vectors per row: most lanes idle
   check_norm_products<float>(2, 513, 8, 401);
+  // Staged rows past 48 KB (the shared-memory opt-in) and enough columns for 8 warps a block.
+  check_norm_products<bf16>(8, 2100, 4096, 402);  // 64 KB of rows
+  check_norm_products<float>(5, 300, 4096, 403);  // 80 KB
 }
 
 TEST_CASE("fused rows cuda: qkv with bias, RoPE and the cache append follow the CPU reference") {
@@ -186,15 +189,16 @@ TEST_CASE("fused rows cuda: refuses what the kernel cannot take") {
   MIL_GPU_TEST_GUARD();
   auto buf = test::to_gpu(std::vector<bf16>(9 * 64 * 4, bf16(0.5f)));
   const cudaStream_t st = cuda::current_stream();
-  CHECK_FALSE(cuda::fused_rows_fit<bf16>(9, 64));
-  CHECK_FALSE(cuda::fused_rows_fit<bf16>(1, 60));
-  CHECK(cuda::fused_rows_fit<bf16>(8, 64));
+  CHECK_FALSE(cuda::fused_rows_fit<bf16>(9, 64, buf.data(), buf.data(), buf.data()));
+  CHECK_FALSE(cuda::fused_rows_fit<bf16>(1, 60, buf.data(), buf.data(), buf.data()));
   CHECK_THROWS_WITH_AS(cuda::norm_linear_rows(buf.data(), buf.data(), buf.data(), 1e-5f, buf.data(),
                                               9, 4, 64, st),
-                       doctest::Contains("do not fit"), Error);
+                       doctest::Contains("do not fit"), Error);  // 9 rows
   CHECK_THROWS_WITH_AS(cuda::norm_swiglu_rows(buf.data(), buf.data() + 1, buf.data(), 1e-5f,
                                               buf.data(), 1, 4, 64, st),
-                       doctest::Contains("16-byte"), Error);
+                       doctest::Contains("16-byte boundaries"), Error);
+  CHECK_FALSE(cuda::fused_rows_fit<bf16>(1, 64, buf.data() + 1, buf.data(), buf.data()));
+  CHECK(cuda::fused_rows_fit<bf16>(1, 64, buf.data(), buf.data(), buf.data()));
   QkvCacheShape bad{6, 4, 64, RopeConfig{64}, 1, 8};  // 6 heads over 4 KV heads
   CHECK_THROWS_WITH_AS(cuda::norm_qkv_rope_cache_rows<bf16>(buf.data(), buf.data(), buf.data(), buf.data(),
                                                       buf.data(), 1e-5f, buf.data(), nullptr,

@@ -15,6 +15,8 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <unordered_map>
 #include <utility>
 
 #include "cuda_check.hpp"
@@ -55,6 +57,19 @@ inline bool dependent_launch_enabled() {
   return m >= 9;
 }
 
+// Whether `kernel` was compiled for sm_90 or later (its griddepcontrol.wait is real, not a PTX
+// build for an older architecture run on a newer GPU), asked once per kernel.
+inline bool waits_for_dependencies(const void* kernel) {
+  static std::mutex mutex;
+  static std::unordered_map<const void*, bool> known;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = known.find(kernel);
+  if (it != known.end()) return it->second;
+  cudaFuncAttributes attr{};
+  MIL_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
+  return known[kernel] = attr.binaryVersion >= 90 && attr.ptxVersion >= 90;
+}
+
 // kernel<<<grid, block, smem, stream>>>(args...), as a programmatic dependent launch where enabled.
 template <class... Params, class... Args>
 void launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
@@ -67,7 +82,7 @@ void launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t s
   cudaLaunchAttribute attribute{};
   attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attribute.val.programmaticStreamSerializationAllowed = 1;
-  if (dependent_launch_enabled()) {
+  if (dependent_launch_enabled() && waits_for_dependencies(reinterpret_cast<const void*>(kernel))) {
     config.attrs = &attribute;
     config.numAttrs = 1;
   }

@@ -99,18 +99,19 @@ template <class T>
 void check_rows(const char* op, const T* y, const T* x, const T* norm_w, const T* w, int64_t rows,
                 int64_t k) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, bf16>, "fused rows: float or bf16");
-  MIL_CHECK(skinny_detail::rows_fit<T>(rows, k) && aligned16(x) && aligned16(norm_w) &&
-                aligned16(w) && y != nullptr,
-            op, ": ", rows, " rows of ", k, " do not fit the fused decode kernel (at most ",
-            skinny_detail::kMaxRows, " rows, k a multiple of ", kVec<T>, ", 16-byte alignment)");
+  MIL_CHECK(skinny_detail::rows_fit<T>(rows, k) && y != nullptr, op, ": ", rows, " rows of ", k,
+            " do not fit the fused decode kernel (at most ", skinny_detail::kMaxRows,
+            " rows, k a multiple of ", kVec<T>, ")");
+  MIL_CHECK(aligned16(x) && aligned16(norm_w) && aligned16(w), op,
+            ": x, the norm weights and the weights must start on 16-byte boundaries");
 }
 
 }  // namespace fused_detail
 
-// Whether the fused products take `rows` rows of k elements (operands from the allocator).
+// Whether the fused products take `rows` rows of k elements with these operands.
 template <class T>
-bool fused_rows_fit(int64_t rows, int64_t k) {
-  return skinny_detail::rows_fit<T>(rows, k);
+bool fused_rows_fit(int64_t rows, int64_t k, const T* x, const T* norm_w, const T* w) {
+  return skinny_detail::rows_fit<T>(rows, k) && aligned16(x) && aligned16(norm_w) && aligned16(w);
 }
 
 template <class T>

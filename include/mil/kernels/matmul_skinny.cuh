@@ -20,6 +20,7 @@
 // the kernel streams weights while the previous kernel finishes; a general product (matmul_skinny,
 // whose B may be what the kernel before it wrote) waits first.
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <type_traits>
 
@@ -63,6 +64,11 @@ struct ScaleEpilogue {
   }
 };
 
+// Constant B through the read-only cache; B that an earlier kernel may have written, past L1.
+__device__ __forceinline__ uint4 load_b(const uint4* p, bool constant) {
+  return constant ? __ldg(p) : __ldcg(p);
+}
+
 template <class T>
 MIL_DEVICE inline void fma_rows(float* acc, const uint4& av, const float* bv) {
   float af[kVec<T>];
@@ -95,7 +101,7 @@ __global__ void __launch_bounds__(256)
     const int64_t i = lane + int64_t(p) * 32;
 #pragma unroll
     for (int c = 0; c < C; ++c)
-      if (active && i < vecs) pre[c][p] = __ldg(brow[c] + i);
+      if (active && i < vecs) pre[c][p] = load_b(brow[c] + i, op.b_constant);
   }
   if (op.b_constant) grid_dependency_wait();
 
@@ -158,7 +164,7 @@ __global__ void __launch_bounds__(256)
   for (int64_t i = lane + int64_t(kPrefetch) * 32; i < vecs; i += 32) {
     uint4 bv[C];
 #pragma unroll
-    for (int c = 0; c < C; ++c) bv[c] = __ldg(brow[c] + i);
+    for (int c = 0; c < C; ++c) bv[c] = load_b(brow[c] + i, op.b_constant);
     consume(i, bv);
   }
 #pragma unroll
@@ -197,10 +203,9 @@ template <class T, int M, class Epi>
 void launch_rows(const Operands<T>& op, const Epi& epi, int64_t units, cudaStream_t stream) {
   auto kernel = skinny_kernel<T, M, Epi>;
   const size_t smem = staged_bytes<T>(M, op.k);
-  if (smem > 48 * 1024) {
-    static const bool opted = opt_in_shared_memory(kernel, kMaxStaged);
-    MIL_CHECK(opted, "matmul_skinny: ", smem, " bytes of staged rows exceed shared memory");
-  }
+  if (smem > 48 * 1024)  // the attribute is per device: set on every such launch (rare shapes)
+    MIL_CHECK(opt_in_shared_memory(kernel, kMaxStaged), "matmul_skinny: ", smem,
+              " bytes of staged rows exceed shared memory");
   const int warps = warps_for(units);
   const int64_t blocks = ceil_div(units, warps);
   MIL_CHECK(blocks <= INT32_MAX, "matmul_skinny: too many columns");
@@ -223,10 +228,26 @@ void dispatch_rows(int64_t m, const Operands<T>& op, const Epi& epi, int64_t uni
   }
 }
 
-// Whether m rows of k elements (k a multiple of one vector) can be staged.
+// Shared memory a block may opt into on the current device (asked once per device).
+inline size_t smem_optin_bytes() {
+  constexpr int kCachedDevices = 64;
+  static std::atomic<int> cached[kCachedDevices];  // 0 until asked
+  int device = 0;
+  MIL_CUDA_CHECK(cudaGetDevice(&device));
+  int n = device < kCachedDevices ? cached[device].load(std::memory_order_relaxed) : 0;
+  if (n == 0) {
+    MIL_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    if (device < kCachedDevices) cached[device].store(n, std::memory_order_relaxed);
+  }
+  return size_t(n);
+}
+
+// Whether m rows of k elements (k a multiple of one vector) can be staged on this device.
 template <class T>
 bool rows_fit(int64_t m, int64_t k) {
-  return m >= 1 && m <= kMaxRows && k >= 1 && k % kVec<T> == 0 && staged_bytes<T>(m, k) <= kMaxStaged;
+  if (!(m >= 1 && m <= kMaxRows && k >= 1 && k % kVec<T> == 0)) return false;
+  const size_t bytes = staged_bytes<T>(m, k);
+  return bytes <= 48 * 1024 || (bytes <= kMaxStaged && bytes + 1024 <= smem_optin_bytes());
 }
 
 }  // namespace skinny_detail

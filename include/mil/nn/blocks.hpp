@@ -160,11 +160,14 @@ void linear_step(T* y, const T* x, const ag::Var<T, D>& w, int64_t rows, bool ac
 // most 8 rows (decode, verification), unless the scratch's owner turned them off. The CPU keeps
 // its own products (block weights, row tiles).
 template <Element T, Device D>
-bool fused_rows_step(const StepScratch<T, D>& s, int64_t rows, int64_t k) {
+bool fused_rows_step(const StepScratch<T, D>& s, int64_t rows, int64_t k, const T* x,
+                     const ag::Var<T, D>& norm, const ag::Var<T, D>& weight) {
 #if defined(__CUDACC__)
-  if constexpr (std::is_same_v<D, Cuda>) return s.fused_rows && cuda::fused_rows_fit<T>(rows, k);
+  if constexpr (std::is_same_v<D, Cuda>)
+    return s.fused_rows && cuda::fused_rows_fit<T>(rows, k, x, norm.value().data(),
+                                                   weight.value().data());
 #endif
-  (void)s, (void)rows, (void)k;
+  (void)s, (void)rows, (void)k, (void)x, (void)norm, (void)weight;
   return false;
 }
 
@@ -183,7 +186,7 @@ void attention_step(T* x, StepScratch<T, D>& s, const LayerWeights<T, D>& w, con
   const int64_t Hkv = c.n_kv_heads, qkvw = c.qkv_layout().width(), kvw = Hkv * hd;
   T *h = s.h.data(), *qkv = s.qkv.data(), *att = s.att.data();
   const T* bias = c.attention_bias ? w.attn.bqkv.value().data() : nullptr;
-  if (fused_rows_step(s, rows, d)) {
+  if (fused_rows_step(s, rows, d, x, w.norm, w.attn.wqkv)) {
     const QkvCacheShape qs{H, Hkv, hd, c.rope(), cache.slots, cache.max_seq};
     MIL_RUN(D, norm_qkv_rope_cache_rows, qkv, cache.k, cache.v, x, w.norm.value().data(),
             c.norm_eps, w.attn.wqkv.value().data(), bias, t.slots, t.positions, rows, d, qs);
@@ -229,7 +232,10 @@ void mamba_step(T* x, StepScratch<T, D>& s, const LayerWeights<T, D>& w, const H
   const int64_t rows = t.count, d = c.llama.d_model, di = c.d_inner();
   const int64_t width = c.in_proj_rows(), channels = c.conv_channels();
   T *h = s.h.data(), *proj = s.proj.data(), *y = s.ssm_y.data(), *conv = s.conv_out.data();
-  const bool fused = fused_rows_step(s, rows, d);
+  const bool mamba2 = w.kind == LayerKind::mamba2;
+  const bool fused = mamba2 ? fused_rows_step(s, rows, d, x, w.norm, w.mamba2.in_proj)
+                            : fused_rows_step(s, rows, d, x, w.norm, w.mamba1.in_proj) &&
+                                  fused_rows_step(s, rows, d, x, w.norm, w.mamba1.dt_down);
   const T* norm = w.norm.value().data();
   const float eps = c.llama.norm_eps;
   // proj (or another output) = rmsnorm(x) W^T: fused, or through h.
@@ -241,7 +247,7 @@ void mamba_step(T* x, StepScratch<T, D>& s, const LayerWeights<T, D>& w, const H
       linear_step(out, h, weight, rows, false);
   };
   if (!fused) MIL_RUN(D, rmsnorm_forward, h, nullptr, x, norm, rows, d, eps);
-  if (w.kind == LayerKind::mamba2) {
+  if (mamba2) {
     const auto& m = w.mamba2;
     normed_product(proj, m.in_proj);
     for (const RowGroup& g : t.groups) {  // one scan per group of equally long rows
@@ -290,7 +296,7 @@ void mlp_step(T* x, StepScratch<T, D>& s, const MlpWeights<T, D>& w, const Llama
               int64_t rows, const BlockLayer* blocks = nullptr) {
   const int64_t d = c.d_model, ff = c.d_ff;
   T *h = s.h.data(), *gu = s.gate_up.data(), *m = s.mlp.data();
-  if (fused_rows_step(s, rows, d)) {
+  if (fused_rows_step(s, rows, d, x, w.norm, w.w_gate_up)) {
     MIL_RUN(D, norm_swiglu_rows, m, x, w.norm.value().data(), c.norm_eps,
             w.w_gate_up.value().data(), rows, ff, d);
   } else {
@@ -307,7 +313,7 @@ void logits_step(T* logits, int32_t* argmax, const T* x, StepScratch<T, D>& s,
                  const ModelWeights<T, D>& w, const LlamaConfig& c, int64_t n,
                  const BlockMatrix* lm_head_blocks = nullptr) {
   T* h = s.h.data();
-  if (fused_rows_step(s, n, c.d_model)) {
+  if (fused_rows_step(s, n, c.d_model, x, w.norm, w.lm_head)) {
     MIL_RUN(D, norm_linear_rows, logits, x, w.norm.value().data(), c.norm_eps,
             w.lm_head.value().data(), n, c.vocab, c.d_model);
   } else {
