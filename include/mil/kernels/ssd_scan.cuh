@@ -425,7 +425,9 @@ __global__ void __launch_bounds__(kThreads<P>, kOneChunk<PASS> ? 2 : 0)
 // head): work[c] holds chunk c's end state from a zero start (Pass::chunk_state) and receives its
 // start state, S_start[c] = decay[c - 1] S_start[c - 1] + work[c - 1], from the slot's state when
 // states are given (else zero); the final state goes back to the slot. Each thread reads its
-// chunks' entries kAhead at a time before writing any (work is read and written in place).
+// chunks' entries kAhead at a time before writing any (work is read and written in place). A
+// template, as every kernel in a header: one definition however many translation units use it.
+template <int = 0>
 __global__ void __launch_bounds__(256)
     ssd_state_pass_kernel(float* __restrict__ work, const float* __restrict__ decay, int64_t pairs,
                           int64_t heads, int64_t state_size, int n_chunks,
@@ -976,7 +978,7 @@ void forward_chunk_parallel(T* y, const Inputs& in, const Params<T>& pr, const S
                                                 nullptr, nullptr, 0);
     MIL_CUDA_CHECK_LAUNCH("ssd_forward_kernel (chunk end states)");
   }
-  ssd_state_pass_kernel<<<unsigned(ceil_div(pairs * P * N, 256)), 256, 0, stream>>>(
+  ssd_state_pass_kernel<><<<unsigned(ceil_div(pairs * P * N, 256)), 256, 0, stream>>>(
       work.data(), decay, pairs, s.heads, P * N, int(n_chunks), states.data, states.slots,
       states.n_slots);
   MIL_CUDA_CHECK_LAUNCH("ssd_state_pass_kernel");
