@@ -100,7 +100,7 @@ int main(int argc, char** argv) {
                  teacher.name.c_str(), out_dir.c_str(), static_cast<long long>(tc.n_layers),
                  join(cfg.attn_layers).c_str(), static_cast<long long>(cfg.attn_layers.size()),
                  mixer.c_str(), static_cast<long long>(cfg.n_mamba_layers()),
-                 double(hybrid.params().owned_numel()) / 1e6, static_cast<unsigned long long>(seed));
+                 double(hybrid.params().numel()) / 1e6, static_cast<unsigned long long>(seed));
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "mil-convert: error: %s\n", e.what());

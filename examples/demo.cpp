@@ -130,7 +130,7 @@ int main(int argc, char** argv) {
     std::printf("mil-demo: %lld-byte corpus (%zu train / %zu held out), Llama %d layers x %lld wide, "
                 "%lld heads (%lld KV), %.2fM parameters\n",
                 (long long)text.size(), train_text.size(), heldout.size(), layers, (long long)d_model,
-                (long long)cfg.n_heads, (long long)cfg.n_kv_heads, double(model.params().owned_numel()) / 1e6);
+                (long long)cfg.n_heads, (long long)cfg.n_kv_heads, double(model.params().numel()) / 1e6);
     std::fflush(stdout);
     double before = heldout_loss(model, heldout, seq);
 

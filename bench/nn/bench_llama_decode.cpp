@@ -53,8 +53,8 @@ void BM_llama135m_cpu_prefill(benchmark::State& state) {
   }
   state.counters["tokens/s"] =
       benchmark::Counter(double(state.iterations() * len), benchmark::Counter::kIsRate);
-  bench::report(state, 4.0 * double(model.params().owned_numel()),
-                2.0 * double(model.params().owned_numel()) * double(len), bench::cpu_ceiling());
+  bench::report(state, 4.0 * double(model.params().numel()),
+                2.0 * double(model.params().numel()) * double(len), bench::cpu_ceiling());
 }
 
 void BM_llama135m_cpu_decode(benchmark::State& state) {
@@ -74,7 +74,7 @@ void BM_llama135m_cpu_decode(benchmark::State& state) {
   }
   state.counters["tokens/s"] =
       benchmark::Counter(double(state.iterations()), benchmark::Counter::kIsRate);
-  bench::report(state, 4.0 * double(model.params().owned_numel()), 2.0 * double(model.params().owned_numel()),
+  bench::report(state, 4.0 * double(model.params().numel()), 2.0 * double(model.params().numel()),
                 bench::cpu_ceiling());
 }
 
@@ -110,8 +110,8 @@ void BM_llama135m_cpu_verify(benchmark::State& state) {
   }
   const double per_step = seconds / double(std::max<int64_t>(state.iterations(), 1));
   state.counters["decode steps"] = per_step / decode_step_seconds(dec, context);
-  bench::report(state, 4.0 * double(model.params().owned_numel()),
-                2.0 * double(model.params().owned_numel()) * double(k1), bench::cpu_ceiling());
+  bench::report(state, 4.0 * double(model.params().numel()),
+                2.0 * double(model.params().numel()) * double(k1), bench::cpu_ceiling());
 }
 
 }  // namespace

@@ -118,10 +118,10 @@ void BM_llama135m_decode(benchmark::State& state) {
   }
   state.counters["tokens/s"] =
       benchmark::Counter(double(steps * batch), benchmark::Counter::kIsRate);
-  const double weights = 2.0 * double(model.params().owned_numel());
+  const double weights = 2.0 * double(model.params().numel());
   // The keys of the middle of the run's positions; Mamba states once per token (step).
   const double state_b = state_bytes(model, batch, context + 250);
-  const double flops = 2.0 * double(model.params().owned_numel()) * double(batch);
+  const double flops = 2.0 * double(model.params().numel()) * double(batch);
   // Peer: HF transformers generate, eager, 31 tokens/s at batch 1 (greedy, 256 tokens), measured
   // on the lent H100 80GB HBM3 on 2026-11-22 (docs/PERFORMANCE.md); 63 with torch.compile.
   bench::report(state, weights + state_b, flops, bench::h100_bf16, batch == 1 ? 1.0 / 31 : 0);
@@ -145,11 +145,11 @@ void BM_llama135m_prefill(benchmark::State& state) {
   }
   state.counters["tokens/s"] =
       benchmark::Counter(double(state.iterations() * len), benchmark::Counter::kIsRate);
-  const double n = double(model.params().owned_numel()) - double(cfg.vocab * cfg.d_model);  // head: 1 row
+  const double n = double(model.params().numel()) - double(cfg.vocab * cfg.d_model);  // head: 1 row
   const double flops = 2.0 * n * double(len) + 2.0 * double(cfg.vocab * cfg.d_model) +
                        2.0 * double(model.config().attn_layers.size()) * double(len * len) *
                            double(cfg.n_heads * cfg.head_dim);
-  bench::report(state, 2.0 * double(model.params().owned_numel()), flops, bench::h100_bf16);
+  bench::report(state, 2.0 * double(model.params().numel()), flops, bench::h100_bf16);
 }
 
 void BM_llama135m_verify(benchmark::State& state) {
@@ -211,10 +211,10 @@ void BM_llama135m_verify(benchmark::State& state) {
   state.counters["steps_equiv"] = verify_med / decode_med;
   state.counters["tokens/s"] =
       benchmark::Counter(double(int64_t(verify_s.size()) * batch * k1), benchmark::Counter::kIsRate);
-  const double weights = 2.0 * double(model.params().owned_numel());
+  const double weights = 2.0 * double(model.params().numel());
   const double logits = 2.0 * double(batch * k1 * cfg.vocab);
   // Products of K + 1 rows, and each row's attention over the cached keys (scores and values).
-  const double flops = 2.0 * double(model.params().owned_numel()) * double(batch * k1) +
+  const double flops = 2.0 * double(model.params().numel()) * double(batch * k1) +
                        4.0 * double(int64_t(model.config().attn_layers.size()) * batch * k1 *
                                     (context + k1)) * double(cfg.n_heads * cfg.head_dim);
   bench::report(state, weights + state_bytes(model, batch, context + k1) + logits, flops,

@@ -41,7 +41,7 @@ void BM_llama135m_train_step(benchmark::State& state) {
     loss = l.mean();
   }, 2);
   const double tokens = double(batch * seq);
-  const double n_params = double(model.params().owned_numel());
+  const double n_params = double(model.params().numel());
   const double attn_flops = 6.0 * 2.0 * double(cfg.n_layers) * double(batch) * double(seq * seq) *
                             double(cfg.n_heads * cfg.head_dim);  // causal half of fwd 4 + bwd 8
   const double flops = 6.0 * n_params * tokens + attn_flops;

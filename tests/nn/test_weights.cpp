@@ -71,7 +71,7 @@ TEST_CASE("param table: every view is the store's tensor of its parameter") {
           CHECK(view.shape() == s.shape);
           numel += s.shape.numel();
         }
-        CHECK(numel == m.params().owned_numel());
+        CHECK(numel == m.params().numel());
         // Each layer binds the mixer its kind names; the others stay empty.
         for (int64_t l = 0; l < h.llama.n_layers; ++l) {
           const auto& w = m.weights().layers[size_t(l)];
@@ -119,8 +119,8 @@ TEST_CASE("borrowed parameters: a student shares its teacher's frozen MLPs, norm
       }
     }
     CHECK(borrowed > 0);
-    CHECK(student.params().owned_numel() == copied.params().owned_numel() - borrowed);
-    CHECK(student.params().trainable_numel() == student.params().owned_numel());
+    CHECK(student.params().numel() == copied.params().numel() - borrowed);
+    CHECK(student.params().trainable_numel() == student.params().numel());
 
     // The same function as the copy, bitwise.
     const auto want = logits_of(copied);

@@ -4,7 +4,6 @@
 // on the CPU or the GPU. A Llama-family Transformer (the teacher) is the hybrid whose every layer
 // is attention: HybridModel(all_attention(llama_config)). One class, one parameter table, one
 // initialisation, one conversion and one loader (nn/model_load.hpp) serve both.
-#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <memory>
@@ -121,15 +120,7 @@ class HybridModel {
   void init_random(uint64_t seed, float std = 0.02f) {
     writable_floats("init_random");
     HybridModel<float, Cpu> host(cfg_);
-    // One normal sequence over the parameters in order, whatever the gaps between them.
-    auto draws = Tensor<float, Cpu>::empty(Shape{host.params().owned_numel()});
-    rng::fill_normal(draws, 0.f, std, seed);
-    int64_t next = 0;
-    for (const auto& e : host.params().entries()) {
-      if (!e.owned()) continue;
-      std::copy_n(draws.data() + next, e.var.numel(), e.var.value().data());
-      next += e.var.numel();
-    }
+    rng::fill_normal(host.params().values(), 0.f, std, seed);
     for (const auto& s : parameter_table(cfg_))
       if (is_norm(s.param)) {
         const auto& v = host.weights()[s];

@@ -1,11 +1,7 @@
 #pragma once
 // ParameterStore: all parameters of a model in one flat value buffer and one flat gradient buffer,
 // each parameter a view into both. One flat buffer lets the optimizer, the gradient norm and
-// checkpoints run as single launches instead of one per tensor. Each parameter starts at a
-// multiple of kAlign elements (64 bytes of bf16; the same offsets for every element type), so
-// vector loads of any weight are aligned whatever the sizes before it (a Mamba-2 layer's
-// per-head vectors have n_heads elements); the gaps are zero and stay zero (no gradient reaches
-// them, so AdamW leaves them at 0).
+// checkpoints run as single launches instead of one per tensor.
 #include <functional>
 #include <string>
 #include <unordered_map>
@@ -55,21 +51,11 @@ class ParameterStore {
     return entries_[it->second].var;
   }
   bool has(const std::string& name) const { return index_.count(name) != 0; }
-  static constexpr int64_t kAlign = 32;
-  static int64_t padded(int64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
-
   const std::vector<Entry>& entries() const { return entries_; }
-  // The flat buffers, gaps included (numel() elements).
   Tensor<T, D>& values() { return values_; }
   const Tensor<T, D>& values() const { return values_; }
   Tensor<T, D>& grads() { return grads_; }
   int64_t numel() const { return values_.numel(); }
-  // Elements of the parameters the store holds (numel() less the gaps).
-  int64_t owned_numel() const {
-    int64_t n = 0;
-    for (const auto& e : entries_) n += e.owned() ? e.var.numel() : 0;
-    return n;
-  }
   int64_t trainable_numel() const {
     int64_t n = 0;
     for (const auto& e : entries_) n += e.owned() && e.var.requires_grad() ? e.var.numel() : 0;
@@ -97,8 +83,8 @@ class ParameterStore {
     auto omitted = [&](const ParamSpec& s) { return omit && omit(s.name); };
     int64_t total = 0;
     for (const auto& s : specs)
-      if (!borrowed(s) && !omitted(s)) total = checked_add(total, padded(s.shape.numel()));
-    values_ = Tensor<T, D>::zeros(Shape{total});
+      if (!borrowed(s) && !omitted(s)) total = checked_add(total, s.shape.numel());
+    values_ = Tensor<T, D>::empty(Shape{total});
     if (grads) grads_ = Tensor<T, D>::zeros(Shape{total});
     int64_t offset = 0;
     for (const auto& s : specs) {
@@ -119,7 +105,7 @@ class ParameterStore {
       Var v(values_.slice(offset, offset + n).view(s.shape), grads, s.name);
       if (grads) v.bind_grad(grads_.slice(offset, offset + n).view(s.shape));
       entries_.push_back({s.name, v, offset});
-      offset += padded(n);
+      offset += n;
     }
   }
 

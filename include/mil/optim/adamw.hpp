@@ -60,12 +60,10 @@ class AdamW {
         if (groups[i].contains(e.name)) { g = int(i); break; }
       float scale = g >= 0 ? groups[g].lr_scale : 1.f;
       float wd = g >= 0 && groups[g].weight_decay >= 0 ? groups[g].weight_decay : cfg.weight_decay;
-      // A run covers the zero gaps between its parameters (they stay zero).
-      const int64_t end = e.offset + nn::ParameterStore<T, D>::padded(e.var.numel());
       if (!runs_.empty() && runs_.back().group == g && runs_.back().end == e.offset)
-        runs_.back().end = end;
+        runs_.back().end += e.var.numel();
       else
-        runs_.push_back({e.offset, end, g, scale, wd});
+        runs_.push_back({e.offset, e.offset + e.var.numel(), g, scale, wd});
     }
   }
 
