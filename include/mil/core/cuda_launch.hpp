@@ -13,8 +13,10 @@
 #if MIL_CUDA_ENABLED
 namespace mil::cuda {
 
-// Streaming multiprocessors of the current device, asked of the driver once per device.
-inline int sm_count() {
+// A property of the current device, asked of the driver once per device (cached for the first 64
+// devices; the attribute's value must not be 0).
+template <cudaDeviceAttr Attr>
+int device_attribute() {
   constexpr int kCachedDevices = 64;
   static std::atomic<int> cached[kCachedDevices];  // 0 until asked
   int device = 0;
@@ -22,11 +24,14 @@ inline int sm_count() {
   std::atomic<int>* slot = device < kCachedDevices ? &cached[device] : nullptr;
   int n = slot ? slot->load(std::memory_order_relaxed) : 0;
   if (n == 0) {
-    MIL_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+    MIL_CUDA_CHECK(cudaDeviceGetAttribute(&n, Attr, device));
     if (slot) slot->store(n, std::memory_order_relaxed);
   }
   return n;
 }
+
+// Streaming multiprocessors of the current device.
+inline int sm_count() { return device_attribute<cudaDevAttrMultiProcessorCount>(); }
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 

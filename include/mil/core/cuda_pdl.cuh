@@ -12,7 +12,6 @@
 #error "mil/core/cuda_pdl.cuh needs a CUDA build: compile with nvcc and -DMIL_CUDA_ENABLED=1"
 #endif
 
-#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -20,6 +19,7 @@
 #include <utility>
 
 #include "cuda_check.hpp"
+#include "cuda_launch.hpp"
 
 namespace mil::cuda {
 
@@ -44,17 +44,7 @@ inline bool dependent_launch_enabled() {
     const char* v = std::getenv("MIL_PDL");
     return v == nullptr || std::strcmp(v, "0") != 0;
   }();
-  if (!env_on) return false;
-  constexpr int kCachedDevices = 64;
-  static std::atomic<int> major[kCachedDevices];  // 0 until asked
-  int device = 0;
-  MIL_CUDA_CHECK(cudaGetDevice(&device));
-  int m = device < kCachedDevices ? major[device].load(std::memory_order_relaxed) : 0;
-  if (m == 0) {
-    MIL_CUDA_CHECK(cudaDeviceGetAttribute(&m, cudaDevAttrComputeCapabilityMajor, device));
-    if (device < kCachedDevices) major[device].store(m, std::memory_order_relaxed);
-  }
-  return m >= 9;
+  return env_on && device_attribute<cudaDevAttrComputeCapabilityMajor>() >= 9;
 }
 
 // Whether `kernel` was compiled for sm_90 or later (its griddepcontrol.wait is real, not a PTX

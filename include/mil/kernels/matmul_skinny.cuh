@@ -20,7 +20,6 @@
 // the kernel streams weights while the previous kernel finishes; a general product (matmul_skinny,
 // whose B may be what the kernel before it wrote) waits first.
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <type_traits>
 
@@ -228,26 +227,12 @@ void dispatch_rows(int64_t m, const Operands<T>& op, const Epi& epi, int64_t uni
   }
 }
 
-// Shared memory a block may opt into on the current device (asked once per device).
-inline size_t smem_optin_bytes() {
-  constexpr int kCachedDevices = 64;
-  static std::atomic<int> cached[kCachedDevices];  // 0 until asked
-  int device = 0;
-  MIL_CUDA_CHECK(cudaGetDevice(&device));
-  int n = device < kCachedDevices ? cached[device].load(std::memory_order_relaxed) : 0;
-  if (n == 0) {
-    MIL_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    if (device < kCachedDevices) cached[device].store(n, std::memory_order_relaxed);
-  }
-  return size_t(n);
-}
-
 // Whether m rows of k elements (k a multiple of one vector) can be staged on this device.
 template <class T>
 bool rows_fit(int64_t m, int64_t k) {
   if (!(m >= 1 && m <= kMaxRows && k >= 1 && k % kVec<T> == 0)) return false;
   const size_t bytes = staged_bytes<T>(m, k);
-  return bytes <= 48 * 1024 || (bytes <= kMaxStaged && bytes + 1024 <= smem_optin_bytes());
+  return bytes <= 48 * 1024 || (bytes <= kMaxStaged && bytes + 1024 <= size_t(device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>()));
 }
 
 }  // namespace skinny_detail
